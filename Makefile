@@ -1,0 +1,33 @@
+# Set-up is part of every target: a fresh machine needs nothing but python3 and make.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+export HF_HUB_OFFLINE ?= 1
+
+.PHONY: demo test lint bench train-zoo clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	# torch first, the CPU build on this machine: a plain `torch` requirement would pull a CUDA build.
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/tstitch demo --out outputs/demo
+
+test: $(STAMP)
+	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/pytest -q
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check src tests benchmarks
+
+bench: $(STAMP)
+	$(VENV)/bin/tstitch bench --out benchmarks/results
+
+train-zoo: $(STAMP)
+	$(VENV)/bin/tstitch train-zoo
+
+clean:
+	rm -rf $(VENV) outputs .pytest_cache .ruff_cache

@@ -1,0 +1,27 @@
+# Copyright 2026 The tstitch authors. Licensed under the Apache License, Version 2.0.
+"""tstitch: trajectory stitching (T-Stitch) for diffusion sampling.
+
+A small model runs the first, noisy fraction of the denoising steps and the large model the rest::
+
+    import tstitch
+    tstitch.stitch(pipe, small, 0.4)   # any diffusers pipeline, any scheduler
+    tstitch.unstitch(pipe)
+"""
+
+from .sampling import SampleOutput, sample
+from .schedule import StitchSchedule, model_index_for_timestep
+from .stitcher import StitchedDenoiser, StitchRecord, get_record, stitch, unstitch
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "stitch",
+    "unstitch",
+    "get_record",
+    "sample",
+    "SampleOutput",
+    "StitchSchedule",
+    "StitchedDenoiser",
+    "StitchRecord",
+    "model_index_for_timestep",
+]
