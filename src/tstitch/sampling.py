@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 from .schedule import StitchSchedule
 from .stitcher import StitchedDenoiser, StitchRecord
 
-__all__ = ["sample", "SampleOutput", "num_classes_of"]
+__all__ = ["sample", "SampleOutput", "guided_output", "num_classes_of"]
 
 
 @dataclass
@@ -45,6 +45,32 @@ def _as_tensor(output: Any) -> torch.Tensor:
     if isinstance(output, (tuple, list)):
         return output[0]
     return output
+
+
+def guided_output(
+    output: Any,
+    channels: int,
+    guidance_scale: float,
+    *,
+    guided_channels: int | None = None,
+    keep_variance: bool = False,
+) -> torch.Tensor:
+    """The model output the scheduler steps with, from a denoiser's raw output.
+
+    With guidance (``guidance_scale > 1``) ``output`` is the doubled batch (conditional half first) and the
+    result is the guided conditional half: ``uncond + s * (cond - uncond)`` on the first
+    ``guided_channels`` channels, the conditional output on the rest. Learned-variance channels beyond
+    ``channels`` are dropped unless ``keep_variance``.
+    """
+    output = _as_tensor(output)
+    eps, rest = output[:, :channels], output[:, channels:]
+    if guidance_scale > 1.0:
+        guided = channels if guided_channels is None else guided_channels
+        cond, uncond = eps.chunk(2)
+        guided_eps = uncond[:, :guided] + guidance_scale * (cond[:, :guided] - uncond[:, :guided])
+        eps = torch.cat([guided_eps, cond[:, guided:]], dim=1)
+        rest = rest.chunk(2)[0]
+    return torch.cat([eps, rest], dim=1) if keep_variance and rest.shape[1] else eps
 
 
 @torch.no_grad()
@@ -106,7 +132,6 @@ def sample(
         if null_class is None:
             raise ValueError("cannot tell the null class of this model: pass null_class")
         labels = torch.cat([labels, torch.full_like(labels, null_class)])
-    guided = channels if guided_channels is None else guided_channels
     learned_variance = scheduler.config.get("variance_type") in ("learned", "learned_range")
 
     step_kwargs = {}
@@ -123,14 +148,10 @@ def sample(
             timestep = t.expand(model_input.shape[0]) if torch.is_tensor(t) else torch.full(
                 (model_input.shape[0],), t, device=device
             )
-            output = _as_tensor(denoiser(model_input, timestep=timestep, class_labels=labels))
-            eps, rest = output[:, :channels], output[:, channels:]
-            if use_cfg:
-                cond, uncond = eps.chunk(2)
-                guided_eps = uncond[:, :guided] + guidance_scale * (cond[:, :guided] - uncond[:, :guided])
-                eps = torch.cat([guided_eps, cond[:, guided:]], dim=1)
-                rest = rest.chunk(2)[0]
-            model_output = torch.cat([eps, rest], dim=1) if learned_variance and rest.shape[1] else eps
+            model_output = guided_output(
+                denoiser(model_input, timestep=timestep, class_labels=labels), channels, guidance_scale,
+                guided_channels=guided_channels, keep_variance=learned_variance,
+            )
             latents = scheduler.step(model_output, t, latents, **step_kwargs).prev_sample
     finally:
         denoiser.unbind()

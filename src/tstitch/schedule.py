@@ -5,7 +5,8 @@ A schedule is a tuple of fractions, one per model, ordered by use (smallest mode
 last). The last fraction is always the remainder ``1 - sum(others)``.
 
 Step counting follows the published T-Stitch code: with ``N`` scheduler steps and cumulative fractions
-``c_0 = 0, c_1, c_2, ...``, model ``i`` covers the steps ``[floor(c_i * N + 1e-6), floor(c_{i+1} * N + 1e-6))``.
+``c_0 = 0, c_1, c_2, ...``, model ``i`` covers the steps
+``[floor(c_i * N + 1e-6), floor(c_{i+1} * N + 1e-6))``.
 So 0.4 of 10 steps is 4 steps and 0.29 of 100 steps is 29 steps; the large model always finishes the
 trajectory.
 
@@ -16,12 +17,18 @@ for evenly spaced timesteps in the common cases.
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 __all__ = ["StitchSchedule", "model_index_for_timestep"]
 
 _EPS = 1e-6
+
+
+def is_scalar(value: object) -> bool:
+    """Whether ``value`` is one fraction (a number, a numpy or 0-d torch scalar), not a list of them."""
+    return isinstance(value, (numbers.Real, str)) or getattr(value, "ndim", None) == 0
 
 
 def _check_fraction(value: float, name: str) -> float:
@@ -55,7 +62,7 @@ class StitchSchedule:
     @classmethod
     def from_small_fractions(cls, small_fractions: float | Sequence[float]) -> StitchSchedule:
         """Schedule from the shares of the small models (a float or one per small model)."""
-        if isinstance(small_fractions, (int, float)):
+        if is_scalar(small_fractions):
             small_fractions = [small_fractions]
         small = [_check_fraction(f, f"fractions[{i}]") for i, f in enumerate(small_fractions)]
         total = sum(small)

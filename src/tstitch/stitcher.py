@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .schedule import StitchSchedule
+from .schedule import StitchSchedule, is_scalar
 
 __all__ = ["StitchedDenoiser", "StitchRecord", "stitch", "unstitch", "get_record", "DENOISER_NAMES"]
 
@@ -114,15 +114,20 @@ class StitchRecord:
 
 
 class _StepCounter:
-    """Counts the ``step()`` calls of one scheduler instance by wrapping three of its methods."""
+    """Counts the ``step()`` calls of one scheduler instance.
+
+    Three of the scheduler's methods are wrapped once per scheduler, however many counters listen to it
+    (stitched pipelines may share one scheduler), and the originals come back when the last counter
+    detaches: one counter detaching never silences another.
+    """
 
     _HOOKED = ("set_timesteps", "set_begin_index", "step")
 
-    def __init__(self, on_reset: Callable[[Any], None]):
+    def __init__(self) -> None:
         self.scheduler: Any = None
         self.calls = 0
-        self._saved: dict[str, Any] = {}
-        self._on_reset = on_reset
+        #: a new run began (``set_timesteps`` or a new scheduler): the next denoiser call resets the record
+        self.new_run = False
 
     def attach(self, scheduler: Any) -> None:
         if scheduler is self.scheduler:
@@ -134,40 +139,59 @@ class _StepCounter:
         step_index = getattr(scheduler, "_step_index", None)
         begin_index = getattr(scheduler, "_begin_index", None)
         self.calls = step_index if step_index is not None else (begin_index or 0)
-        self._on_reset(scheduler)
-        for name in self._HOOKED:
-            original = getattr(scheduler, name, None)
-            if original is None:
-                continue
-            self._saved[name] = scheduler.__dict__.get(name, _MISSING)
-            setattr(scheduler, name, self._wrap(name, original))
+        self.new_run = True
+        counters = scheduler.__dict__.get(_COUNTERS)
+        if counters is None:
+            counters, saved = [], {}
+            for name in self._HOOKED:
+                original = getattr(scheduler, name, None)
+                if original is None:
+                    continue
+                saved[name] = scheduler.__dict__.get(name, _MISSING)
+                setattr(scheduler, name, _hooked(scheduler, name, original))
+            scheduler.__dict__[_SAVED] = saved
+            scheduler.__dict__[_COUNTERS] = counters
+        counters.append(self)
 
-    def _wrap(self, name: str, original: Callable) -> Callable:
-        @functools.wraps(original)
-        def wrapper(*args: Any, **kwargs: Any) -> Any:
-            result = original(*args, **kwargs)
-            if name == "step":
-                self.calls += 1
-            elif name == "set_timesteps":
-                self.calls = 0
-                self._on_reset(self.scheduler)
-            else:  # set_begin_index(begin_index=0)
-                self.calls = args[0] if args else kwargs.get("begin_index", 0)
-            return result
-
-        return wrapper
+    def notify(self, name: str, args: tuple, kwargs: dict) -> None:
+        if name == "step":
+            self.calls += 1
+        elif name == "set_timesteps":
+            self.calls = 0
+            self.new_run = True
+        else:  # set_begin_index(begin_index=0)
+            self.calls = args[0] if args else kwargs.get("begin_index", 0)
 
     def detach(self) -> None:
-        if self.scheduler is not None:
-            for name, saved in self._saved.items():
-                if saved is _MISSING:
-                    self.scheduler.__dict__.pop(name, None)
-                else:
-                    setattr(self.scheduler, name, saved)
+        scheduler = self.scheduler
+        if scheduler is not None:
+            counters = scheduler.__dict__.get(_COUNTERS, [])
+            counters[:] = [counter for counter in counters if counter is not self]
+            if not counters:
+                for name, saved in scheduler.__dict__.pop(_SAVED, {}).items():
+                    if saved is _MISSING:
+                        scheduler.__dict__.pop(name, None)
+                    else:
+                        setattr(scheduler, name, saved)
+                scheduler.__dict__.pop(_COUNTERS, None)
         self.scheduler = None
-        self._saved = {}
 
 
+def _hooked(scheduler: Any, name: str, original: Callable) -> Callable:
+    """``original`` (a method of ``scheduler``), telling every counter attached to ``scheduler``."""
+
+    @functools.wraps(original)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        result = original(*args, **kwargs)
+        for counter in list(scheduler.__dict__.get(_COUNTERS, ())):
+            counter.notify(name, args, kwargs)
+        return result
+
+    return wrapper
+
+
+_COUNTERS = "_tstitch_counters"  # on a hooked scheduler: the step counters attached to it
+_SAVED = "_tstitch_saved"  # on a hooked scheduler: its hooked attributes as they were before
 _MISSING = object()
 
 
@@ -208,8 +232,9 @@ class StitchedDenoiser(nn.Module):
         self.schedule = schedule
         self.sync_timing = sync_timing
         self.record = StitchRecord([_model_name(m, i) for i, m in enumerate(models)])
-        self._counter = _StepCounter(self._on_new_run)
+        self._counter = _StepCounter()
         self._scheduler_source: Callable[[], Any] | None = None
+        self._previous_bindings: list[Any] = []  # what each bind() replaced, for unbind() to restore
         # Expose the large model's forward signature (pipelines inspect it) on a per-instance forward.
         forward = functools.partial(StitchedDenoiser._dispatch, self)
         forward = functools.update_wrapper(forward, type(models[-1]).forward)
@@ -244,15 +269,33 @@ class StitchedDenoiser(nn.Module):
 
     # -- step tracking -------------------------------------------------------------------------------
     def bind(self, scheduler: Any) -> StitchedDenoiser:
-        """Count steps on ``scheduler`` (or on whatever a zero-argument callable returns at each call)."""
+        """Count steps on ``scheduler`` (or on whatever a zero-argument callable returns at each call).
+
+        :meth:`unbind` undoes it and restores the binding it replaced, so that :func:`tstitch.sample` can
+        borrow the denoiser of a stitched pipeline without unstitching the pipeline.
+        """
+        previous = self._scheduler_source if self._scheduler_source is not None else self._counter.scheduler
+        self._previous_bindings.append(previous)
+        self._bind(scheduler)
+        return self
+
+    def _bind(self, scheduler: Any) -> None:
         self._scheduler_source = scheduler if callable(scheduler) and not hasattr(scheduler, "step") else None
         if self._scheduler_source is None:
             self._counter.attach(scheduler)
-        return self
 
     def unbind(self) -> None:
+        """Stop counting steps where the last :meth:`bind` said; go back to the binding before it, if any."""
         self._counter.detach()
         self._scheduler_source = None
+        previous = self._previous_bindings.pop() if self._previous_bindings else None
+        if previous is not None:
+            self._bind(previous)
+
+    def _release(self) -> None:
+        """Drop every binding (the denoiser leaves its pipeline)."""
+        self._previous_bindings.clear()
+        self.unbind()
 
     def _on_new_run(self, scheduler: Any) -> None:
         self.record.reset(_num_steps(scheduler), getattr(scheduler, "timesteps", None))
@@ -264,6 +307,11 @@ class StitchedDenoiser(nn.Module):
         scheduler = self._counter.scheduler
         if scheduler is None:
             raise RuntimeError("StitchedDenoiser is not bound to a scheduler: call bind(scheduler) first")
+        if self._counter.new_run:
+            # The record is reset at the first call of a run rather than in set_timesteps, so that a run of
+            # another pipeline sharing this scheduler leaves this denoiser's record alone.
+            self._counter.new_run = False
+            self._on_new_run(scheduler)
         position = self._counter.calls
         order = getattr(scheduler, "order", 1) or 1
         step = position // order
@@ -316,7 +364,9 @@ def _as_model(candidate: Any, position: str) -> tuple[nn.Module, Any]:
     if hasattr(candidate, "components"):
         _, model = _find_denoiser(candidate)
         return model, getattr(candidate, "scheduler", None)
-    raise ValueError(f"{position} must be a torch module or a diffusers pipeline, got {type(candidate).__name__}")
+    raise ValueError(
+        f"{position} must be a torch module or a diffusers pipeline, got {type(candidate).__name__}"
+    )
 
 
 def check_compatible(large: nn.Module, small: nn.Module, name: str = "small model") -> None:
@@ -361,9 +411,11 @@ def stitch(
     large = current.large if isinstance(current, StitchedDenoiser) else current
 
     small_list = list(models) if isinstance(models, (list, tuple)) else [models]
-    if isinstance(fractions, (list, tuple)):
+    if not is_scalar(fractions):
         if len(fractions) != len(small_list):
-            raise ValueError(f"got {len(small_list)} models but {len(fractions)} fractions; give one per model")
+            raise ValueError(
+                f"got {len(small_list)} models but {len(fractions)} fractions; give one per model"
+            )
     elif len(small_list) != 1:
         raise ValueError(f"got {len(small_list)} models and a single fraction; give a list of fractions")
     schedule = StitchSchedule.from_small_fractions(fractions)
@@ -387,7 +439,7 @@ def stitch(
         if model is not large and (model.dtype != large.dtype or model.device != large.device):
             model.to(device=large.device, dtype=large.dtype)
     if isinstance(current, StitchedDenoiser):
-        current.unbind()
+        current._release()
     denoiser = StitchedDenoiser([*resolved, large], schedule, sync_timing=sync_timing)
     pipe_ref = weakref.ref(pipe)
     denoiser.bind(lambda: pipe_ref().scheduler)
@@ -401,7 +453,7 @@ def unstitch(pipe: Any) -> Any:
     for name in DENOISER_NAMES:
         current = getattr(pipe, name, None)
         if isinstance(current, StitchedDenoiser):
-            current.unbind()
+            current._release()
             object.__setattr__(pipe, name, current.large)
     return pipe
 
