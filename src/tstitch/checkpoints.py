@@ -87,7 +87,7 @@ class CheckpointNotAvailableError(FileNotFoundError):
     """A hub model or file is not available (offline and not cached, or not found on the hub)."""
 
 
-# -- architecture inference ------------------------------------------------------------------------------
+# -- architecture inference --------------------------------------------------------------------------------
 
 
 def heads_for_hidden_size(hidden_size: int) -> int:
@@ -245,7 +245,7 @@ def _config(
     }
 
 
-# -- official -> diffusers key mapping -------------------------------------------------------------------
+# -- official -> diffusers key mapping ---------------------------------------------------------------------
 
 _OFFICIAL_BLOCK_MAP = {
     "adaLN_modulation.1": "norm1.linear",
@@ -341,7 +341,7 @@ def convert_official_dit_state_dict(
     return config, out
 
 
-# -- layouts ----------------------------------------------------------------------------------------------
+# -- layouts -----------------------------------------------------------------------------------------------
 
 
 def detect_layout(sd: Mapping[str, Any]) -> Literal["official", "diffusers"]:
@@ -388,7 +388,7 @@ def _unnest(obj: Any, where: str) -> dict[str, torch.Tensor]:
     )
 
 
-# -- reading files ----------------------------------------------------------------------------------------
+# -- reading files -----------------------------------------------------------------------------------------
 
 
 def _read_torch(path: Path) -> dict[str, torch.Tensor]:
@@ -516,7 +516,7 @@ def _model_from_state_dict(
     return _build(config, sd, where), "diffusers"
 
 
-# -- timestep embedding -----------------------------------------------------------------------------------
+# -- timestep embedding ------------------------------------------------------------------------------------
 
 
 def set_timestep_embedding(model: Any, mode: Literal["official", "diffusers"]) -> Any:
@@ -550,7 +550,7 @@ def get_timestep_embedding_mode(model: Any) -> Literal["official", "diffusers"]:
     return "diffusers"
 
 
-# -- public loading / saving ------------------------------------------------------------------------------
+# -- public loading / saving -------------------------------------------------------------------------------
 
 
 def _offline(local_files_only: bool | None) -> bool:
@@ -732,7 +732,9 @@ def load_dit(
             f"DiT checkpoint {text!r} not found: no such file or folder (and not a hub id 'owner/name')"
         )
     set_timestep_embedding(model, mode if timestep_embedding == "auto" else timestep_embedding)
-    return model.to(device=device, dtype=dtype).eval()
+    if model.dtype != dtype:
+        model = model.to(dtype=dtype)
+    return model.to(device=device).eval()
 
 
 def save_dit_safetensors(model: Any, path: str | os.PathLike) -> Path:

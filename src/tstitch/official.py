@@ -36,6 +36,7 @@ generator give the same latents. Written from that description; no code of those
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -340,7 +341,8 @@ def sample_official(
 
     Returns:
         :class:`OfficialSampleOutput` with the latents ``(n, C, H, W)`` (conditional half under guidance),
-        the training timestep and model index of every step, and seconds spent in each model.
+        the training timestep and model index of every step, and wall-clock seconds spent in each model
+        (not CUDA-synchronized).
     """
     if sampler not in SAMPLERS:
         raise ValueError(f"sampler must be one of {', '.join(SAMPLERS)}, got {sampler!r}")
@@ -350,6 +352,12 @@ def sample_official(
     if not model_list:
         raise ValueError("no models given")
     full = _full_fractions(fractions, len(model_list))
+    if any(getattr(m, "training", False) for m in model_list):
+        warnings.warn(
+            "sample_official: a model is in training mode (DiT's label embedding then drops labels at "
+            "random); call .eval() first",
+            stacklevel=2,
+        )
     if noise.ndim != 4:
         raise ValueError(f"noise must be (n, channels, height, width), got shape {tuple(noise.shape)}")
     diffusion = RespacedDiffusion.create(num_steps, num_train_timesteps)
