@@ -14,7 +14,6 @@ from typing import Any
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from .sampling import _as_tensor, guided_output, num_classes_of, sample
 from .utils import atomic_write
