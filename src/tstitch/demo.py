@@ -41,12 +41,12 @@ SMALL, MIDDLE, LARGE = "digits-s", "digits-b", "digits-xl"
 
 @dataclass
 class DemoConfig:
-    num_samples: int = 1000
-    num_steps: int = 25
+    num_samples: int = 600
+    num_steps: int = 20
     guidance_scales: tuple[float, ...] = (1.0, 1.5, 2.0)
     fraction_step: float = 0.1
     three_model: tuple[tuple[float, float], ...] = ((0.2, 0.2), (0.3, 0.3), (0.4, 0.2), (0.2, 0.5))
-    batch_size: int = 1000
+    batch_size: int = 600
     similarity_samples: int = 100
     seed: int = 0
     device: str = "cpu"

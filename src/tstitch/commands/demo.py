@@ -17,8 +17,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--out", default="outputs/demo", help="output folder (default: %(default)s)")
     parser.add_argument("--quick", action="store_true", help="fewer samples and steps: under a minute on a CPU")
-    parser.add_argument("--samples", type=int, help="images per schedule (default 1000, quick 300)")
-    parser.add_argument("--steps", type=int, help="DDIM steps (default 25, quick 10)")
+    parser.add_argument("--samples", type=int, help="images per schedule (default 600, quick 300)")
+    parser.add_argument("--steps", type=int, help="DDIM steps (default 20, quick 10)")
     parser.add_argument("--guidance", type=float, nargs="+", metavar="SCALE",
                         help="guidance scales to sweep; the large model's best is used (default 1.0 1.5 2.0)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the noise and labels (default: %(default)s)")
