@@ -231,6 +231,9 @@ class StitchedDenoiser(nn.Module):
         self.models = nn.ModuleList(models)
         self.schedule = schedule
         self.sync_timing = sync_timing
+        #: Optional ``before_call(model_index)``, called before each model call, outside the timed part (for
+        #: example to move that model onto the GPU: :func:`tstitch.fastpaths.enable_offload`).
+        self.before_call: Callable[[int], None] | None = None
         self.record = StitchRecord([_model_name(m, i) for i, m in enumerate(models)])
         self._counter = _StepCounter()
         self._scheduler_source: Callable[[], Any] | None = None
@@ -320,6 +323,8 @@ class StitchedDenoiser(nn.Module):
     def _dispatch(self, *args: Any, **kwargs: Any) -> Any:
         index, step, position = self.current_model_index()
         model = self.models[index]
+        if self.before_call is not None:
+            self.before_call(index)
         sync = self.sync_timing and self.large.device.type == "cuda"
         if sync:
             torch.cuda.synchronize()
