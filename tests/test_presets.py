@@ -16,7 +16,7 @@ import pytest
 import torch
 from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 from test_checkpoints import random_official_state_dict
-from tiny_models import SCHEDULERS, one_thread, tiny_unet, tiny_vae  # noqa: F401  (one_thread: autouse fixture)
+from tiny_models import SCHEDULERS, tiny_unet, tiny_vae
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
 from tstitch.checkpoints import CheckpointNotAvailableError, get_timestep_embedding_mode

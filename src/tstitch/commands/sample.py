@@ -1,0 +1,209 @@
+# Copyright 2026 The tstitch authors. Licensed under the Apache License, Version 2.0.
+"""``tstitch sample``: sample images with a stitch of a preset or of your own models (parsing and printing)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+EPILOG = """\
+examples:
+  # offline, on a CPU, in a few seconds: the embedded digits family, 40% of the steps on the small model,
+  # and the large model alone from the same noise for comparison
+  tstitch sample --preset digits --fraction 0.4 --compare --out outputs/digits
+
+  # the paper's headline pair (downloads DiT-XL/2 and the VAE from the Hugging Face hub; DiT-S/2 was
+  # released by the T-Stitch authors as a file, dit_s_256.pt: download it and point --checkpoint-dir at it)
+  tstitch sample --preset dit-s-xl --checkpoint-dir pretrained_models --fraction 0.4 --class-labels 207 88
+
+  # three models, published sampler with DDPM, 50 steps
+  tstitch sample --preset dit-s-b-xl --fractions 0.3 0.2 --scheduler ddpm --steps 50
+
+  # Stable Diffusion 1.5 with BK-SDM-Tiny for the first 40% of the steps
+  tstitch sample --preset sd15-bksdm-tiny --prompt "a squirrel in the park" --device cuda
+
+  # your own checkpoints, smallest first (official .pt/.safetensors files, diffusers folders, hub ids)
+  tstitch sample --model my/dit_s.pt --model facebook/DiT-XL-2-256 --fraction 0.3 --steps 50
+
+  # what the presets hold
+  tstitch sample --list-presets
+
+Files written to --out: grid.png (one row per run, the same noise in each column), sample-000.png ...
+(one per image), large-000.png ... with --compare, and summary.json (settings, steps and seconds per
+model). Models that are not available offline (HF_HUB_OFFLINE=1) are named in the error, with how to get
+them."""
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "sample",
+        help="sample images with a stitch of a preset or of your own models",
+        description="Sample images with trajectory stitching: the small model(s) run the first, noisy fraction "
+        "of the denoising steps and the large model the rest. Choose the models with --preset (the published "
+        "pairs, or the embedded digits family that works offline) or with --model (repeat it, smallest first).",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    models = parser.add_argument_group("models")
+    models.add_argument("--preset", help="a named model pair: digits, dit-s-xl, dit-b-xl, dit-s-b-xl, "
+                        "sd15-bksdm-tiny, sd15-bksdm-small, sdxl-ssd1b, digits-s-b-xl (see --list-presets)")
+    models.add_argument("--model", action="append", metavar="PATH_OR_ID",
+                        help="a model, repeated smallest first (the last is the large model): an official DiT "
+                        ".pt/.safetensors file, a diffusers folder, a hub id, or digits-s/digits-b/digits-xl. "
+                        "With --preset: replaces the preset's models, one per model")
+    models.add_argument("--checkpoint-dir", metavar="DIR",
+                        help="folder with downloaded checkpoint files (dit_s_256.pt, dit_b_256.pt, "
+                        "DiT-XL-2-256x256.pt); also searched: $TSTITCH_CHECKPOINT_DIR, ./pretrained_models")
+    models.add_argument("--vae", metavar="PATH_OR_ID", help="VAE for DiT latents (default stabilityai/sd-vae-ft-ema)")
+    models.add_argument("--timestep-embedding", choices=("auto", "official", "diffusers"),
+                        help="timestep features of DiTs given with --model: official DiT or diffusers numerics "
+                        "(default auto: official for official .pt files; presets use official)")
+    models.add_argument("--list-presets", action="store_true", help="print the presets and exit")
+
+    schedule = parser.add_argument_group("stitching and sampling")
+    fraction = schedule.add_mutually_exclusive_group()
+    fraction.add_argument("--fraction", type=float, metavar="R",
+                          help="share of the steps run by the small model, two models (default: the preset's, 0.4)")
+    fraction.add_argument("--fractions", type=float, nargs="+", metavar="R",
+                          help="shares of the small models, smallest first, for three or more models")
+    schedule.add_argument("--steps", type=int, help="sampling steps (default: the preset's; DiT 100, digits 25, "
+                          "Stable Diffusion the pipeline's 50)")
+    schedule.add_argument("--scheduler", help="ddim, ddpm, dpm++, euler, euler-a, heun, unipc, pndm, lms, kdpm2, "
+                          "dpm, dpm++-sde, deis, lcm, flow-euler (default: the preset's or the pipeline's own)")
+    schedule.add_argument("--mode", choices=("diffusers", "official"),
+                          help="diffusers: the bare loop with a diffusers scheduler; official: the published DiT "
+                          "sampler (ddim/ddpm, respaced timesteps, guidance on 3 channels) to reproduce the paper "
+                          "(default: official for the DiT presets, diffusers otherwise)")
+    schedule.add_argument("--guidance", type=float, metavar="SCALE",
+                          help="classifier-free guidance scale (default: DiT 1.5, digits 1.0, SD the pipeline's)")
+    schedule.add_argument("--compare", action="store_true",
+                          help="also sample with the large model alone from the same noise; print both times")
+    schedule.add_argument("--no-warmup", action="store_true",
+                          help="skip the short untimed run that keeps one-off costs out of the timings")
+
+    what = parser.add_argument_group("what to sample")
+    what.add_argument("--class-labels", type=int, nargs="+", metavar="Y",
+                      help="class labels, one image each (class-conditional models; default: the preset's)")
+    what.add_argument("--prompt", action="append", metavar="TEXT", help="prompt, repeatable (text-to-image pipelines)")
+    what.add_argument("--negative-prompt", metavar="TEXT", help="negative prompt (text-to-image pipelines)")
+    what.add_argument("--num-images", type=int, metavar="N",
+                      help="images to sample (default one per label/prompt; labels and prompts repeat to fill it)")
+    what.add_argument("--batch-size", type=int, metavar="B", help="images per model call (default: all at once)")
+    what.add_argument("--size", type=int, metavar="PIXELS", help="image height and width (text-to-image pipelines)")
+    what.add_argument("--seed", type=int, default=0, help="seed of the initial noise (default: %(default)s)")
+
+    run_group = parser.add_argument_group("where")
+    run_group.add_argument("--device", default="auto", help="torch device: cpu, cuda, cuda:1 ... "
+                           "(default: cuda if available)")
+    run_group.add_argument("--dtype", choices=("auto", "float32", "float16", "bfloat16"), default="auto",
+                           help="precision (default auto: float16 for pipelines on CUDA, else float32)")
+    run_group.add_argument("--offline", action="store_true", help="never use the network (like HF_HUB_OFFLINE=1)")
+    run_group.add_argument("--out", default="outputs/sample", help="output folder (default: %(default)s)")
+    run_group.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    parser.set_defaults(func=run)
+
+
+def _check_args(args: argparse.Namespace) -> None:
+    if not args.preset and not args.model:
+        raise ValueError("choose models: --preset NAME (see --list-presets) or --model PATH_OR_ID, repeated "
+                         "smallest first")
+    if args.class_labels and args.prompt:
+        raise ValueError("give --class-labels (class-conditional models) or --prompt (text-to-image), not both")
+    if args.fraction is not None and not 0.0 <= args.fraction <= 1.0:
+        raise ValueError(f"--fraction must be in [0, 1], got {args.fraction:g}")
+    for value in args.fractions or ():
+        if not 0.0 <= value <= 1.0:
+            raise ValueError(f"--fractions must be in [0, 1], got {value:g}")
+    if args.fractions and sum(args.fractions) > 1.0 + 1e-6:
+        raise ValueError(f"--fractions sum to {sum(args.fractions):g}, more than 1")
+    for name in ("steps", "num_images", "batch_size", "size"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+
+
+def _device(name: str):
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as error:
+        raise ValueError(f"--device {name!r} is not a torch device ({error})") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {name}: CUDA is not available on this machine; use --device cpu")
+    return device
+
+
+def _fmt_seconds(seconds: float) -> str:
+    return f"{seconds:.3f} s" if seconds < 10 else f"{seconds:.1f} s"
+
+
+def _describe_run(run) -> str:
+    parts = [f"{n} {s} steps" for n, s in zip(run.model_names, run.steps_per_model, strict=True) if s]
+    per_model = ", ".join(f"{n} {_fmt_seconds(t)}" for n, t, s in
+                          zip(run.model_names, run.model_seconds, run.steps_per_model, strict=True) if s)
+    return f"{' + '.join(parts)}: {_fmt_seconds(run.seconds)} (in the denoisers: {per_model})"
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.list_presets:
+        from ..presets import describe_presets
+
+        print(describe_presets())
+        return 0
+    _check_args(args)
+    import torch
+
+    from ..generate import SampleOptions, generate, save_images
+    from ..presets import load_models, load_preset
+    from ..utils import ensure_writable_dir
+
+    out = ensure_writable_dir(args.out)  # refuse an unwritable folder before loading anything
+    device = _device(args.device)
+    dtype = None if args.dtype == "auto" else getattr(torch, args.dtype)
+    offline = True if args.offline else None
+    if args.preset:
+        if args.timestep_embedding:
+            raise ValueError("--timestep-embedding applies to --model without --preset (presets use the official one)")
+        loaded = load_preset(args.preset, device=device, dtype=dtype, local_files_only=offline,
+                             checkpoint_dir=args.checkpoint_dir, models=args.model, vae=args.vae)
+    else:
+        if args.checkpoint_dir:
+            raise ValueError("--checkpoint-dir applies to presets; give files directly with --model PATH")
+        loaded = load_models(args.model, device=device, dtype=dtype, local_files_only=offline, vae=args.vae,
+                             timestep_embedding=args.timestep_embedding or "auto")
+    fractions = [args.fraction] if args.fraction is not None else args.fractions
+    options = SampleOptions(
+        fractions=fractions, num_steps=args.steps, scheduler=args.scheduler, mode=args.mode,
+        guidance_scale=args.guidance, class_labels=args.class_labels, prompts=args.prompt,
+        negative_prompt=args.negative_prompt, num_images=args.num_images, batch_size=args.batch_size,
+        seed=args.seed, size=args.size, progress=not args.no_progress, warmup=not args.no_warmup,
+    )
+    result = generate(loaded, options, compare=args.compare)
+    written = save_images(result, out)
+
+    settings = result.settings
+    shares = ", ".join(f"{n} {f:g}" for n, f in zip(settings["models"], settings["fractions"], strict=True))
+    guidance = settings["guidance_scale"]
+    print(f"{loaded.label}: {shares}")
+    print(f"  {settings['scheduler'] or 'pipeline scheduler'} {settings['num_steps']} steps, mode {settings['mode']}, "
+          f"guidance {'default' if guidance is None else f'{guidance:g}'}, {settings['num_images']} images, "
+          f"seed {settings['seed']}, {device} {str(loaded_dtype(loaded)).replace('torch.', '')}")
+    print(f"stitched:  {_describe_run(result.stitched)}")
+    if result.baseline is not None:
+        print(f"{result.baseline.model_names[-1]} alone: {_describe_run(result.baseline)}")
+        print(f"speed-up:  {result.speedup:.2f}x end to end ({result.stitched.seconds / result.baseline.seconds:.2f}x "
+              f"the time), {result.denoiser_speedup:.2f}x in the denoisers")
+    images = [p.name for p in written if p.name.endswith(".png") and p.name != "grid.png"]
+    print(f"wrote {out / 'grid.png'}, {len(images)} images ({images[0]} ...) and {out / 'summary.json'}")
+    sys.stdout.flush()
+    return 0
+
+
+def loaded_dtype(loaded) -> object:
+    """The precision the large model runs in."""
+    if getattr(loaded, "kind", "") == "class":
+        return loaded.large.dtype
+    return loaded.pipe.unet.dtype if getattr(loaded.pipe, "unet", None) is not None else loaded.pipe.transformer.dtype
