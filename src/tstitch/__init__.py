@@ -14,6 +14,18 @@ from .stitcher import StitchedDenoiser, StitchRecord, get_record, stitch, unstit
 
 __version__ = "0.1.0"
 
+# Loaded on first use: they import diffusers, which ``import tstitch`` does not need.
+_LAZY = {"load_dit": "checkpoints", "sample_official": "official", "load_preset": "presets"}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 __all__ = [
     "stitch",
     "unstitch",
@@ -24,4 +36,7 @@ __all__ = [
     "StitchedDenoiser",
     "StitchRecord",
     "model_index_for_timestep",
+    "load_dit",
+    "sample_official",
+    "load_preset",
 ]
