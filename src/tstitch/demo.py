@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 from .metrics import FeatureFID, classifier_accuracy
 from .study import (
     Schedule,
+    add_relative_columns,
     plot_grid,
     plot_pareto,
     plot_similarity,
@@ -156,11 +157,7 @@ def run_demo(out_dir: str | Path, config: DemoConfig | None = None, *, progress:
     reference_row = cache[(large_alone, best_guidance)]
     rows = []
     for schedule in [*two_model, *three_model]:
-        row = dict(cache[(schedule, best_guidance)])
-        row["fid_vs_large"] = row["fid"] / reference_row["fid"]
-        row["time_vs_large"] = row["seconds_per_image"] / reference_row["seconds_per_image"]
-        row["speedup"] = 1.0 / row["time_vs_large"]
-        rows.append(row)
+        rows.append(add_relative_columns(dict(cache[(schedule, best_guidance)]), reference_row))
 
     # 3. The motivating figure: predictions along the large model's trajectory.
     count = min(config.similarity_samples, config.num_samples)

@@ -23,6 +23,7 @@ __all__ = [
     "two_model_sweep",
     "three_model_allocations",
     "pareto_front",
+    "add_relative_columns",
     "timed_sample",
     "trajectory_similarity",
     "plot_pareto",
@@ -60,15 +61,32 @@ def two_model_sweep(small: str, large: str, step: float = 0.1) -> list[Schedule]
     return [Schedule((small, large), (r,)) for r in _grid(step)]
 
 
-def three_model_allocations(small: str, middle: str, large: str, step: float = 0.1) -> list[Schedule]:
-    """Every allocation (f_small, f_middle) on the ``step`` grid with both > 0 and a sum below 1."""
+def three_model_allocations(small: str, middle: str, large: str, step: float = 0.1, *,
+                            include_edges: bool = False) -> list[Schedule]:
+    """Every allocation (f_small, f_middle) on the ``step`` grid with both > 0 and a sum below 1.
+
+    ``include_edges``: also the allocations where a model gets no step (a share 0, or a sum of 1): every
+    point of the grid, the two-model stitches and the single models among them.
+    """
     grid = _grid(step)
+    if include_edges:
+        return [Schedule((small, middle, large), (a, b)) for a in grid for b in grid if a + b <= 1 + 1e-9]
     return [
         Schedule((small, middle, large), (a, b))
         for a in grid
         for b in grid
         if a > 0 and b > 0 and a + b < 1 - 1e-9
     ]
+
+
+def add_relative_columns(row: dict[str, Any], reference: Mapping[str, Any], *, x: str = "seconds_per_image",
+                         y: str = "fid") -> dict[str, Any]:
+    """Add ``fid_vs_large``, ``time_vs_large`` and ``speedup`` to ``row``, relative to ``reference`` (the
+    large model alone); returns ``row``."""
+    row["fid_vs_large"] = row[y] / reference[y]
+    row["time_vs_large"] = row[x] / reference[x]
+    row["speedup"] = 1.0 / row["time_vs_large"]
+    return row
 
 
 def pareto_front(rows: Sequence[Mapping[str, Any]], x: str = "seconds_per_image", y: str = "fid") -> list[int]:
@@ -93,8 +111,12 @@ def timed_sample(
     guidance_scale: float,
     batch_size: int,
     progress: bool = False,
+    generators: Sequence[torch.Generator] | None = None,
 ) -> tuple[torch.Tensor, float, list[int]]:
     """A real stitched sampling run over all of ``noise`` in batches.
+
+    ``generators``: one per sample, for stochastic schedulers (each sample's step noise then depends on
+    its own generator only, not on the batch it is in).
 
     Returns the latents, the wall-clock seconds of the sampling (model calls and scheduler steps, not
     the metric), and the model index of each step.
@@ -102,13 +124,14 @@ def timed_sample(
     outputs, seconds, per_step = [], 0.0, []
     for start in range(0, len(noise), batch_size):
         batch_noise, batch_labels = noise[start : start + batch_size], labels[start : start + batch_size]
+        generator = None if generators is None else list(generators[start : start + batch_size])
         scheduler = scheduler_factory()
         if noise.device.type == "cuda":
             torch.cuda.synchronize()
         begin = time.perf_counter()
         result = sample(
             list(models), list(fractions), scheduler, noise=batch_noise, class_labels=batch_labels,
-            num_inference_steps=num_steps, guidance_scale=guidance_scale, progress=progress,
+            num_inference_steps=num_steps, guidance_scale=guidance_scale, progress=progress, generator=generator,
         )
         if noise.device.type == "cuda":
             torch.cuda.synchronize()
