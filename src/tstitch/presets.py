@@ -358,7 +358,15 @@ def _load_vae(source: ModelSource | str, offline: bool, device: torch.device, dt
 
 
 def _load_pipeline(target: str, offline: bool, device: torch.device, dtype: torch.dtype):
+    import importlib.util
+
     from diffusers import DiffusionPipeline
+
+    if importlib.util.find_spec("transformers") is None:
+        raise ValueError(
+            f"{target}: text-to-image pipelines need the transformers package for their text encoders "
+            "(pip install transformers)"
+        )
 
     try:
         pipe = DiffusionPipeline.from_pretrained(target, local_files_only=offline, torch_dtype=dtype)
