@@ -1,0 +1,196 @@
+# Copyright 2026 The tstitch authors. Licensed under the Apache License, Version 2.0.
+"""``tstitch evaluate`` on the embedded digits family: the ADM files and report, resuming after a kill (even
+in the middle of a write), two torchrun processes with gloo, and the same bytes however the run went."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from tstitch.evaluate import (
+    CRASH_ENV,
+    CRASH_EXIT_CODE,
+    EvaluateConfig,
+    build_schedules,
+    run_evaluate,
+    sample_labels,
+    sample_noise,
+    schedule_slug,
+)
+from tstitch.metrics import INCEPTION_WEIGHTS_ENV, InceptionV3Features
+
+# Three schedules (fractions 0, 0.5, 1 of digits-s before digits-xl), 12 samples in shards of 5, 5 and 2.
+ARGS = ["--preset", "digits", "--sweep", "--sweep-step", "0.5", "--samples", "12", "--steps", "3",
+        "--batch-size", "5", "--no-progress"]
+SLUGS = ["digits-s-0_digits-xl-1", "digits-s-0.5_digits-xl-0.5", "digits-s-1_digits-xl-0"]
+
+
+def config(out: Path, **overrides) -> EvaluateConfig:
+    settings = dict(out_dir=out, preset="digits", sweep=True, sweep_step=0.5, num_samples=12, num_steps=3,
+                    batch_size=5)
+    return EvaluateConfig(**{**settings, **overrides})
+
+
+def digests(out: Path) -> dict[str, str]:
+    return {slug: hashlib.sha256((out / slug / "samples.npz").read_bytes()).hexdigest() for slug in SLUGS}
+
+
+def run_cli(args: list[str], env: dict[str, str] | None = None, torchrun: int = 0) -> subprocess.CompletedProcess:
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={torchrun}"] \
+        if torchrun else [sys.executable]
+    environment = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", **(env or {})}
+    return subprocess.run([*launcher, "-m", "tstitch.cli", "evaluate", *args], env=environment,
+                          capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def baseline(tmp_path_factory) -> Path:
+    """One uninterrupted single-process run, in this process."""
+    out = tmp_path_factory.mktemp("baseline")
+    run_evaluate(config(out, png=True), progress=False)
+    return out
+
+
+# -- the pieces -------------------------------------------------------------------------------------------------
+
+
+def test_noise_and_labels_of_a_sample_do_not_depend_on_its_batch():
+    everything = sample_noise(7, range(10), (1, 8, 8))
+    assert torch.equal(sample_noise(7, [3, 4], (1, 8, 8)), everything[3:5])
+    assert not torch.equal(sample_noise(8, [3], (1, 8, 8)), everything[3:4])
+    assert sample_labels(range(8, 13), 10).tolist() == [8, 9, 0, 1, 2]
+
+
+def test_schedules_of_a_sweep_and_of_given_fractions():
+    sweep = build_schedules(["s", "l"], fractions=None, sweep=True)
+    assert [s.fractions for s in sweep] == [(round(0.1 * i, 6),) for i in range(11)]
+    allocations = build_schedules(["s", "b", "l"], fractions=None, sweep=True)
+    assert len(allocations) == 66  # every (a, b) on the 0.1 grid with a + b <= 1
+    assert {(0.0, 0.0), (1.0, 0.0), (0.0, 1.0), (0.3, 0.2)} <= {s.fractions for s in allocations}
+    assert build_schedules(["s", "l"], fractions=None, sweep=False, default_fractions=(0.4,))[0].fractions == (0.4,)
+    assert schedule_slug(build_schedules(["s", "b", "l"], fractions=[0.3, 0.2], sweep=False)[0]) == "s-0.3_b-0.2_l-0.5"
+    with pytest.raises(ValueError, match="take 1 fraction"):
+        build_schedules(["s", "l"], fractions=[0.1, 0.2], sweep=False)
+    with pytest.raises(ValueError, match="sum to at most 1"):
+        build_schedules(["s", "b", "l"], fractions=[0.6, 0.6], sweep=False)
+    with pytest.raises(ValueError, match="two or three"):
+        build_schedules(["a", "b", "c", "d"], fractions=None, sweep=True)
+
+
+def test_bad_settings_are_refused_before_any_work(tmp_path):
+    with pytest.raises(ValueError, match="preset"):
+        run_evaluate(EvaluateConfig(out_dir=tmp_path), progress=False)
+    with pytest.raises(ValueError, match="not both"):
+        run_evaluate(config(tmp_path, fractions=(0.4,)), progress=False)
+    with pytest.raises(ValueError, match="num_samples"):
+        run_evaluate(config(tmp_path, num_samples=1), progress=False)
+    with pytest.raises(ValueError, match="--reference"):
+        run_evaluate(config(tmp_path, metric="inception"), progress=False)
+    with pytest.raises(ValueError, match="ddim only"):
+        run_evaluate(config(tmp_path, mode="official", scheduler="ddpm"), progress=False)
+    assert list(tmp_path.iterdir()) == []
+
+
+# -- one process ------------------------------------------------------------------------------------------------
+
+
+def test_a_run_writes_adm_samples_pngs_and_a_report(baseline):
+    for slug in SLUGS:
+        with np.load(baseline / slug / "samples.npz") as samples:
+            assert samples.files == ["arr_0", "arr_1"]
+            assert samples["arr_0"].shape == (12, 8, 8, 1) and samples["arr_0"].dtype == np.uint8
+            assert samples["arr_1"].tolist() == [i % 10 for i in range(12)]
+            assert len({row.tobytes() for row in samples["arr_0"]}) == 12  # 12 different samples
+        assert not (baseline / slug / "shards").exists()
+        assert len(list((baseline / slug / "png").glob("*.png"))) == 12
+    results = json.loads((baseline / "results.json").read_text())
+    rows = results["rows"]
+    assert [r["fractions"] for r in rows] == [[0.0], [0.5], [1.0]]
+    assert [r["model_per_step"] for r in rows] == [[1, 1, 1], [0, 1, 1], [0, 0, 0]]
+    for row in rows:
+        assert {"fid", "inception_score", "precision", "recall", "accuracy", "seconds_per_image"} <= set(row)
+        assert row["fid"] > 0 and 0 <= row["precision"] <= 1 and row["seconds_per_image"] > 0
+    assert rows[0]["speedup"] == pytest.approx(1.0)
+    assert results["settings"]["num_samples"] == 12 and results["metric"]["metric"] == "digits"
+    assert (baseline / "results.csv").read_text().count("\n") == 4
+    assert (baseline / "pareto.png").stat().st_size > 1000
+    assert not list(baseline.rglob(".*tmp*"))
+
+
+def test_a_finished_run_resumes_to_the_same_files_and_other_settings_are_refused(baseline, tmp_path):
+    before = digests(baseline)
+    result = run_evaluate(config(baseline, png=True), progress=False)
+    assert digests(baseline) == before
+    assert [r["fid"] for r in result.rows] == [r["fid"] for r in json.loads(
+        (baseline / "results.json").read_text())["rows"]]
+    with pytest.raises(ValueError, match=r"other settings.*num_steps: 3 then, 4 now"):
+        run_evaluate(config(baseline, num_steps=4), progress=False)
+    with pytest.raises(ValueError, match=r"batch_size: 5 then, 6 now"):
+        run_evaluate(config(baseline, batch_size=6), progress=False)
+
+
+def test_stochastic_scheduler_noise_is_per_sample(tmp_path):
+    """DDPM draws step noise per sample: the images do not depend on the batch they were sampled in."""
+    one = run_evaluate(config(tmp_path / "a", sweep=False, num_samples=6, batch_size=6, scheduler="ddpm",
+                              metric="none"), progress=False)
+    two = run_evaluate(config(tmp_path / "b", sweep=False, num_samples=6, batch_size=4, scheduler="ddpm",
+                              metric="none"), progress=False)
+    first, second = (np.load(r.out_dir / r.rows[0]["samples"])["arr_0"].astype(int) for r in (one, two))
+    assert np.abs(first - second).max() <= 1  # identical up to float rounding of another batch shape
+    assert "fid" not in one.rows[0]
+
+
+def test_published_sampler_and_inception_metric_with_random_weights(tmp_path, monkeypatch):
+    """The DiT sampler (mode official) and the Inception path end to end, random Inception weights."""
+    torch.manual_seed(0)
+    weights = tmp_path / "inception.pth"
+    torch.save(InceptionV3Features().state_dict(), weights)
+    monkeypatch.setenv(INCEPTION_WEIGHTS_ENV, str(weights))
+    reference = tmp_path / "reference.npz"
+    np.savez(reference, arr_0=np.random.default_rng(0).integers(0, 256, (6, 8, 8, 1), dtype=np.uint8))
+    result = run_evaluate(config(tmp_path / "out", sweep=False, fractions=(0.5,), num_samples=4, num_steps=2,
+                                 mode="official", metric="inception", reference=str(reference), pr_k=2,
+                                 is_splits=2), progress=False)
+    row = result.rows[0]
+    assert row["sampler"] == "official/ddim" and row["model_per_step"] == [0, 1]
+    assert {"fid", "inception_score", "precision", "recall"} <= set(row) and "accuracy" not in row
+    assert len(list((tmp_path / "out").glob("reference-inception-*.npz"))) == 1
+
+
+# -- processes --------------------------------------------------------------------------------------------------
+
+
+def test_killed_mid_write_then_resumed_gives_the_uninterrupted_bytes(baseline, tmp_path):
+    out = ["--out", str(tmp_path)]
+    killed = run_cli([*ARGS, *out], env={CRASH_ENV: "shard:3"})  # dies writing its third shard
+    assert killed.returncode == CRASH_EXIT_CODE, killed.stderr
+    assert len(list(tmp_path.rglob("shard-*.npz"))) == 2 and len(list(tmp_path.rglob(".shard-*tmp*"))) == 1
+    killed = run_cli([*ARGS, *out], env={CRASH_ENV: "samples:2"})  # then while merging the second schedule
+    assert killed.returncode == CRASH_EXIT_CODE, killed.stderr
+    assert "7 shard(s) to sample, 2 already done" in killed.stderr
+    assert len(list(tmp_path.glob("*/samples.npz"))) == 1 and len(list(tmp_path.glob("*/.samples.npz*tmp*"))) == 1
+    finished = run_cli([*ARGS, *out])
+    assert finished.returncode == 0, finished.stderr
+    assert "0 shard(s) to sample" in finished.stderr
+    assert digests(tmp_path) == digests(baseline)
+    assert not list(tmp_path.rglob(".*tmp*"))
+
+
+def test_two_torchrun_processes_with_gloo_give_the_one_process_bytes(baseline, tmp_path):
+    result = run_cli([*ARGS, "--out", str(tmp_path)], torchrun=2)
+    assert result.returncode == 0, result.stderr
+    assert "process 0 of 2 (gloo, cpu)" in result.stderr
+    assert digests(tmp_path) == digests(baseline)
+    rows = json.loads((tmp_path / "results.json").read_text())["rows"]
+    assert json.loads((tmp_path / "results.json").read_text())["processes"] == 2
+    assert [r["fid"] for r in rows] == pytest.approx([r["fid"] for r in json.loads(
+        (baseline / "results.json").read_text())["rows"]])
+    assert "schedule" in result.stdout and result.stdout.count("digits-s:") == 3  # one table, from process 0
