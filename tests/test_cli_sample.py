@@ -35,7 +35,7 @@ def test_digits_preset_compare_end_to_end(tmp_path, capsys):
     assert not list(out.glob(".*"))  # no temporary files left behind
 
     assert "preset 'digits': digits-s 0.4, digits-xl 0.6" in printed
-    assert "ddim 25 steps, mode diffusers, guidance 1, 10 images, seed 0" in printed
+    assert "ddim 25 steps, mode diffusers, guidance 1, 10 images, seed 0, cpu float32, 1 thread" in printed
     stitched = re.search(rf"stitched: +digits-s 10 steps \+ digits-xl 15 steps: {TIME}", printed)
     alone = re.search(rf"digits-xl alone: digits-xl 25 steps: {TIME}", printed)
     speedup = re.search(r"speed-up: +([0-9.]+)x end to end", printed)
@@ -116,6 +116,7 @@ def test_hub_preset_offline_is_a_clear_error(tmp_path, capsys, monkeypatch):
         (("--preset", "digits", "--class-labels", "10"), "class labels must be in \\[0, 9\\]"),
         (("--preset", "digits", "--scheduler", "fastest"), "unknown scheduler 'fastest'; known: ddim"),
         (("--preset", "digits", "--steps", "0"), "--steps must be >= 1"),
+        (("--preset", "digits", "--threads", "0"), "--threads must be >= 1"),
         (("--preset", "digits", "--mode", "official", "--scheduler", "heun"), "published DiT sampler"),
         (("--model", "digits-xl"), "at least two --model values"),
         (("--model", "nowhere/at/all.txt", "--model", "digits-xl"), "not found"),

@@ -198,6 +198,12 @@ class StitchedPipeline:
         return len(self.small_models) + 1
 
     @property
+    def large(self) -> nn.Module:
+        """The pipeline's own denoiser (the large model)."""
+        denoiser = self.pipe.unet if getattr(self.pipe, "unet", None) is not None else self.pipe.transformer
+        return getattr(denoiser, "large", denoiser)
+
+    @property
     def device(self) -> torch.device:
         return self.pipe.device
 

@@ -6,6 +6,9 @@ from __future__ import annotations
 import argparse
 import sys
 
+#: Models with fewer parameters than this run on one CPU thread unless --threads says otherwise.
+TINY = 10_000_000
+
 EPILOG = """\
 examples:
   # offline, on a CPU, in a few seconds: the embedded digits family, 40% of the steps on the small model,
@@ -98,6 +101,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     run_group.add_argument("--dtype", choices=("auto", "float32", "float16", "bfloat16"), default="auto",
                            help="precision (default auto: float16 for pipelines on CUDA, else float32)")
     run_group.add_argument("--offline", action="store_true", help="never use the network (like HF_HUB_OFFLINE=1)")
+    run_group.add_argument("--threads", type=int, metavar="N",
+                           help="CPU threads for torch (default: 1 for models under 10M parameters on a CPU, "
+                           "where threads only add overhead; torch's own default otherwise)")
     run_group.add_argument("--out", default="outputs/sample", help="output folder (default: %(default)s)")
     run_group.add_argument("--no-progress", action="store_true", help="hide progress bars")
     parser.set_defaults(func=run)
@@ -116,7 +122,7 @@ def _check_args(args: argparse.Namespace) -> None:
             raise ValueError(f"--fractions must be in [0, 1], got {value:g}")
     if args.fractions and sum(args.fractions) > 1.0 + 1e-6:
         raise ValueError(f"--fractions sum to {sum(args.fractions):g}, more than 1")
-    for name in ("steps", "num_images", "batch_size", "size"):
+    for name in ("steps", "num_images", "batch_size", "size", "threads"):
         value = getattr(args, name)
         if value is not None and value < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
@@ -174,6 +180,11 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError("--checkpoint-dir applies to presets; give files directly with --model PATH")
         loaded = load_models(args.model, device=device, dtype=dtype, local_files_only=offline, vae=args.vae,
                              timestep_embedding=args.timestep_embedding or "auto")
+    threads = args.threads
+    if threads is None and device.type == "cpu" and sum(p.numel() for p in loaded.large.parameters()) < TINY:
+        threads = 1
+    if threads:
+        torch.set_num_threads(threads)
     fractions = [args.fraction] if args.fraction is not None else args.fractions
     options = SampleOptions(
         fractions=fractions, num_steps=args.steps, scheduler=args.scheduler, mode=args.mode,
@@ -190,7 +201,9 @@ def run(args: argparse.Namespace) -> int:
     print(f"{loaded.label}: {shares}")
     print(f"  {settings['scheduler'] or 'pipeline scheduler'} {settings['num_steps']} steps, mode {settings['mode']}, "
           f"guidance {'default' if guidance is None else f'{guidance:g}'}, {settings['num_images']} images, "
-          f"seed {settings['seed']}, {device} {str(loaded_dtype(loaded)).replace('torch.', '')}")
+          f"seed {settings['seed']}, {device} {str(loaded.large.dtype).replace('torch.', '')}"
+          + (f", {torch.get_num_threads()} thread{'s' if torch.get_num_threads() > 1 else ''}"
+             if device.type == "cpu" else ""))
     print(f"stitched:  {_describe_run(result.stitched)}")
     if result.baseline is not None:
         print(f"{result.baseline.model_names[-1]} alone: {_describe_run(result.baseline)}")
@@ -201,9 +214,3 @@ def run(args: argparse.Namespace) -> int:
     sys.stdout.flush()
     return 0
 
-
-def loaded_dtype(loaded) -> object:
-    """The precision the large model runs in."""
-    if getattr(loaded, "kind", "") == "class":
-        return loaded.large.dtype
-    return loaded.pipe.unet.dtype if getattr(loaded.pipe, "unet", None) is not None else loaded.pipe.transformer.dtype
