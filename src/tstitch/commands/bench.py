@@ -1,0 +1,92 @@
+# Copyright 2026 The tstitch authors. Licensed under the Apache License, Version 2.0.
+"""``tstitch bench``: time stitched sampling against plain loops, the ideal line and the user's pipeline."""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "bench",
+        help="time stitched sampling: overhead, linearity, no tax, speed-up, peak memory",
+        description="Times complete sampling runs of each model pair at fractions 0, 0.2, ..., 1 of the small "
+        "model, against a plain loop calling the same models, the ideal (1-r) T_large + r T_small and the "
+        "unstitched diffusers pipeline, with repetitions interleaved; prints the ratios and writes bench.json "
+        "and bench.png.",
+    )
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--quick", action="store_true", help="the embedded digits pair only: under 2 minutes on a CPU")
+    mode.add_argument("--gpu-paper", action="store_true",
+                      help="the paper's table setting on CUDA: DiT-S/2 -> DiT-XL/2 at 256, 100 DDIM steps, "
+                      "8 images, guidance 1.5, fractions 0, 0.1, ..., 1")
+    parser.add_argument("--cases", nargs="+", metavar="CASE",
+                        help="cases to run (default: all of the CPU preset): digits, dit-s-b, dit-s-xl, "
+                        "sd15-bksdm-tiny")
+    parser.add_argument("--out", default="outputs/bench", help="output folder (default: %(default)s)")
+    parser.add_argument("--device", help="torch device (default: cpu; cuda with --gpu-paper)")
+    parser.add_argument("--threads", type=int,
+                        help="torch CPU threads (default: torch's own; 1 with --quick, so that a busy machine "
+                        "does not stall it)")
+    parser.add_argument("--reps", type=int, help="timed repetitions per configuration (default: per case)")
+    parser.add_argument("--steps", type=int, help="sampling steps (default: per case)")
+    parser.add_argument("--images", type=int, help="images per run (default: per case)")
+    parser.add_argument("--fractions", type=float, nargs="+", metavar="R",
+                        help="fractions of the small model (default 0 0.2 0.4 0.6 0.8 1; 0 and 1 are always run)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the noise, labels and weights (default: 0)")
+    parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory runs")
+    fast = parser.add_argument_group("fast paths (none changes which model runs at which step)")
+    fast.add_argument("--compile", action="store_true", help="torch.compile each model (compile time reported apart)")
+    fast.add_argument("--compile-mode", help="torch.compile mode, e.g. max-autotune-no-cudagraphs")
+    fast.add_argument("--compile-backend", default="inductor", help="torch.compile backend (default: %(default)s)")
+    fast.add_argument("--dtype", choices=("fp32", "fp16", "bf16"), help="precision of the models (half: for GPUs)")
+    fast.add_argument("--channels-last", action="store_true", help="channels-last weights (for U-Nets)")
+    fast.add_argument("--offload", action="store_true",
+                      help="also time stitched sampling with the idle model offloaded to the CPU (CUDA only)")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from ..bench import CASE_BUILDERS, PRESETS, BenchSettings, format_report, run_bench
+    from ..fastpaths import FastPaths
+
+    preset = "gpu-paper" if args.gpu_paper else "quick" if args.quick else "cpu"
+    device = args.device or ("cuda" if args.gpu_paper else "cpu")
+    if torch.device(device).type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device} asked for, but torch sees no CUDA device")
+    for value, name in ((args.reps, "--reps"), (args.steps, "--steps"), (args.images, "--images"),
+                        (args.threads, "--threads")):
+        if value is not None and value < 1:
+            raise ValueError(f"{name} must be >= 1, got {value}")
+    threads = args.threads or (1 if args.quick else None)
+    if threads:
+        torch.set_num_threads(threads)
+
+    cases = [(name, dict(options)) for name, options in PRESETS[preset]]
+    if args.cases:
+        unknown = [name for name in args.cases if name not in CASE_BUILDERS]
+        if unknown:
+            raise ValueError(f"unknown case(s) {', '.join(unknown)}; known: {', '.join(CASE_BUILDERS)}")
+        defaults = dict(PRESETS["cpu"])
+        cases = [(name, dict(defaults.get(name, {}))) for name in args.cases]
+    fractions = tuple(args.fractions) if args.fractions else None
+    for _, options in cases:
+        for key, value in (("repetitions", args.reps), ("num_steps", args.steps), ("num_images", args.images),
+                           ("fractions", fractions)):
+            if value is not None:
+                options[key] = value
+
+    settings = BenchSettings(
+        seed=args.seed,
+        memory=not args.no_memory,
+        fast=FastPaths(compile=args.compile, compile_mode=args.compile_mode, compile_backend=args.compile_backend,
+                       dtype=args.dtype, channels_last=args.channels_last, offload=args.offload),
+    )
+    start = time.perf_counter()
+    results = run_bench(cases, args.out, settings, device=device, preset=preset)
+    print(format_report(results))
+    print(f"wrote {args.out}/bench.json and bench.png in {time.perf_counter() - start:.0f} s")
+    return 0

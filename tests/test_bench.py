@@ -1,0 +1,141 @@
+# Copyright 2026 The tstitch authors. Licensed under the Apache License, Version 2.0.
+"""Smoke tests of the timing harness on tiny models (seconds; the timings themselves are not checked)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from tiny_models import (  # one_thread: an autouse fixture
+    DIT_SAMPLE_SIZE,
+    LATENT_CHANNELS,
+    SCHEDULERS,
+    one_thread,  # noqa: F401
+    tiny_dit,
+    tiny_unet,
+)
+
+import tstitch
+from tstitch.bench import (
+    BenchCase,
+    BenchSettings,
+    _interleaved,
+    _Planned,
+    format_report,
+    plain_sample,
+    run_bench,
+)
+from tstitch.cli import main
+
+
+def class_case(**options) -> BenchCase:
+    settings = dict(num_steps=3, num_images=2, guidance_scale=1.5, fractions=(0.0, 0.5, 1.0), repetitions=2,
+                    make_scheduler=SCHEDULERS["ddim"])
+    settings.update(options)
+    return BenchCase(name="tiny-dit", small=tiny_dit(0), large=tiny_dit(1, num_layers=2), **settings)
+
+
+def text_case(**options) -> BenchCase:
+    settings = dict(num_steps=3, num_images=1, guidance_scale=5.0, fractions=(0.0, 0.5, 1.0), repetitions=2)
+    settings.update(options)
+    return BenchCase(name="tiny-unet", small=tiny_unet(0), large=tiny_unet(1, layers_per_block=2),
+                     make_scheduler=SCHEDULERS["ddim"], conditioning="text", **settings)
+
+
+def test_harness_writes_json_and_plot_with_every_figure(tmp_path):
+    results = run_bench([class_case(), text_case()], tmp_path, BenchSettings(dispatch_calls=50))
+
+    written = json.loads((tmp_path / "bench.json").read_text())
+    assert (tmp_path / "bench.png").stat().st_size > 1000
+    assert written["summary"] == json.loads(json.dumps(results["summary"]))
+    assert written["machine"]["torch"] == torch.__version__ and written["machine"]["label"]
+    for case in results["cases"]:
+        assert [row["fraction"] for row in case["rows"]] == [0.0, 0.5, 1.0]
+        for config, run in case["runs"].items():
+            assert len(run["seconds"]) == 2, config  # every configuration in every repetition
+        for row in case["rows"]:
+            for figure in ("overhead", "linearity", "speedup"):
+                assert row[figure]["min"] <= row[figure]["median"] <= row[figure]["max"]
+                assert row[figure]["fastest"] > 0
+            # the stitched run computes exactly what the plain loop computes
+            assert row["max_abs_diff_vs_plain"] == 0.0
+        assert case["rows"][0]["ideal_speedup"] == 1.0
+        assert case["rows"][1]["small_steps"] == 1 and case["rows"][1]["effective_fraction"] == pytest.approx(1 / 3)
+        assert case["no_tax"]["ratio"]["median"] > 0
+        memory = case["memory"]
+        assert memory["small_weight_bytes"] == case["small"]["weight_bytes"] >= 4 * case["small"]["parameters"]
+        extra = memory["stitched_minus_large_bytes"]
+        assert extra == memory["small_weight_bytes"] + memory["beyond_small_weights_bytes"]
+    assert results["cases"][0]["no_tax"]["stitched"] == "pipeline-stitched@0"
+    assert results["cases"][1]["no_tax"]["stitched"] == "stitched@0"
+    assert set(results["summary"]) == {"overhead_max", "linearity_min", "linearity_max", "no_tax_max"}
+    assert results["dispatch"]["overhead_us_per_step"] < 1000
+
+    report = format_report(results)
+    assert "tiny-dit" in report and "tiny-unet" in report and "no tax" in report and "overhead max" in report
+
+
+def test_the_stitched_runs_follow_the_plan_and_the_harness_says_so_when_not(monkeypatch):
+    import tstitch.bench as bench
+
+    monkeypatch.setattr(bench._Runner, "plan", lambda self, fraction, steps: [0] * steps)  # a wrong plan
+    with pytest.raises(RuntimeError, match="models per step"):
+        run_bench([class_case(repetitions=1)], None, BenchSettings(memory=False, dispatch_calls=10))
+
+
+def test_interleaving_keeps_groups_together_and_varies_the_order():
+    groups = [["a1", "a2"], ["b1", "b2"], ["c"]]
+    runs = list(_interleaved(groups, 3))
+    assert [config for rep, config in runs if rep == 0] == ["a1", "a2", "b1", "b2", "c"]
+    assert [config for rep, config in runs if rep == 1] == ["b2", "b1", "c", "a2", "a1"]
+    assert [config for rep, config in runs if rep == 2] == ["c", "a1", "a2", "b1", "b2"]
+
+
+def test_plain_loop_computes_what_tstitch_sample_computes():
+    small, large = tiny_dit(0), tiny_dit(1, num_layers=2)
+    shape = (3, LATENT_CHANNELS, DIT_SAMPLE_SIZE, DIT_SAMPLE_SIZE)
+    noise = torch.randn(shape, generator=torch.Generator().manual_seed(0))
+    labels = torch.tensor([1, 2, 3])
+    plan = tstitch.StitchSchedule.from_small_fractions(0.4).assignment(5)
+    kwargs = dict(noise=noise, class_labels=labels, num_inference_steps=5, guidance_scale=3.0)
+    plain = plain_sample([small, large], plan, SCHEDULERS["ddim"](), **kwargs)
+    stitched = tstitch.sample([small, large], 0.4, SCHEDULERS["ddim"](), **kwargs)
+    assert stitched.record.model_per_step() == plan == [0, 0, 1, 1, 1]
+    assert torch.equal(plain, stitched.latents)
+
+
+def test_planned_stand_in_calls_the_models_of_the_plan_and_looks_like_the_large_one():
+    small, large = tiny_dit(0), tiny_dit(1, num_layers=2)
+    planned = _Planned([small, large], [1, 0])
+    x = torch.randn(1, LATENT_CHANNELS, DIT_SAMPLE_SIZE, DIT_SAMPLE_SIZE)
+    t, y = torch.tensor([10]), torch.tensor([1])
+    assert torch.equal(planned(x, timestep=t, class_labels=y).sample, large(x, timestep=t, class_labels=y).sample)
+    assert torch.equal(planned(x, timestep=t, class_labels=y).sample, small(x, timestep=t, class_labels=y).sample)
+    assert planned.config is large.config and planned.dtype == large.dtype
+
+
+def test_case_validation_names_the_problem():
+    with pytest.raises(ValueError, match="first-order"):
+        class_case(make_scheduler=SCHEDULERS["heun"]).validate()
+    with pytest.raises(ValueError, match="null class 1000"):
+        BenchCase(name="x", small=tiny_dit(0, num_embeds_ada_norm=10), large=tiny_dit(1, num_embeds_ada_norm=10),
+                  make_scheduler=SCHEDULERS["ddim"], num_steps=2, num_images=1, guidance_scale=2.0).validate()
+    with pytest.raises(ValueError, match="fractions"):
+        class_case(fractions=(0.5, 1.5)).validate()
+
+
+def test_cli_runs_a_named_case_and_prints_the_ratios(tmp_path, capsys):
+    code = main(["bench", "--cases", "digits", "--steps", "2", "--reps", "1", "--images", "2", "--threads", "1",
+                 "--no-memory", "--out", str(tmp_path)])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "digits-s" in printed and "overhead" in printed and "targets" in printed
+    results = json.loads((tmp_path / "bench.json").read_text())
+    assert results["cases"][0]["num_steps"] == 2 and "memory" not in results["cases"][0]
+
+
+def test_cli_refuses_bad_input_before_any_work(tmp_path, capsys):
+    assert main(["bench", "--cases", "nope", "--out", str(tmp_path)]) == 2
+    assert "unknown case" in capsys.readouterr().err
+    assert main(["bench", "--reps", "0", "--out", str(tmp_path)]) == 2
