@@ -29,13 +29,13 @@ from tstitch.metrics import INCEPTION_WEIGHTS_ENV, InceptionV3Features
 
 # Three schedules (fractions 0, 0.5, 1 of digits-s before digits-xl), 12 samples in shards of 5, 5 and 2.
 ARGS = ["--preset", "digits", "--sweep", "--sweep-step", "0.5", "--samples", "12", "--steps", "3",
-        "--batch-size", "5", "--no-progress"]
+        "--batch-size", "5", "--device", "cpu", "--no-progress"]
 SLUGS = ["digits-s-0_digits-xl-1", "digits-s-0.5_digits-xl-0.5", "digits-s-1_digits-xl-0"]
 
 
 def config(out: Path, **overrides) -> EvaluateConfig:
     settings = dict(out_dir=out, preset="digits", sweep=True, sweep_step=0.5, num_samples=12, num_steps=3,
-                    batch_size=5)
+                    batch_size=5, device="cpu")
     return EvaluateConfig(**{**settings, **overrides})
 
 
@@ -194,3 +194,5 @@ def test_two_torchrun_processes_with_gloo_give_the_one_process_bytes(baseline, t
     assert [r["fid"] for r in rows] == pytest.approx([r["fid"] for r in json.loads(
         (baseline / "results.json").read_text())["rows"]])
     assert "schedule" in result.stdout and result.stdout.count("digits-s:") == 3  # one table, from process 0
+    refused = run_cli([*ARGS, "--out", str(tmp_path), "--steps", "4"], torchrun=2)  # both processes stop
+    assert refused.returncode != 0 and refused.stderr.count("holds samples made with other settings") == 1
