@@ -464,10 +464,10 @@ class _Run:
     # -- settings ---------------------------------------------------------------------------------------------
 
     def _check_sampler(self) -> None:
-        from .generate import scheduler_name
+        from .generate import MODES, scheduler_name
 
-        if self.mode not in ("diffusers", "official"):
-            raise ValueError(f"mode must be diffusers or official, got {self.mode!r}")
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
         if self.mode == "official":
             if self.scheduler != "ddim":
                 raise ValueError(
