@@ -22,7 +22,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     models = parser.add_argument_group("models")
     models.add_argument("--preset", help="a named model set, e.g. digits, digits-s-b-xl, dit-s-xl, dit-s-b-xl")
-    models.add_argument("--models", nargs="+", default=[], metavar="MODEL",
+    models.add_argument("--models", "--model", nargs="+", default=[], metavar="MODEL",
                         help="models smallest first: embedded names (digits-s), DiT files or folders, hub ids; "
                         "with --preset, they replace its sources")
     models.add_argument("--vae", help="VAE folder or hub id for latent models (default: the preset's / sd-vae-ft-ema)")
