@@ -237,7 +237,7 @@ PRESETS: dict[str, list[tuple[str, dict[str, Any]]]] = {
     "cpu": [
         ("digits", dict(num_steps=10, num_images=16, repetitions=15)),
         ("dit-s-b", dict(num_steps=5, num_images=1, repetitions=3)),
-        ("dit-s-xl", dict(num_steps=5, num_images=1, repetitions=2)),
+        ("dit-s-xl", dict(num_steps=5, num_images=1, repetitions=3)),
         ("sd15-bksdm-tiny", dict(num_steps=5, num_images=1, repetitions=3, latent_size=16)),
     ],
     "gpu-paper": [
@@ -373,7 +373,10 @@ class _Runner:
         if self.offload_fraction is not None:
             offload = f"offload@{self.offload_fraction:g}"
             home = next((g for g in groups if f"stitched@{self.offload_fraction:g}" in g), None)
-            home.append(offload) if home is not None else groups.append([offload])
+            if home is not None:
+                home.append(offload)
+            else:
+                groups.append([offload])
         return groups
 
     def warmup_configs(self) -> list[str]:
@@ -389,12 +392,7 @@ class _Runner:
     def run(self, config: str, num_steps: int | None = None) -> _Run:
         steps = num_steps or self.case.num_steps
         kind, fraction = config.split("@")[0], _fraction_of(config) if "@" in config else None
-        if kind == "offload":
-            return self._run_offloaded(fraction, steps)
         return getattr(self, f"_run_{kind.replace('-', '_')}")(fraction, steps)
-
-    def _run_offloaded(self, fraction: float, steps: int) -> _Run:
-        raise NotImplementedError
 
 
 class _ClassRunner(_Runner):
@@ -439,7 +437,7 @@ class _ClassRunner(_Runner):
         )
         return _Run(seconds, latents, per_step)
 
-    def _run_offloaded(self, fraction: float, steps: int) -> _Run:
+    def _run_offload(self, fraction: float, steps: int) -> _Run:
         denoiser = StitchedDenoiser(self.models, StitchSchedule.from_small_fractions(fraction))
         switch = enable_offload(denoiser, self.device)
         scheduler = self.case.make_scheduler()
@@ -518,7 +516,7 @@ class _TextRunner(_Runner):
         seconds, latents = self._call(pipe, steps)
         return _Run(seconds, latents, get_record(pipe).model_per_step())
 
-    def _run_offloaded(self, fraction: float, steps: int) -> _Run:
+    def _run_offload(self, fraction: float, steps: int) -> _Run:
         pipe = self._pipe(f"offload@{fraction:g}", fraction)
         switch = enable_offload(pipe, self.device)
         try:
