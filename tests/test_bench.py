@@ -25,6 +25,7 @@ from tstitch.bench import (
     format_report,
     plain_sample,
     run_bench,
+    run_case,
 )
 from tstitch.cli import main
 
@@ -48,7 +49,7 @@ def test_harness_writes_json_and_plot_with_every_figure(tmp_path):
 
     written = json.loads((tmp_path / "bench.json").read_text())
     assert (tmp_path / "bench.png").stat().st_size > 1000
-    assert written["summary"] == json.loads(json.dumps(results["summary"]))
+    assert written["summary"] == json.loads(json.dumps(results["summary"])) and written["complete"]
     assert written["machine"]["torch"] == torch.__version__ and written["machine"]["label"]
     for case in results["cases"]:
         assert [row["fraction"] for row in case["rows"]] == [0.0, 0.5, 1.0]
@@ -82,6 +83,14 @@ def test_the_stitched_runs_follow_the_plan_and_the_harness_says_so_when_not(monk
     monkeypatch.setattr(bench._Runner, "plan", lambda self, fraction, steps: [0] * steps)  # a wrong plan
     with pytest.raises(RuntimeError, match="models per step"):
         run_bench([class_case(repetitions=1)], None, BenchSettings(memory=False, dispatch_calls=10))
+
+
+def test_results_so_far_are_handed_over_after_each_repetition():
+    partial = []
+    result = run_case(class_case(repetitions=3), BenchSettings(memory=False), checkpoint=partial.append)
+    assert [p["repetitions"] for p in partial] == [1, 2]  # the last one is the result itself
+    assert result["repetitions"] == result["repetitions_planned"] == 3
+    assert all(len(run["seconds"]) == 1 for run in partial[0]["runs"].values())
 
 
 def test_interleaving_keeps_groups_together_and_varies_the_order():

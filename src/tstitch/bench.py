@@ -695,8 +695,12 @@ def _check_plan(runner: _Runner, config: str, run: _Run, steps: int) -> None:
         raise RuntimeError(f"{runner.case.name} {config}: models per step {run.per_step}, the plan says {expected}")
 
 
-def run_case(case: BenchCase, settings: BenchSettings) -> dict[str, Any]:
-    """Time one case (warm-up, interleaved repetitions, memory); returns its results dictionary."""
+def run_case(case: BenchCase, settings: BenchSettings,
+             checkpoint: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """Time one case (warm-up, interleaved repetitions, memory); returns its results dictionary.
+
+    ``checkpoint``, if given, receives the results so far after each repetition (for a run cut short).
+    """
     case.validate()
     settings.fast.apply([case.small, case.large])
     device = next(case.large.parameters()).device
@@ -719,6 +723,24 @@ def run_case(case: BenchCase, settings: BenchSettings) -> dict[str, Any]:
     seconds: dict[str, list[float]] = {config: [] for config in configs}
     offload_seconds: list[float] = []
     first_latents: dict[str, torch.Tensor] = {}
+
+    def results_so_far() -> dict[str, Any]:
+        result = _case_result(case, runner, seconds, first_latents)
+        result["warmup_seconds"] = passes
+        if graphs_before is not None:
+            result["compile"] = {"compile_seconds": passes[0] - passes[1],
+                                 "graphs_compiled_during_timing": compiled_graph_count() - graphs_before,
+                                 "method": "first warm-up pass minus the second, identical one"}
+        if offload is not None:
+            key, stitched = f"offload@{offload:g}", f"stitched@{offload:g}"
+            result["offload"] = {
+                "fraction": offload,
+                "seconds_per_image": statistics.median(seconds[key]) / case.num_images,
+                "ratio_vs_stitched": _paired(seconds[key], seconds[stitched]) if stitched in seconds else None,
+                "transfer_seconds_per_run": _stats(offload_seconds),
+            }
+        return result
+
     logger.info(f"{case.name}: {len(configs)} configurations x {case.repetitions} repetitions")
     done, rep_start = 0, time.perf_counter()
     for rep, config in _interleaved(groups, case.repetitions):
@@ -734,13 +756,23 @@ def run_case(case: BenchCase, settings: BenchSettings) -> dict[str, Any]:
             logger.info(f"{case.name}: repetition {rep + 1}/{case.repetitions} done "
                         f"({time.perf_counter() - rep_start:.0f} s)")
             rep_start = time.perf_counter()
+            if checkpoint is not None and rep + 1 < case.repetitions:
+                checkpoint(results_so_far())
+    result = results_so_far()
+    if settings.memory:
+        logger.info(f"{case.name}: peak memory")
+        result["memory"] = _measure_memory(runner)
+    return result
+
+
+def _case_result(case: BenchCase, runner: _Runner, seconds: dict[str, list[float]],
+                 first_latents: dict[str, torch.Tensor]) -> dict[str, Any]:
+    """The results of a case from the seconds of its runs (complete repetitions)."""
     # The stitched runs must compute what the plain loop computes.
     diffs = {
         r: float((first_latents[f"stitched@{r:g}"].float() - first_latents[f"plain@{r:g}"].float()).abs().max())
         for r in case.all_fractions if f"stitched@{r:g}" in first_latents and f"plain@{r:g}" in first_latents
     }
-    recompiled = compiled_graph_count() - graphs_before if graphs_before is not None else None
-
     result: dict[str, Any] = {
         "name": case.name,
         "description": case.description,
@@ -754,11 +786,12 @@ def run_case(case: BenchCase, settings: BenchSettings) -> dict[str, Any]:
         "guidance_scale": case.guidance_scale,
         "scheduler": type(case.make_scheduler()).__name__,
         "dtype": str(runner.dtype).replace("torch.", ""),
-        "repetitions": case.repetitions,
-        "order": "interleaved: every configuration once per repetition, the order reversed every other one",
-        "runs": {config: {"seconds": values, **_stats(values)} for config, values in seconds.items()},
+        "repetitions": len(seconds["plain@0"]),
+        "repetitions_planned": case.repetitions,
+        "order": "each repetition runs every configuration once: plain@r and stitched@r back to back (their "
+                 "order alternating), the pipeline pair back to back, the groups rotated by one each repetition",
+        "runs": {config: {"seconds": list(values), **_stats(values)} for config, values in seconds.items()},
         "rows": _case_rows(case, seconds, diffs),
-        "warmup_seconds": passes,
     }
     no_tax_base = "pipeline" if "pipeline" in seconds else "plain@0"
     no_tax_stitched = "pipeline-stitched@0" if "pipeline" in seconds else "stitched@0"
@@ -768,21 +801,6 @@ def run_case(case: BenchCase, settings: BenchSettings) -> dict[str, Any]:
         "ratio": _paired(seconds[no_tax_stitched], seconds[no_tax_base]),
         "baseline_seconds_per_image": statistics.median(seconds[no_tax_base]) / case.num_images,
     }
-    if settings.fast.compile:
-        result["compile"] = {"compile_seconds": passes[0] - passes[1], "graphs_compiled_during_timing": recompiled,
-                             "method": "first warm-up pass minus the second, identical one"}
-    if offload is not None:
-        key = f"offload@{offload:g}"
-        result["offload"] = {
-            "fraction": offload,
-            "seconds_per_image": statistics.median(seconds[key]) / case.num_images,
-            "ratio_vs_stitched": _paired(seconds[key], seconds[f"stitched@{offload:g}"])
-            if f"stitched@{offload:g}" in seconds else None,
-            "transfer_seconds_per_run": _stats(offload_seconds),
-        }
-    if settings.memory:
-        logger.info(f"{case.name}: peak memory")
-        result["memory"] = _measure_memory(runner)
     return result
 
 
@@ -900,7 +918,7 @@ def run_bench(
 ) -> dict[str, Any]:
     """Run the harness over ``cases`` (ready :class:`BenchCase` objects, or ``(name, options)`` built on
     ``device`` one at a time so that only one pair is in memory) and write ``bench.json`` and ``bench.png``
-    into ``out_dir`` (when given), after each case (``"complete": false`` until the last one), so that a run
+    into ``out_dir`` (when given), after each repetition (``"complete": false`` until the end), so that a run
     cut short keeps what it measured. Returns the results dictionary."""
     settings = settings or BenchSettings()
     out = ensure_writable_dir(out_dir) if out_dir is not None else None
@@ -916,6 +934,18 @@ def run_bench(
         "cases": [],
         "complete": False,
     }
+    finished: list[dict[str, Any]] = []
+
+    def save(partial: dict[str, Any] | None = None) -> None:
+        results["cases"] = finished + ([partial] if partial is not None else [])
+        results["summary"] = _summary(results["cases"])
+        machine["load_average_end"] = os.getloadavg() if hasattr(os, "getloadavg") else None
+        results["wall_seconds"] = time.perf_counter() - started
+        results["complete"] = partial is None and len(finished) == len(cases)
+        if out is not None:
+            write_json(out / "bench.json", results)
+            plot_times(results, out / "bench.png")
+
     for entry in cases:
         if isinstance(entry, BenchCase):
             case = entry
@@ -924,17 +954,11 @@ def run_bench(
             logger.info(f"{name}: building the models")
             case = build_case(name, device, settings.seed, **options)
         logger.info(f"{case.name}: {case.small_name} -> {case.large_name}, {case.num_steps} steps, "
-                       f"{case.num_images} images, guidance {case.guidance_scale:g}")
-        results["cases"].append(run_case(case, settings))
+                    f"{case.num_images} images, guidance {case.guidance_scale:g}")
+        finished.append(run_case(case, settings, checkpoint=save))
         del case
         gc.collect()
-        results["summary"] = _summary(results["cases"])
-        machine["load_average_end"] = os.getloadavg() if hasattr(os, "getloadavg") else None
-        results["wall_seconds"] = time.perf_counter() - started
-        results["complete"] = len(results["cases"]) == len(cases)
-        if out is not None:
-            write_json(out / "bench.json", results)
-            plot_times(results, out / "bench.png")
+        save()
     return results
 
 
