@@ -196,8 +196,7 @@ class OffloadSwitch:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         start = time.perf_counter()
-        if self.resident is not None:
-            self.models[self.resident].to(self.offload_device)
+        self.models[self.resident].to(self.offload_device)  # first out, then in: never both on the device
         self.models[index].to(self.device)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
