@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .sampling import _as_tensor, guided_output, num_classes_of, sample
+from .sampling import guided_output, num_classes_of, sample
 from .utils import atomic_write
 
 __all__ = [
@@ -166,7 +166,7 @@ def trajectory_similarity(
         model_input = scheduler.scale_model_input(torch.cat([latents] * 2) if use_cfg else latents, t)
         timestep = t.expand(model_input.shape[0])
         outputs = [
-            guided_output(_as_tensor(m(model_input, timestep=timestep, class_labels=model_labels)), channels,
+            guided_output(m(model_input, timestep=timestep, class_labels=model_labels), channels,
                           guidance_scale)
             for m in (small, large)
         ]
