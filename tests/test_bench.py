@@ -106,7 +106,7 @@ def test_plain_loop_computes_what_tstitch_sample_computes():
     shape = (3, LATENT_CHANNELS, DIT_SAMPLE_SIZE, DIT_SAMPLE_SIZE)
     noise = torch.randn(shape, generator=torch.Generator().manual_seed(0))
     labels = torch.tensor([1, 2, 3])
-    plan = tstitch.StitchSchedule.from_small_fractions(0.4).assignment(5)
+    plan = tstitch.Plan.from_small_fractions(0.4).assignment(5)
     kwargs = dict(noise=noise, class_labels=labels, num_inference_steps=5, guidance_scale=3.0)
     plain = plain_sample([small, large], plan, SCHEDULERS["ddim"](), **kwargs)
     stitched = tstitch.sample([small, large], 0.4, SCHEDULERS["ddim"](), **kwargs)

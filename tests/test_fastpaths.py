@@ -60,7 +60,7 @@ def run(models, fraction, dtype=torch.float32):
 
 
 def plan(fraction):
-    return tstitch.StitchSchedule.from_small_fractions(fraction).assignment(STEPS)
+    return tstitch.Plan.from_small_fractions(fraction).assignment(STEPS)
 
 
 @pytest.fixture
@@ -154,7 +154,7 @@ def spy_moves(models, names):
 
 def test_offload_moves_the_idle_model_away_and_keeps_the_schedule():
     small, large = dit_pair()
-    denoiser = tstitch.StitchedDenoiser([small, large], tstitch.StitchSchedule.from_small_fractions(0.4))
+    denoiser = tstitch.StitchedDenoiser([small, large], tstitch.Plan.from_small_fractions(0.4))
     moves = spy_moves([small, large], ["small", "large"])
     switch = enable_offload(denoiser, device="cpu", offload_device="cpu")
     assert isinstance(switch, OffloadSwitch) and denoiser.before_call is switch

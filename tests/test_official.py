@@ -21,7 +21,7 @@ from tstitch.official import (
     respaced_timesteps,
     sample_official,
 )
-from tstitch.schedule import StitchSchedule, model_index_for_timestep
+from tstitch.plan import Plan, model_index_for_timestep
 
 T = 1000
 
@@ -235,7 +235,7 @@ def test_three_models_and_fraction_forms():
     timesteps = respaced_timesteps(10)[::-1]
     assert out.model_per_step == [model_index_for_timestep((0.3, 0.3, 0.4), t, T) for t in timesteps]
     assert out.steps_per_model(3) == [3, 3, 4]
-    for fractions in ([0.3, 0.3, 0.4], StitchSchedule((0.3, 0.3, 0.4))):
+    for fractions in ([0.3, 0.3, 0.4], Plan((0.3, 0.3, 0.4))):
         again = sample_official(models, fractions, **kwargs)
         assert again.model_per_step == out.model_per_step
         torch.testing.assert_close(again.latents, out.latents, rtol=0, atol=0)

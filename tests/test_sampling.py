@@ -21,7 +21,7 @@ from tiny_models import (  # one_thread: an autouse fixture
 )
 
 import tstitch
-from tstitch import StitchedDenoiser, StitchSchedule
+from tstitch import Plan, StitchedDenoiser
 
 NUM_STEPS = 5
 LABELS = [1, 7, 42]
@@ -182,7 +182,7 @@ def test_three_models(models, scheduler_name):
 
 def test_schedule_object_and_single_label(models):
     small, _, large = models
-    out = run_sample([small, large], StitchSchedule((0.6, 0.4)), "ddim", labels=[5])
+    out = run_sample([small, large], Plan((0.6, 0.4)), "ddim", labels=[5])
     assert out.record.model_per_step() == [0, 0, 0, 1, 1]
     assert out.latents.shape == (1, LATENT_CHANNELS, DIT_SAMPLE_SIZE, DIT_SAMPLE_SIZE)
 
@@ -325,7 +325,7 @@ def test_bad_input(models):
     with pytest.raises(ValueError, match="3 models but 2 fractions"):
         tstitch.sample(
             [small, small, large],
-            StitchSchedule((0.5, 0.5)),
+            Plan((0.5, 0.5)),
             make_scheduler("ddim"),
             noise=make_noise(),
             class_labels=LABELS,
@@ -337,7 +337,7 @@ def test_bad_input(models):
 
 def test_ready_stitched_denoiser_and_scheduler_restored(models):
     small, _, large = models
-    denoiser = StitchedDenoiser([small, large], StitchSchedule.from_small_fractions(0.6))
+    denoiser = StitchedDenoiser([small, large], Plan.from_small_fractions(0.6))
     scheduler = make_scheduler("ddim")
     out = tstitch.sample(
         denoiser,

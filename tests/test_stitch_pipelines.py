@@ -661,7 +661,7 @@ class NoDenoiserPipeline(DiffusionPipeline):
 def _bad_cases():
     dit, unet = tiny_dit, tiny_unet
     v_prediction = DDIMScheduler.from_config(SCHEDULERS["ddim"]().config, prediction_type="v_prediction")
-    stitched = StitchedDenoiser([dit(1), dit(2)], tstitch.StitchSchedule.from_small_fractions(0.5))
+    stitched = StitchedDenoiser([dit(1), dit(2)], tstitch.Plan.from_small_fractions(0.5))
     return [
         ("dit", lambda: dit(1), 1.5, r"fractions\[0\] must be in \[0, 1\], got 1\.5"),
         ("dit", lambda: dit(1), -0.25, r"fractions\[0\] must be in \[0, 1\], got -0\.25"),

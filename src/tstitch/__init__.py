@@ -8,8 +8,8 @@ A small model runs the first, noisy fraction of the denoising steps and the larg
     tstitch.unstitch(pipe)
 """
 
+from .plan import Plan, model_index_for_timestep
 from .sampling import SampleOutput, sample
-from .schedule import StitchSchedule, model_index_for_timestep
 from .stitcher import StitchedDenoiser, StitchRecord, get_record, stitch, unstitch
 
 __version__ = "0.1.0"
@@ -32,7 +32,7 @@ __all__ = [
     "get_record",
     "sample",
     "SampleOutput",
-    "StitchSchedule",
+    "Plan",
     "StitchedDenoiser",
     "StitchRecord",
     "model_index_for_timestep",

@@ -52,8 +52,8 @@ import torch
 from torch import nn
 
 from .fastpaths import FastPaths, compiled_graph_count, disable_offload, enable_offload
+from .plan import Plan
 from .sampling import guided_output, num_classes_of, sample
-from .schedule import StitchSchedule
 from .stitcher import StitchedDenoiser, get_record, stitch
 from .study import _pyplot, _save, timed_sample
 from .utils import ensure_writable_dir, write_json
@@ -365,7 +365,7 @@ class _Runner:
         self.offload_fraction = offload_fraction
 
     def plan(self, fraction: float, num_steps: int) -> list[int]:
-        return StitchSchedule.from_small_fractions(fraction).assignment(num_steps)
+        return Plan.from_small_fractions(fraction).assignment(num_steps)
 
     def groups(self) -> list[list[str]]:
         """The configurations, in groups whose members are compared with each other and so run back to
@@ -441,7 +441,7 @@ class _ClassRunner(_Runner):
         return _Run(seconds, latents, per_step)
 
     def _run_offload(self, fraction: float, steps: int) -> _Run:
-        denoiser = StitchedDenoiser(self.models, StitchSchedule.from_small_fractions(fraction))
+        denoiser = StitchedDenoiser(self.models, Plan.from_small_fractions(fraction))
         switch = enable_offload(denoiser, self.device)
         scheduler = self.case.make_scheduler()
         try:
@@ -643,7 +643,7 @@ def _case_rows(case: BenchCase, seconds: dict[str, list[float]], diffs: dict[flo
     rows = []
     for r in case.all_fractions:
         stitched, plain = seconds[f"stitched@{r:g}"], seconds[f"plain@{r:g}"]
-        small_steps = StitchSchedule.from_small_fractions(r).steps_per_model(case.num_steps)[0]
+        small_steps = Plan.from_small_fractions(r).steps_per_model(case.num_steps)[0]
         e = small_steps / case.num_steps  # the fraction of steps the small model really ran
         ideal = [(1 - e) * a + e * b for a, b in zip(large, small, strict=True)]
         rows.append({
@@ -848,7 +848,7 @@ def dispatch_overhead(calls: int = 2000, repeats: int = 5) -> dict[str, float]:
     small, large = _Nop(), _Nop()
     direct = loop(large, _NullScheduler(calls))
     scheduler = _NullScheduler(calls)
-    denoiser = StitchedDenoiser([small, large], StitchSchedule.from_small_fractions(0.4)).bind(scheduler)
+    denoiser = StitchedDenoiser([small, large], Plan.from_small_fractions(0.4)).bind(scheduler)
     try:
         stitched = loop(denoiser, scheduler)
     finally:

@@ -3,7 +3,7 @@
 
 Each option acts on the models themselves (or, for offloading, on the stitched denoiser's
 :attr:`~tstitch.stitcher.StitchedDenoiser.before_call` hook), never on the schedule: which model runs at
-which step stays exactly what the :class:`~tstitch.schedule.StitchSchedule` says.
+which step stays exactly what the :class:`~tstitch.plan.Plan` says.
 
 - :func:`compile_models`: ``torch.compile`` of each model on its own (``nn.Module.compile``, in place, so
   the model keeps its class, config and weights and ``stitch()`` accepts it). The stitched denoiser's

@@ -30,8 +30,8 @@ from torch import nn
 
 from .official import SAMPLERS as OFFICIAL_SAMPLERS
 from .official import sample_official
+from .plan import Plan
 from .sampling import num_classes_of, sample
-from .schedule import StitchSchedule
 from .stitcher import get_record, stitch
 from .utils import atomic_write, ensure_writable_dir, write_json
 
@@ -308,7 +308,7 @@ def _full_fractions(fractions: Sequence[float], num_models: int) -> tuple[float,
             f"{num_models} models take {num_models - 1} fractions (--fractions, smallest model first), "
             f"got {len(fractions)}: {list(fractions)}"
         )
-    return StitchSchedule.from_small_fractions(list(fractions)).fractions
+    return Plan.from_small_fractions(list(fractions)).fractions
 
 
 def _cycle(values: Sequence[Any], count: int) -> list[Any]:

@@ -29,7 +29,7 @@ generator give the same latents. Written from that description; no code of those
   (doubled) batch's shape after every model call, the last step included, where it is multiplied by zero
   (DDIM multiplies it by ``sigma = 0``): the random stream advances exactly as the reference's.
 * **Stitching.** At original timestep ``t`` the model is
-  :func:`tstitch.schedule.model_index_for_timestep` ``(fractions, t, T)``: with two models the small one
+  :func:`tstitch.plan.model_index_for_timestep` ``(fractions, t, T)``: with two models the small one
   runs while ``t / T >= 1 - r``.
 """
 
@@ -46,7 +46,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .schedule import StitchSchedule, model_index_for_timestep
+from .plan import Plan, model_index_for_timestep
 
 __all__ = [
     "SAMPLERS",
@@ -263,18 +263,18 @@ class OfficialSampleOutput:
 
 
 def _full_fractions(fractions: Any, num_models: int) -> tuple[float, ...]:
-    if isinstance(fractions, StitchSchedule):
+    if isinstance(fractions, Plan):
         schedule = fractions
     elif num_models == 1 and (fractions is None or fractions == 0 or fractions == [] or fractions == ()):
         return (1.0,)
     elif isinstance(fractions, (int, float)):
-        schedule = StitchSchedule.from_small_fractions(fractions)
+        schedule = Plan.from_small_fractions(fractions)
     else:
         values = list(fractions)
         if len(values) == num_models:
-            schedule = StitchSchedule(tuple(values))
+            schedule = Plan(tuple(values))
         else:
-            schedule = StitchSchedule.from_small_fractions(values)
+            schedule = Plan.from_small_fractions(values)
     if schedule.num_models != num_models:
         raise ValueError(
             f"{num_models} models but {schedule.num_models} fractions in the schedule {schedule}"
@@ -309,7 +309,7 @@ def _call(
 @torch.no_grad()
 def sample_official(
     models: nn.Module | Sequence[nn.Module],
-    fractions: float | Sequence[float] | StitchSchedule | None,
+    fractions: float | Sequence[float] | Plan | None,
     *,
     noise: torch.Tensor,
     class_labels: torch.Tensor | Sequence[int] | None,
@@ -328,7 +328,7 @@ def sample_official(
     Args:
         models: the denoisers, smallest first (one model: plain DiT sampling).
         fractions: the small models' shares (a float for two models, else one per small model), all
-            models' shares (summing to 1), or a :class:`StitchSchedule`; ``None`` for one model.
+            models' shares (summing to 1), or a :class:`Plan`; ``None`` for one model.
         noise: initial latents ``(n, C, H, W)``; the same noise for every fraction when comparing.
         class_labels: ``n`` labels (``None`` for an unconditional model without guidance).
         num_steps: sampling steps (the respacing of the ``num_train_timesteps`` schedule).

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .schedule import StitchSchedule
+from .plan import Plan
 from .stitcher import StitchedDenoiser, StitchRecord
 
 __all__ = ["sample", "SampleOutput", "guided_output", "num_classes_of"]
@@ -76,7 +76,7 @@ def guided_output(
 @torch.no_grad()
 def sample(
     models: nn.Module | Sequence[nn.Module] | StitchedDenoiser,
-    fractions: float | Sequence[float] | StitchSchedule,
+    fractions: float | Sequence[float] | Plan,
     scheduler: Any,
     *,
     noise: torch.Tensor,
@@ -94,7 +94,7 @@ def sample(
         models: the denoisers, smallest first (the last one is "the large model"), or a ready
             :class:`StitchedDenoiser`.
         fractions: share of the steps of each model but the last (as in :func:`tstitch.stitch`), or a
-            :class:`StitchSchedule`. Ignored when ``models`` is a ``StitchedDenoiser``.
+            :class:`Plan`. Ignored when ``models`` is a ``StitchedDenoiser``.
         scheduler: any diffusers scheduler; ``set_timesteps`` is called here.
         noise: the initial latents, ``(batch, channels, height, width)``; scaled by the scheduler's
             ``init_noise_sigma``.
@@ -110,8 +110,8 @@ def sample(
         denoiser = models
     else:
         model_list = [models] if isinstance(models, nn.Module) else list(models)
-        if not isinstance(fractions, StitchSchedule):
-            fractions = StitchSchedule.from_small_fractions(fractions if len(model_list) > 1 else [])
+        if not isinstance(fractions, Plan):
+            fractions = Plan.from_small_fractions(fractions if len(model_list) > 1 else [])
         denoiser = StitchedDenoiser(model_list, fractions)
     if noise.ndim != 4:
         raise ValueError(f"noise must be (batch, channels, height, width), got shape {tuple(noise.shape)}")

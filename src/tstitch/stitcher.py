@@ -3,7 +3,7 @@
 
 A :class:`StitchedDenoiser` stands in for a pipeline's ``transformer`` or ``unet``. It holds every model
 of the stitch (smallest first, the pipeline's own model last) and, at each call, runs the model that the
-:class:`~tstitch.schedule.StitchSchedule` assigns to the current *scheduler step*.
+:class:`~tstitch.plan.Plan` assigns to the current *scheduler step*.
 
 The current step is counted on the scheduler itself: ``set_timesteps`` resets the count, ``set_begin_index``
 moves it, and every ``step()`` call advances it. A second-order scheduler (Heun, KDPM2) calls ``step()``
@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .schedule import StitchSchedule, is_scalar
+from .plan import Plan, is_scalar
 
 __all__ = ["StitchedDenoiser", "StitchRecord", "stitch", "unstitch", "get_record", "DENOISER_NAMES"]
 
@@ -214,7 +214,7 @@ class StitchedDenoiser(nn.Module):
 
     Args:
         models: the denoisers, ordered by use: smallest first, the large model last.
-        schedule: the share of the steps of each model (a :class:`StitchSchedule`).
+        schedule: the share of the steps of each model (a :class:`Plan`).
         sync_timing: synchronize CUDA around each call so that the per-model times in :attr:`record`
             are real (costs a little speed; off by default).
 
@@ -224,7 +224,7 @@ class StitchedDenoiser(nn.Module):
     model's.
     """
 
-    def __init__(self, models: Sequence[nn.Module], schedule: StitchSchedule, sync_timing: bool = False):
+    def __init__(self, models: Sequence[nn.Module], schedule: Plan, sync_timing: bool = False):
         super().__init__()
         if len(models) != schedule.num_models:
             raise ValueError(f"{len(models)} models but {schedule.num_models} fractions in the schedule")
@@ -423,7 +423,7 @@ def stitch(
             )
     elif len(small_list) != 1:
         raise ValueError(f"got {len(small_list)} models and a single fraction; give a list of fractions")
-    schedule = StitchSchedule.from_small_fractions(fractions)
+    schedule = Plan.from_small_fractions(fractions)
 
     pipe_prediction = getattr(getattr(pipe, "scheduler", None), "config", {}).get("prediction_type")
     resolved = []

@@ -21,7 +21,7 @@ import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-__all__ = ["StitchSchedule", "model_index_for_timestep"]
+__all__ = ["Plan", "model_index_for_timestep"]
 
 _EPS = 1e-6
 
@@ -42,7 +42,7 @@ def _check_fraction(value: float, name: str) -> float:
 
 
 @dataclass(frozen=True)
-class StitchSchedule:
+class Plan:
     """Shares of the denoising steps, one per model, smallest model first.
 
     Build it with :meth:`from_small_fractions` from the shares of the small models; the last (large)
@@ -60,7 +60,7 @@ class StitchSchedule:
         object.__setattr__(self, "fractions", checked)
 
     @classmethod
-    def from_small_fractions(cls, small_fractions: float | Sequence[float]) -> StitchSchedule:
+    def from_small_fractions(cls, small_fractions: float | Sequence[float]) -> Plan:
         """Schedule from the shares of the small models (a float or one per small model)."""
         if is_scalar(small_fractions):
             small_fractions = [small_fractions]

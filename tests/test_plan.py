@@ -1,5 +1,5 @@
 # Copyright 2026 The tstitch authors. Licensed under the Apache License, Version 2.0.
-"""StitchSchedule step counting and the published timestep rule (pure Python, no models)."""
+"""Plan step counting and the published timestep rule (pure Python, no models)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from tstitch import StitchSchedule, model_index_for_timestep
+from tstitch import Plan, model_index_for_timestep
 
 
 def exact_boundaries(small_fractions: list[str], num_steps: int) -> list[int]:
@@ -46,7 +46,7 @@ def exact_boundaries(small_fractions: list[str], num_steps: int) -> list[int]:
     ],
 )
 def test_two_model_boundaries(fraction, num_steps, small_steps):
-    schedule = StitchSchedule.from_small_fractions(fraction)
+    schedule = Plan.from_small_fractions(fraction)
     assert schedule.boundaries(num_steps) == [0, small_steps, num_steps]
     assert schedule.steps_per_model(num_steps) == [small_steps, num_steps - small_steps]
     assert schedule.assignment(num_steps) == [0] * small_steps + [1] * (num_steps - small_steps)
@@ -56,7 +56,7 @@ def test_boundaries_match_exact_decimal_arithmetic_on_a_grid():
     """floor(c * N + 1e-6) is floor of the exact decimal product for every percentage and step count."""
     for percent in range(101):
         fraction = f"{percent / 100:.2f}"
-        schedule = StitchSchedule.from_small_fractions(float(fraction))
+        schedule = Plan.from_small_fractions(float(fraction))
         for num_steps in [*range(0, 61), 64, 100, 128, 250, 1000]:
             expected = exact_boundaries([fraction], num_steps)
             assert schedule.boundaries(num_steps) == expected, (fraction, num_steps)
@@ -79,7 +79,7 @@ def test_boundaries_match_exact_decimal_arithmetic_on_a_grid():
     ],
 )
 def test_three_model_boundaries(fractions, num_steps, bounds):
-    schedule = StitchSchedule.from_small_fractions(fractions)
+    schedule = Plan.from_small_fractions(fractions)
     assert schedule.num_models == 3
     assert schedule.boundaries(num_steps) == bounds
     expected = [i for i in range(3) for _ in range(bounds[i + 1] - bounds[i])]
@@ -91,14 +91,14 @@ def test_three_models_match_exact_decimal_arithmetic_on_a_grid():
     for a in range(0, 101, 5):
         for b in range(0, 101 - a, 5):
             fa, fb = f"{a / 100:.2f}", f"{b / 100:.2f}"
-            schedule = StitchSchedule.from_small_fractions([float(fa), float(fb)])
+            schedule = Plan.from_small_fractions([float(fa), float(fb)])
             for num_steps in (1, 3, 7, 10, 20, 33, 50, 100):
                 expected = exact_boundaries([fa, fb], num_steps)
                 assert schedule.boundaries(num_steps) == expected, (fa, fb, num_steps)
 
 
 def test_four_models():
-    schedule = StitchSchedule.from_small_fractions([0.1, 0.2, 0.3])
+    schedule = Plan.from_small_fractions([0.1, 0.2, 0.3])
     assert schedule.fractions == pytest.approx((0.1, 0.2, 0.3, 0.4))
     assert schedule.assignment(10) == [0, 1, 1, 2, 2, 2, 3, 3, 3, 3]
 
@@ -109,7 +109,7 @@ def test_four_models():
 @pytest.mark.parametrize("fractions", [0.0, 0.4, 1.0, (0.2, 0.3), (0.0, 1.0), (0.5, 0.5), (0.1, 0.2, 0.3)])
 @pytest.mark.parametrize("num_steps", [0, 1, 2, 5, 10, 17])
 def test_model_index_agrees_with_assignment(fractions, num_steps):
-    schedule = StitchSchedule.from_small_fractions(fractions)
+    schedule = Plan.from_small_fractions(fractions)
     assignment = schedule.assignment(num_steps)
     assert len(assignment) == num_steps
     assert sum(schedule.steps_per_model(num_steps)) == num_steps
@@ -120,18 +120,18 @@ def test_model_index_agrees_with_assignment(fractions, num_steps):
 
 
 def test_model_index_at_the_boundary():
-    schedule = StitchSchedule.from_small_fractions(0.4)
+    schedule = Plan.from_small_fractions(0.4)
     assert schedule.model_index(3, 10) == 0
     assert schedule.model_index(4, 10) == 1
-    schedule = StitchSchedule.from_small_fractions((0.2, 0.3))
+    schedule = Plan.from_small_fractions((0.2, 0.3))
     assert [schedule.model_index(s, 10) for s in (0, 1, 2, 4, 5, 9)] == [0, 0, 1, 1, 2, 2]
 
 
 def test_edges_zero_and_one():
-    zero = StitchSchedule.from_small_fractions(0)
+    zero = Plan.from_small_fractions(0)
     assert zero.fractions == (0.0, 1.0)
     assert zero.assignment(10) == [1] * 10  # the large model alone
-    one = StitchSchedule.from_small_fractions(1)
+    one = Plan.from_small_fractions(1)
     assert one.fractions == (1.0, 0.0)
     assert one.assignment(10) == [0] * 10  # the small model alone
     assert one.steps_per_model(10) == [10, 0]
@@ -139,18 +139,18 @@ def test_edges_zero_and_one():
 
 def test_negative_step_count_is_rejected():
     with pytest.raises(ValueError, match="num_steps must be >= 0, got -1"):
-        StitchSchedule.from_small_fractions(0.4).boundaries(-1)
+        Plan.from_small_fractions(0.4).boundaries(-1)
 
 
 # -- construction --------------------------------------------------------------------------------------------
 
 
 def test_from_small_fractions_forms():
-    assert StitchSchedule.from_small_fractions(0.4).fractions == (0.4, 0.6)
-    assert StitchSchedule.from_small_fractions([0.4]).fractions == (0.4, 0.6)
-    assert StitchSchedule.from_small_fractions((0.4,)).fractions == (0.4, 0.6)
-    assert StitchSchedule.from_small_fractions([]).fractions == (1.0,)
-    schedule = StitchSchedule.from_small_fractions([0.2, 0.3])
+    assert Plan.from_small_fractions(0.4).fractions == (0.4, 0.6)
+    assert Plan.from_small_fractions([0.4]).fractions == (0.4, 0.6)
+    assert Plan.from_small_fractions((0.4,)).fractions == (0.4, 0.6)
+    assert Plan.from_small_fractions([]).fractions == (1.0,)
+    schedule = Plan.from_small_fractions([0.2, 0.3])
     assert schedule.fractions == (0.2, 0.3, 0.5)
     assert schedule.small_fractions == (0.2, 0.3)
     assert schedule.num_models == 3
@@ -159,22 +159,22 @@ def test_from_small_fractions_forms():
 
 @pytest.mark.parametrize("fraction", [np.float32(0.5), np.float64(0.5), torch.tensor(0.5), np.array(0.5), 1, True])
 def test_numpy_and_torch_scalars_are_one_fraction(fraction):
-    schedule = StitchSchedule.from_small_fractions(fraction)
+    schedule = Plan.from_small_fractions(fraction)
     assert schedule.num_models == 2
     assert schedule.fractions[0] == float(fraction)
 
 
 def test_array_of_fractions():
-    schedule = StitchSchedule.from_small_fractions(np.array([0.25, 0.25]))
+    schedule = Plan.from_small_fractions(np.array([0.25, 0.25]))
     assert schedule.fractions == (0.25, 0.25, 0.5)
 
 
 def test_fractions_summing_to_one_with_float_error():
-    schedule = StitchSchedule.from_small_fractions([0.7, 0.2, 0.1])  # sums to 0.9999999999999999
+    schedule = Plan.from_small_fractions([0.7, 0.2, 0.1])  # sums to 0.9999999999999999
     assert schedule.num_models == 4
     assert schedule.fractions[-1] == pytest.approx(0.0, abs=1e-12)
     assert schedule.assignment(10) == [0] * 7 + [1] * 2 + [2]
-    assert StitchSchedule.from_small_fractions([0.6, 0.4]).fractions[-1] == 0.0
+    assert Plan.from_small_fractions([0.6, 0.4]).fractions[-1] == 0.0
 
 
 @pytest.mark.parametrize(
@@ -194,27 +194,27 @@ def test_fractions_summing_to_one_with_float_error():
 )
 def test_bad_fractions(fractions, match):
     with pytest.raises(ValueError, match=match):
-        StitchSchedule.from_small_fractions(fractions)
+        Plan.from_small_fractions(fractions)
 
 
 def test_direct_construction_checks_the_fractions():
-    assert StitchSchedule((0.25, 0.75)).fractions == (0.25, 0.75)
+    assert Plan((0.25, 0.75)).fractions == (0.25, 0.75)
     with pytest.raises(ValueError, match="must sum to 1"):
-        StitchSchedule((0.25, 0.5))
+        Plan((0.25, 0.5))
     with pytest.raises(ValueError, match="at least one model"):
-        StitchSchedule(())
+        Plan(())
     with pytest.raises(ValueError, match=r"fractions\[1\] must be in \[0, 1\], got nan"):
-        StitchSchedule((1.0, float("nan")))
+        Plan((1.0, float("nan")))
     with pytest.raises(ValueError, match=r"fractions\[0\] must be in \[0, 1\], got -0\.5"):
-        StitchSchedule((-0.5, 1.5))
+        Plan((-0.5, 1.5))
 
 
 def test_schedule_is_immutable():
-    schedule = StitchSchedule.from_small_fractions(0.4)
+    schedule = Plan.from_small_fractions(0.4)
     with pytest.raises(AttributeError):
         schedule.fractions = (0.5, 0.5)
-    assert StitchSchedule.from_small_fractions(0.4) == schedule
-    assert hash(StitchSchedule.from_small_fractions(0.4)) == hash(schedule)
+    assert Plan.from_small_fractions(0.4) == schedule
+    assert hash(Plan.from_small_fractions(0.4)) == hash(schedule)
 
 
 # -- the published timestep rule -----------------------------------------------------------------------------
@@ -248,6 +248,6 @@ def test_timestep_rule_agrees_with_step_counting_on_even_timesteps(tenths):
 
     scheduler = DDIMScheduler(num_train_timesteps=1000)
     scheduler.set_timesteps(10)  # 900, 800, ..., 0
-    schedule = StitchSchedule.from_small_fractions(tenths / 10)
+    schedule = Plan.from_small_fractions(tenths / 10)
     by_timestep = [model_index_for_timestep(schedule.fractions, int(t), 1000) for t in scheduler.timesteps]
     assert by_timestep == schedule.assignment(10)
