@@ -93,7 +93,7 @@ def test_feature_fid_rejects_bad_input():
         FeatureFID(features=SQUARE, statistics=(np.zeros(2), np.eye(2)))
     with pytest.raises(ValueError, match="at least 2"):
         FeatureFID(features=SQUARE).score_features(SQUARE[:1])
-    with pytest.raises(ValueError, match="features of shape"):
+    with pytest.raises(ValueError, match=r"features must be \(N >= 2, 2\).*got shape \(4, 3\)"):
         FeatureFID(features=SQUARE).score_features(torch.zeros(4, 3))
     with pytest.raises(ValueError, match="covariance shape"):
         FeatureFID(statistics=(np.zeros(2), np.eye(3)))
