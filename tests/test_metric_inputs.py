@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import pytest
 import torch
@@ -237,7 +239,7 @@ def test_accuracy_refuses_empty_and_mismatched_labels():
         classifier_accuracy(TinyClassifier(), torch.zeros(2, 1, 2, 2), torch.zeros(3))
 
 
-def test_score_features_checks_every_argument_before_any_metric():
+def test_score_features_checks_every_argument_before_any_metric(caplog):
     features = torch.randn(8, 2, generator=torch.Generator().manual_seed(0))
     reference = Reference(features=features + 1, source="shifted")
     logits = torch.eye(4)[torch.arange(8) % 4]
@@ -248,6 +250,12 @@ def test_score_features_checks_every_argument_before_any_metric():
                             ({"labels": torch.zeros(3)}, r"one label per sample \(8,\), got shape \(3,\)")]:
         with pytest.raises(ValueError, match=message):
             score_features(features, logits, reference, **kwargs)
+    with caplog.at_level(logging.WARNING, logger="tstitch.metrics"):  # too few samples: left out, said why
+        partial = score_features(features, logits, reference, k=8, splits=9)
+    assert set(partial) == {"fid"}
+    assert [r.getMessage() for r in caplog.records] == [
+        "no Inception Score: 8 samples for 9 splits",
+        "no precision/recall: k=8 needs more than 8 samples per set, got 8 real and 8 generated"]
     with pytest.raises(ValueError, match="logits must have one row per feature row"):
         score_features(features, torch.cat([logits, logits]), reference)
     with pytest.raises(ValueError, match=r"features must be \(N >= 2, 2\).*got shape \(8, 3\)"):

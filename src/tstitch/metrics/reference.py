@@ -299,10 +299,19 @@ def score_features(features: torch.Tensor, logits: torch.Tensor | None, referenc
                          f"{tuple(labels.shape)}")
     metrics: dict[str, float] = {"fid": reference.fid().score_features(features)}
     if logits is not None:
-        metrics["inception_score"], metrics["inception_score_std"] = inception_score(logits, splits)
+        # Too few samples leave a metric out (logged) rather than fail after sampling: each of the splits needs
+        # a sample (with one sample per split the score is 1 whatever the images), precision/recall k + 1.
+        if len(logits) >= splits:
+            metrics["inception_score"], metrics["inception_score_std"] = inception_score(logits, splits)
+        else:
+            logger.warning("no Inception Score: %d samples for %d splits", len(logits), splits)
         if labels is not None:
             metrics["accuracy"] = accuracy_from_logits(logits, labels)
-    if reference.features is not None and min(len(reference.features), len(features)) > k:
-        metrics["precision"], metrics["recall"] = precision_recall(reference.features, features, k)
+    if reference.features is not None:
+        if min(len(reference.features), len(features)) > k:
+            metrics["precision"], metrics["recall"] = precision_recall(reference.features, features, k)
+        else:
+            logger.warning("no precision/recall: k=%d needs more than %d samples per set, got %d real and %d "
+                           "generated", k, k, len(reference.features), len(features))
     return metrics
 
