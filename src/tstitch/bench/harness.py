@@ -55,7 +55,7 @@ from .runners import ConfigRun, Runner, fraction_of, make_runner
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["BenchSettings", "run_case", "run_bench"]
+__all__ = ["BenchSettings", "run_case", "run_bench", "interleaved"]
 
 
 # -- the harness ---------------------------------------------------------------------------------------------------
@@ -73,7 +73,7 @@ class BenchSettings:
     dispatch_calls: int = 2000
 
 
-def _interleaved(groups: Sequence[Sequence[str]], repetitions: int) -> Iterator[tuple[int, str]]:
+def interleaved(groups: Sequence[Sequence[str]], repetitions: int) -> Iterator[tuple[int, str]]:
     """Every configuration once per repetition: the members of a group back to back, their order reversed
     every other repetition, and the groups in an order rotated by one at each repetition."""
     for rep in range(repetitions):
@@ -139,7 +139,7 @@ def run_case(case: BenchCase, settings: BenchSettings,
 
     logger.info(f"{case.name}: {len(configs)} configurations x {case.repetitions} repetitions")
     done, rep_start = 0, time.perf_counter()
-    for rep, config in _interleaved(groups, case.repetitions):
+    for rep, config in interleaved(groups, case.repetitions):
         run = runner.run(config)
         _check_plan(runner, config, run, case.num_steps)
         seconds[config].append(run.seconds)

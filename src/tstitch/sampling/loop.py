@@ -81,6 +81,9 @@ def denoise(
     """
     if noise.ndim != 4:
         raise ValueError(f"noise must be (batch, channels, height, width), got shape {tuple(noise.shape)}")
+    if not hasattr(scheduler, "init_noise_sigma"):
+        raise ValueError(f"scheduler {type(scheduler).__name__} is for flow-matching pipelines (velocity models "
+                         "such as SD3, stitched with tstitch.stitch); the bare loop samples noise-prediction models")
     guidance = guidance or Guidance()
     labels = _labels(class_labels, noise.shape[0], noise.device)
     keep_variance = scheduler.config.get("variance_type") in ("learned", "learned_range")

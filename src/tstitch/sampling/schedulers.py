@@ -28,12 +28,14 @@ class SchedulerKind:
     """One row of :data:`SCHEDULERS`: a diffusers scheduler class and its config overrides.
 
     ``learned_variance``: overrides for models that predict a variance (DiT's learned sigma), for the
-    schedulers that can sample with it; the others ignore those channels.
+    schedulers that can sample with it; the others ignore those channels. ``pipelines_only``: a scheduler
+    for flow-matching pipelines, which the bare loop refuses.
     """
 
     class_name: str
     overrides: Mapping[str, Any] = field(default_factory=dict)
     learned_variance: Mapping[str, Any] = field(default_factory=dict)
+    pipelines_only: bool = False
 
     def build(self, noise_schedule: Any, *, learned_variance: bool = False) -> Any:
         """The scheduler on ``noise_schedule`` (a scheduler config, a scheduler, or a plain dict)."""
@@ -60,7 +62,7 @@ SCHEDULERS: dict[str, SchedulerKind] = {
     "unipc": SchedulerKind("UniPCMultistepScheduler"),
     "deis": SchedulerKind("DEISMultistepScheduler"),
     "lcm": SchedulerKind("LCMScheduler"),
-    "flow-euler": SchedulerKind("FlowMatchEulerDiscreteScheduler"),
+    "flow-euler": SchedulerKind("FlowMatchEulerDiscreteScheduler", pipelines_only=True),
 }
 
 #: Other spellings accepted for ``--scheduler``.
