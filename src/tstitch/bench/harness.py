@@ -47,6 +47,7 @@ from typing import Any
 import torch
 
 from ..models.fastpaths import FastPaths, compiled_graph_count
+from ..sampling.timing import warm_up
 from ..utils import ensure_writable_dir, write_json
 from .cases import BenchCase, build_case
 from .memory import dispatch_overhead, machine_info, measure_memory, weight_bytes
@@ -108,12 +109,11 @@ def run_case(case: BenchCase, settings: BenchSettings,
     configs = [config for group in groups for config in group]
 
     # Warm-up: one configuration of each kind; with compilation twice, the difference being compile time.
-    passes = []
-    for _ in range(2 if settings.fast.compile else 1):
-        start = time.perf_counter()
+    def one_of_each() -> None:
         for config in runner.warmup_configs():
             runner.run(config, settings.warmup_steps)
-        passes.append(time.perf_counter() - start)
+
+    passes = warm_up(one_of_each, device, passes=2 if settings.fast.compile else 1)
     graphs_before = compiled_graph_count() if settings.fast.compile else None
 
     seconds: dict[str, list[float]] = {config: [] for config in configs}

@@ -49,6 +49,7 @@ from tqdm.auto import tqdm
 
 from ..metrics import find_inception_weights, images_to_uint8, npz_batches
 from ..sampling import Stopwatch, sample_batches, scheduler_factory, scheduler_name
+from ..sampling.timing import warm_up
 from ..utils import atomic_write, ensure_writable_dir, write_json
 from .evaluation_files import (
     CRASH_ENV,
@@ -334,10 +335,13 @@ class EvaluationRun:
         x = torch.randn(batch, *loaded.latent_shape, device=self.device, dtype=loaded.large.dtype)
         t = torch.full((batch,), 500, device=self.device, dtype=torch.long)
         y = torch.zeros(batch, dtype=torch.long, device=self.device)
-        with Stopwatch(self.device), torch.no_grad():  # synchronised at the end
-            for model in loaded.models:
-                loaded.call(model, x, t, y)
-            self._to_images(x[:count])
+        def one_call_each() -> None:
+            with torch.no_grad():
+                for model in loaded.models:
+                    loaded.call(model, x, t, y)
+                self._to_images(x[:count])
+
+        warm_up(one_call_each, self.device)
 
     def sample_shard(self, schedule: Allocation, shard: int) -> None:
         loaded, indices = self.loaded, self.indices(shard)

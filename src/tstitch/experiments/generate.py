@@ -26,12 +26,13 @@ from typing import Any
 
 import torch
 
+from ..models.families import denoiser_of
 from ..models.loaded import MODES, ClassConditionalModels, LoadedModels, Mode, StitchedPipeline
 from ..plan import Plan
 from ..sampling import make_scheduler, sample, scheduler_name
 from ..sampling.official import SAMPLERS as OFFICIAL_SAMPLERS
 from ..sampling.official import sample_official
-from ..sampling.timing import Stopwatch, warmup_fractions
+from ..sampling.timing import Stopwatch, warm_up, warmup_fractions
 from ..stitcher import get_record, stitch
 from ..utils import atomic_write, ensure_writable_dir, write_json
 from .plots import plot_grid
@@ -316,7 +317,7 @@ def _pipeline_run(
     shape = _pipeline_noise_shape(loaded, count, settings["size"])
     noise = _initial_noise(settings["seed"], shape)[0] if shape else None
     generator = torch.Generator().manual_seed(settings["seed"])
-    denoiser = pipe.unet if getattr(pipe, "unet", None) is not None else pipe.transformer
+    denoiser = denoiser_of(pipe)[1]
     images, model_seconds, per_step = [], [0.0] * k, []
     device = loaded.device
     with Stopwatch(device) as watch:
@@ -355,10 +356,10 @@ def _warmup(loaded: LoadedModels, settings: dict[str, Any]) -> None:
     quick = {**settings, "num_steps": max(k, 2), "num_images": 1, "batch_size": 1}
     if isinstance(loaded, ClassConditionalModels):
         quick["class_labels"] = settings["class_labels"][:1]
-        _class_run(loaded, quick, full, "warm-up", progress=False)
+        warm_up(lambda: _class_run(loaded, quick, full, "warm-up", progress=False), loaded.device)
     else:
         quick["prompts"] = settings["prompts"][:1]
-        _pipeline_run(loaded, quick, full, "warm-up", progress=False)
+        warm_up(lambda: _pipeline_run(loaded, quick, full, "warm-up", progress=False), loaded.device)
 
 
 def generate(loaded: LoadedModels, options: SampleOptions | None = None, *, compare: bool = False) -> GenerateResult:

@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 
 import torch
 
-__all__ = ["synchronize", "timed", "Stopwatch", "warmup_fractions"]
+__all__ = ["synchronize", "timed", "Stopwatch", "warm_up", "warmup_fractions"]
 
 T = TypeVar("T")
 
@@ -43,6 +43,13 @@ class Stopwatch:
     def __exit__(self, *exc: Any) -> None:
         synchronize(self.device)
         self.seconds += time.perf_counter() - self._start
+
+
+def warm_up(run: Callable[[], Any], device: torch.device | str | None = None, passes: int = 1) -> list[float]:
+    """Untimed warm-up: ``run()`` ``passes`` times (one-off costs such as allocation, kernel selection and
+    compilation stay out of the timings that follow). Returns each pass's synchronised seconds (with
+    ``torch.compile`` on, the first pass minus the second is the compile time)."""
+    return [timed(run, device)[0] for _ in range(passes)]
 
 
 def warmup_fractions(num_models: int) -> tuple[float, ...]:
