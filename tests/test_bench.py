@@ -20,13 +20,13 @@ import tstitch
 from tstitch.bench import (
     BenchCase,
     BenchSettings,
-    _interleaved,
-    _Planned,
     format_report,
     plain_sample,
     run_bench,
     run_case,
 )
+from tstitch.bench.harness import interleaved
+from tstitch.bench.runners import Planned
 from tstitch.cli import main
 
 
@@ -78,9 +78,9 @@ def test_harness_writes_json_and_plot_with_every_figure(tmp_path):
 
 
 def test_the_stitched_runs_follow_the_plan_and_the_harness_says_so_when_not(monkeypatch):
-    import tstitch.bench as bench
+    from tstitch.bench.runners import Runner
 
-    monkeypatch.setattr(bench._Runner, "plan", lambda self, fraction, steps: [0] * steps)  # a wrong plan
+    monkeypatch.setattr(Runner, "plan", lambda self, fraction, steps: [0] * steps)  # a wrong plan
     with pytest.raises(RuntimeError, match="models per step"):
         run_bench([class_case(repetitions=1)], None, BenchSettings(memory=False, dispatch_calls=10))
 
@@ -95,7 +95,7 @@ def test_results_so_far_are_handed_over_after_each_repetition():
 
 def test_interleaving_keeps_groups_together_and_varies_the_order():
     groups = [["a1", "a2"], ["b1", "b2"], ["c"]]
-    runs = list(_interleaved(groups, 3))
+    runs = list(interleaved(groups, 3))
     assert [config for rep, config in runs if rep == 0] == ["a1", "a2", "b1", "b2", "c"]
     assert [config for rep, config in runs if rep == 1] == ["b2", "b1", "c", "a2", "a1"]
     assert [config for rep, config in runs if rep == 2] == ["c", "a1", "a2", "b1", "b2"]
@@ -116,7 +116,7 @@ def test_plain_loop_computes_what_tstitch_sample_computes():
 
 def test_planned_stand_in_calls_the_models_of_the_plan_and_looks_like_the_large_one():
     small, large = tiny_dit(0), tiny_dit(1, num_layers=2)
-    planned = _Planned([small, large], [1, 0])
+    planned = Planned([small, large], [1, 0])
     x = torch.randn(1, LATENT_CHANNELS, DIT_SAMPLE_SIZE, DIT_SAMPLE_SIZE)
     t, y = torch.tensor([10]), torch.tensor([1])
     assert torch.equal(planned(x, timestep=t, class_labels=y).sample, large(x, timestep=t, class_labels=y).sample)

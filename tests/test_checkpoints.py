@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from diffusers import DiTTransformer2DModel
 
-from tstitch.checkpoints import (
+from tstitch.models.checkpoints import (
     CheckpointNotAvailableError,
     convert_official_dit_state_dict,
     get_timestep_embedding_mode,

@@ -136,12 +136,12 @@ def test_bad_input(tmp_path, capsys, argv, message):
 
 
 def test_unwritable_output_folder_is_refused_before_loading(tmp_path, capsys, monkeypatch):
-    import tstitch.presets
+    import tstitch.models.loading
 
     def fail(*args, **kwargs):
         raise AssertionError("models were loaded before the output folder was checked")
 
-    monkeypatch.setattr(tstitch.presets, "load_preset", fail)
+    monkeypatch.setattr(tstitch.models.loading, "load_preset", fail)
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
     code = run_cli("--preset", "digits", "--out", str(blocker / "out"))

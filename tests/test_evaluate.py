@@ -15,9 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from tstitch.evaluate import (
-    CRASH_ENV,
-    CRASH_EXIT_CODE,
+from tstitch.experiments.evaluate import (
     EvaluateConfig,
     build_schedules,
     run_evaluate,
@@ -25,6 +23,7 @@ from tstitch.evaluate import (
     sample_noise,
     schedule_slug,
 )
+from tstitch.experiments.evaluation_files import CRASH_ENV, CRASH_EXIT_CODE
 from tstitch.metrics import INCEPTION_WEIGHTS_ENV, InceptionV3Features
 
 # Three schedules (fractions 0, 0.5, 1 of digits-s before digits-xl), 12 samples in shards of 5, 5 and 2.
@@ -71,11 +70,12 @@ def test_noise_and_labels_of_a_sample_do_not_depend_on_its_batch():
 
 def test_schedules_of_a_sweep_and_of_given_fractions():
     sweep = build_schedules(["s", "l"], fractions=None, sweep=True)
-    assert [s.fractions for s in sweep] == [(round(0.1 * i, 6),) for i in range(11)]
+    assert [s.small_fractions for s in sweep] == [(round(0.1 * i, 6),) for i in range(11)]
     allocations = build_schedules(["s", "b", "l"], fractions=None, sweep=True)
     assert len(allocations) == 66  # every (a, b) on the 0.1 grid with a + b <= 1
-    assert {(0.0, 0.0), (1.0, 0.0), (0.0, 1.0), (0.3, 0.2)} <= {s.fractions for s in allocations}
-    assert build_schedules(["s", "l"], fractions=None, sweep=False, default_fractions=(0.4,))[0].fractions == (0.4,)
+    assert {(0.0, 0.0), (1.0, 0.0), (0.0, 1.0), (0.3, 0.2)} <= {s.small_fractions for s in allocations}
+    chosen = build_schedules(["s", "l"], fractions=None, sweep=False, default_fractions=(0.4,))
+    assert chosen[0].small_fractions == (0.4,)
     assert schedule_slug(build_schedules(["s", "b", "l"], fractions=[0.3, 0.2], sweep=False)[0]) == "s-0.3_b-0.2_l-0.5"
     with pytest.raises(ValueError, match="take 1 fraction"):
         build_schedules(["s", "l"], fractions=[0.1, 0.2], sweep=False)

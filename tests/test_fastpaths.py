@@ -27,7 +27,7 @@ from tiny_models import (  # one_thread: an autouse fixture
 )
 
 import tstitch
-from tstitch.fastpaths import (
+from tstitch.models.fastpaths import (
     FastPaths,
     OffloadSwitch,
     compile_models,

@@ -14,14 +14,14 @@ import pytest
 import torch
 from torch import nn
 
-from tstitch.official import (
+from tstitch.plan import Plan, model_index_for_timestep
+from tstitch.sampling.official import (
     RespacedDiffusion,
     guide_three_channels,
     linear_betas,
     respaced_timesteps,
     sample_official,
 )
-from tstitch.plan import Plan, model_index_for_timestep
 
 T = 1000
 
@@ -356,7 +356,7 @@ def test_errors():
 def test_with_a_diffusers_dit_loaded_from_official_weights(tmp_path):
     from test_checkpoints import random_official_state_dict
 
-    from tstitch.checkpoints import load_dit
+    from tstitch.models.checkpoints import load_dit
 
     paths = []
     for seed, hidden in ((0, 64), (1, 128)):

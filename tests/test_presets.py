@@ -19,19 +19,14 @@ from test_checkpoints import random_official_state_dict
 from tiny_models import SCHEDULERS, tiny_unet, tiny_vae
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
-from tstitch.checkpoints import CheckpointNotAvailableError, get_timestep_embedding_mode
-from tstitch.generate import (
-    SCHEDULERS as SCHEDULER_NAMES,
-)
-from tstitch.generate import (
-    ClassConditionalModels,
-    SampleOptions,
-    StitchedPipeline,
-    generate,
-    make_scheduler,
-)
-from tstitch.official import sample_official
-from tstitch.presets import PRESETS, describe_presets, get_preset, load_models, load_preset
+from tstitch.experiments.generate import SampleOptions, generate
+from tstitch.models.checkpoints import CheckpointNotAvailableError, get_timestep_embedding_mode
+from tstitch.models.loaded import ClassConditionalModels, StitchedPipeline
+from tstitch.models.loading import load_models, load_preset
+from tstitch.models.presets import PRESETS, describe_presets, get_preset
+from tstitch.sampling.official import sample_official
+from tstitch.sampling.schedulers import SCHEDULERS as SCHEDULER_NAMES
+from tstitch.sampling.schedulers import make_scheduler
 from tstitch.stitcher import StitchedDenoiser
 
 HUB_PRESETS = [name for name in PRESETS if not name.startswith("digits")]

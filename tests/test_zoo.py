@@ -12,7 +12,7 @@ import torch
 from diffusers import DiTTransformer2DModel
 
 import tstitch
-from tstitch.demo import DemoConfig, format_table, run_demo
+from tstitch.experiments.demo import DemoConfig, format_table, run_demo
 from tstitch.metrics import FeatureFID, classifier_accuracy
 from tstitch.zoo import DEFAULT_WEIGHTS_DIR, FAMILY, load_classifier, load_family, load_model, scheduler_config
 from tstitch.zoo.data import load_digits_tensors

@@ -15,7 +15,7 @@ from .stitcher import StitchedDenoiser, StitchRecord, get_record, stitch, unstit
 __version__ = "0.1.0"
 
 # Loaded on first use: they import diffusers, which ``import tstitch`` does not need.
-_LAZY = {"load_dit": "checkpoints", "sample_official": "official", "load_preset": "presets"}
+_LAZY = {"load_dit": "models.checkpoints", "sample_official": "sampling.official", "load_preset": "presets"}
 
 
 def __getattr__(name: str):

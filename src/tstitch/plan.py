@@ -61,7 +61,7 @@ class Plan:
 
     @classmethod
     def from_small_fractions(cls, small_fractions: float | Sequence[float]) -> Plan:
-        """Schedule from the shares of the small models (a float or one per small model)."""
+        """Allocation from the shares of the small models (a float or one per small model)."""
         if is_scalar(small_fractions):
             small_fractions = [small_fractions]
         small = [_check_fraction(f, f"fractions[{i}]") for i, f in enumerate(small_fractions)]

@@ -8,6 +8,8 @@ import time
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    from ..bench.cases import CASE_BUILDERS
+
     parser = subparsers.add_parser(
         "bench",
         help="time stitched sampling: overhead, linearity, no tax, speed-up, peak memory",
@@ -22,8 +24,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                       help="the paper's table setting on CUDA: DiT-S/2 -> DiT-XL/2 at 256, 100 DDIM steps, "
                       "8 images, guidance 1.5, fractions 0, 0.1, ..., 1")
     parser.add_argument("--cases", nargs="+", metavar="CASE",
-                        help="cases to run (default: all of the CPU preset): digits, dit-s-b, dit-s-xl, "
-                        "sd15-bksdm-tiny")
+                        help=f"cases to run (default: all of the CPU suite): {', '.join(CASE_BUILDERS)}")
     parser.add_argument("--out", default="outputs/bench", help="output folder (default: %(default)s)")
     parser.add_argument("--device", help="torch device (default: cpu; cuda with --gpu-paper)")
     parser.add_argument("--threads", type=int,
@@ -50,8 +51,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from ..bench import CASE_BUILDERS, PRESETS, BenchSettings, format_report, run_bench
-    from ..fastpaths import FastPaths
+    from ..bench import CASE_BUILDERS, SUITES, BenchSettings, format_report, run_bench
+    from ..models.fastpaths import FastPaths
 
     preset = "gpu-paper" if args.gpu_paper else "quick" if args.quick else "cpu"
     device = args.device or ("cuda" if args.gpu_paper else "cpu")
@@ -65,12 +66,12 @@ def run(args: argparse.Namespace) -> int:
     if threads:
         torch.set_num_threads(threads)
 
-    cases = [(name, dict(options)) for name, options in PRESETS[preset]]
+    cases = [(name, dict(options)) for name, options in SUITES[preset]]
     if args.cases:
         unknown = [name for name in args.cases if name not in CASE_BUILDERS]
         if unknown:
             raise ValueError(f"unknown case(s) {', '.join(unknown)}; known: {', '.join(CASE_BUILDERS)}")
-        defaults = dict(PRESETS["cpu"])
+        defaults = dict(SUITES["cpu"])
         cases = [(name, dict(defaults.get(name, {}))) for name in args.cases]
     fractions = tuple(args.fractions) if args.fractions else None
     for _, options in cases:

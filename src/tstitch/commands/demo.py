@@ -29,7 +29,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..demo import DemoConfig, format_table, run_demo
+    from ..experiments.demo import DemoConfig, format_table, run_demo
 
     overrides = {"seed": args.seed, "device": args.device, "weights_dir": args.weights}
     if args.samples is not None:

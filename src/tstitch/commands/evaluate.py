@@ -11,6 +11,12 @@ import time
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    from ..experiments.evaluate import METRICS
+    from ..models.families import embedded_models
+    from ..models.loaded import MODES
+    from ..models.presets import PRESETS
+    from ..sampling.schedulers import SCHEDULERS
+
     parser = subparsers.add_parser(
         "evaluate",
         help="sample N images per stitching schedule (resumable, torchrun-ready) and score them",
@@ -21,9 +27,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "seconds per image, and pareto.png. Run the same command again to resume an interrupted run.",
     )
     models = parser.add_argument_group("models")
-    models.add_argument("--preset", help="a named model set, e.g. digits, digits-s-b-xl, dit-s-xl, dit-s-b-xl")
+    models.add_argument("--preset", help="a named model set of a class-conditional family: "
+                        + ", ".join(name for name, preset in PRESETS.items() if preset.kind == "class"))
     models.add_argument("--models", "--model", nargs="+", default=[], metavar="MODEL",
-                        help="models smallest first: embedded names (digits-s), DiT files or folders, hub ids; "
+                        help=f"models smallest first: embedded names ({embedded_models()[0]}), DiT files or folders, "
+                        "hub ids; "
                         "with --preset, they replace its sources")
     models.add_argument("--vae", help="VAE folder or hub id for latent models (default: the preset's / sd-vae-ft-ema)")
     models.add_argument("--checkpoint-dir", help="folder of downloaded checkpoint files (dit_s_256.pt, ...)")
@@ -42,9 +50,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     what.add_argument("--steps", type=int, dest="num_steps", help="sampling steps (default: the preset's)")
     what.add_argument("--guidance", type=float, dest="guidance_scale",
                       help="classifier-free guidance scale (default: the preset's)")
-    what.add_argument("--mode", choices=("diffusers", "official"),
+    what.add_argument("--mode", choices=MODES,
                       help="diffusers schedulers through tstitch.sample, or the published DiT sampler (DDIM)")
-    what.add_argument("--scheduler", help="diffusers scheduler name (ddim, ddpm, dpm++, ...; default: the preset's)")
+    what.add_argument("--scheduler", help=f"diffusers scheduler name ({', '.join(SCHEDULERS)}; default: the "
+                      "preset's)")
     what.add_argument("--batch-size", type=int,
                       help="images per batch and per shard, per process (default: 100 digits, 32 otherwise); "
                       "part of the settings: a resume must use the same")
@@ -53,7 +62,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                       help="auto (cuda:LOCAL_RANK when CUDA is there, else cpu), cpu, cuda (default: %(default)s)")
 
     scoring = parser.add_argument_group("metrics")
-    scoring.add_argument("--metric", default="auto", choices=("auto", "digits", "inception", "none"),
+    scoring.add_argument("--metric", default="auto", choices=METRICS,
                          help="auto: the digits metric for the embedded family, Inception otherwise")
     scoring.add_argument("--reference",
                          help="real images: a folder, an .npz of uint8 NHWC images (arr_0), or an .npz with mu "
@@ -72,7 +81,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..evaluate import EvaluateConfig, PeerError, format_rows, run_evaluate
+    from ..experiments.evaluate import EvaluateConfig, PeerError, format_rows, run_evaluate
 
     rank = int(os.environ.get("RANK", 0))
     if rank != 0:  # one voice: the other processes only warn

@@ -38,6 +38,11 @@ them."""
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    from ..models.families import embedded_models
+    from ..models.loaded import MODES
+    from ..models.presets import PRESETS
+    from ..sampling.schedulers import SCHEDULERS
+
     parser = subparsers.add_parser(
         "sample",
         help="sample images with a stitch of a preset or of your own models",
@@ -48,11 +53,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     models = parser.add_argument_group("models")
-    models.add_argument("--preset", help="a named model pair: digits, dit-s-xl, dit-b-xl, dit-s-b-xl, "
-                        "sd15-bksdm-tiny, sd15-bksdm-small, sdxl-ssd1b, digits-s-b-xl (see --list-presets)")
+    models.add_argument("--preset", help=f"a named model pair: {', '.join(PRESETS)} (see --list-presets)")
     models.add_argument("--model", action="append", metavar="PATH_OR_ID",
                         help="a model, repeated smallest first (the last is the large model): an official DiT "
-                        ".pt/.safetensors file, a diffusers folder, a hub id, or digits-s/digits-b/digits-xl. "
+                        f".pt/.safetensors file, a diffusers folder, a hub id, or {'/'.join(embedded_models())}. "
                         "With --preset: replaces the preset's models, one per model")
     models.add_argument("--checkpoint-dir", metavar="DIR",
                         help="folder with downloaded checkpoint files (dit_s_256.pt, dit_b_256.pt, "
@@ -71,9 +75,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                           help="shares of the small models, smallest first, for three or more models")
     schedule.add_argument("--steps", type=int, help="sampling steps (default: the preset's; DiT 100, digits 25, "
                           "Stable Diffusion the pipeline's 50)")
-    schedule.add_argument("--scheduler", help="ddim, ddpm, dpm++, euler, euler-a, heun, unipc, pndm, lms, kdpm2, "
-                          "dpm, dpm++-sde, deis, lcm, flow-euler (default: the preset's or the pipeline's own)")
-    schedule.add_argument("--mode", choices=("diffusers", "official"),
+    schedule.add_argument("--scheduler", help=f"{', '.join(SCHEDULERS)} (default: the preset's or the pipeline's "
+                          "own)")
+    schedule.add_argument("--mode", choices=MODES,
                           help="diffusers: the bare loop with a diffusers scheduler; official: the published DiT "
                           "sampler (ddim/ddpm, respaced timesteps, guidance on 3 channels) to reproduce the paper "
                           "(default: official for the DiT presets, diffusers otherwise)")
@@ -155,15 +159,15 @@ def _describe_run(run) -> str:
 
 def run(args: argparse.Namespace) -> int:
     if args.list_presets:
-        from ..presets import describe_presets
+        from ..models.presets import describe_presets
 
         print(describe_presets())
         return 0
     _check_args(args)
     import torch
 
-    from ..generate import SampleOptions, generate, save_images
-    from ..presets import load_models, load_preset
+    from ..experiments.generate import SampleOptions, generate, save_images
+    from ..models.loading import load_models, load_preset
     from ..utils import ensure_writable_dir
 
     out = ensure_writable_dir(args.out)  # refuse an unwritable folder before loading anything

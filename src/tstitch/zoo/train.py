@@ -9,7 +9,6 @@ weights (diffusers' ``EMAModel``); the EMA weights are the ones saved.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -22,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from ..utils import write_json
 from . import CLASSIFIER_NAME, FAMILY, build_model, save_weights, scheduler_config
 from .classifier import DigitsClassifier
 from .data import NUM_CLASSES, load_digits_tensors
@@ -194,7 +194,5 @@ def train_zoo(
         save_weights(model, out / f"{name}.safetensors", {"config": FAMILY[name].config(), "summary": info})
         manifest["models"][name] = info
         logger.info("%s: %d steps, %.1f s, loss %.4f", name, info["steps"], info["seconds"], info["final_loss"])
-    tmp = out / ".manifest.json.tmp"
-    tmp.write_text(json.dumps(manifest, indent=2))
-    os.replace(tmp, out / "manifest.json")
+    write_json(out / "manifest.json", manifest)
     return manifest

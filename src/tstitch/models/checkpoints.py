@@ -30,21 +30,28 @@ and hub ids keep diffusers' behaviour unless ``timestep_embedding="official"`` i
 ``facebook/DiT-*`` weights, which were converted from the official ones). See
 :func:`set_timestep_embedding`.
 """
-
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import pickle
-import re
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
+
+from ..utils import atomic_write
+from .dit_layout import (
+    OFFICIAL_HEADS,
+    convert_official_dit_state_dict,
+    detect_layout,
+    heads_for_hidden_size,
+    infer_diffusers_dit_config,
+    infer_official_dit_config,
+)
+from .hub import REPO_FILE, REPO_ID, CheckpointNotAvailableError, download_hub_file, not_available, offline_mode
 
 __all__ = [
     "load_dit",
@@ -58,13 +65,8 @@ __all__ = [
     "heads_for_hidden_size",
     "CheckpointNotAvailableError",
     "OFFICIAL_HEADS",
+    "DIT_CLASS_NAMES",
 ]
-
-#: Published DiT widths and their head counts (S, B, L, XL).
-OFFICIAL_HEADS: dict[int, int] = {384: 6, 768: 12, 1024: 16, 1152: 16}
-
-#: Official DiT's timestep frequency-embedding width (diffusers hard-codes the same 256).
-FREQUENCY_EMBEDDING_SIZE = 256
 
 #: Keys under which training checkpoints nest the weights, in order of preference.
 NESTED_KEYS = ("ema", "model", "state_dict", "module")
@@ -81,281 +83,6 @@ DIT_CLASS_NAMES = ("DiTTransformer2DModel", "Transformer2DModel")
 
 TimestepEmbedding = Literal["auto", "official", "diffusers"]
 _MODE_ATTR = "_tstitch_timestep_embedding"
-
-
-class CheckpointNotAvailableError(FileNotFoundError):
-    """A hub model or file is not available (offline and not cached, or not found on the hub)."""
-
-
-# -- architecture inference --------------------------------------------------------------------------------
-
-
-def heads_for_hidden_size(hidden_size: int) -> int:
-    """Attention heads of a DiT of width ``hidden_size``.
-
-    The published sizes use 6 / 12 / 16 / 16 heads for widths 384 / 768 / 1024 / 1152 (head width 64, 64,
-    64, 72). Other widths get the divisor of ``hidden_size`` whose head width is closest to 64 (the wider
-    head on a tie).
-    """
-    if hidden_size <= 0:
-        raise ValueError(f"hidden size must be positive, got {hidden_size}")
-    if hidden_size in OFFICIAL_HEADS:
-        return OFFICIAL_HEADS[hidden_size]
-    divisors = [h for h in range(1, hidden_size + 1) if hidden_size % h == 0]
-    return min(divisors, key=lambda h: (abs(hidden_size / h - 64), h))
-
-
-def _shape(sd: Mapping[str, torch.Tensor], key: str, where: str) -> tuple[int, ...]:
-    if key not in sd:
-        raise ValueError(f"{where}: missing key {key!r}")
-    return tuple(sd[key].shape)
-
-
-def _count_blocks(sd: Mapping[str, Any], prefix: str) -> int:
-    pattern = re.compile(rf"^{re.escape(prefix)}(\d+)\.")
-    indices = {int(m.group(1)) for k in sd for m in [pattern.match(k)] if m}
-    if not indices:
-        return 0
-    depth = max(indices) + 1
-    missing = sorted(set(range(depth)) - indices)
-    if missing:
-        raise ValueError(f"blocks {missing} are missing (found blocks up to {depth - 1})")
-    return depth
-
-
-def _latent_size_from_tokens(num_tokens: int, patch_size: int, where: str) -> int:
-    side = math.isqrt(num_tokens)
-    if side * side != num_tokens:
-        raise ValueError(f"{where}: position embedding has {num_tokens} tokens, not a square grid")
-    return side * patch_size
-
-
-def _check_mlp_ratio(hidden: int, mlp_hidden: int, where: str) -> None:
-    if mlp_hidden != 4 * hidden:
-        raise ValueError(
-            f"{where}: MLP width {mlp_hidden} is not 4 x hidden size {hidden}; diffusers' "
-            "DiTTransformer2DModel only supports mlp_ratio 4"
-        )
-
-
-def infer_official_dit_config(
-    sd: Mapping[str, torch.Tensor],
-    *,
-    sample_size: int | None = None,
-    num_attention_heads: int | None = None,
-    where: str = "state dict",
-) -> dict[str, Any]:
-    """``DiTTransformer2DModel`` config for an official-layout DiT state dict, from its shapes only."""
-    hidden, in_channels, patch, patch_w = _shape(sd, "x_embedder.proj.weight", where)
-    if patch != patch_w:
-        raise ValueError(f"{where}: non-square patches ({patch}x{patch_w}) are not supported")
-    try:
-        depth = _count_blocks(sd, "blocks.")
-    except ValueError as error:
-        raise ValueError(f"{where}: {error}") from None
-    if depth == 0:
-        raise ValueError(f"{where}: no transformer blocks (keys 'blocks.<i>.*')")
-    out_features = _shape(sd, "final_layer.linear.weight", where)[0]
-    if out_features % (patch * patch):
-        raise ValueError(f"{where}: final projection width {out_features} is not a multiple of patch^2")
-    out_channels = out_features // (patch * patch)
-    table_rows = _shape(sd, "y_embedder.embedding_table.weight", where)[0]
-    freq = _shape(sd, "t_embedder.mlp.0.weight", where)[1]
-    if freq != FREQUENCY_EMBEDDING_SIZE:
-        raise ValueError(
-            f"{where}: timestep frequency embedding is {freq} wide; diffusers' DiT only supports "
-            f"{FREQUENCY_EMBEDDING_SIZE}"
-        )
-    _check_mlp_ratio(hidden, _shape(sd, "blocks.0.mlp.fc1.weight", where)[0], where)
-    if sample_size is None:
-        if "pos_embed" not in sd:
-            raise ValueError(f"{where}: no 'pos_embed' to read the latent size from; pass sample_size")
-        sample_size = _latent_size_from_tokens(sd["pos_embed"].shape[-2], patch, where)
-    heads = num_attention_heads or heads_for_hidden_size(hidden)
-    if hidden % heads:
-        raise ValueError(f"{where}: hidden size {hidden} is not divisible by {heads} heads")
-    return _config(
-        heads, hidden // heads, in_channels, out_channels, depth, sample_size, patch, table_rows - 1
-    )
-
-
-def infer_diffusers_dit_config(
-    sd: Mapping[str, torch.Tensor],
-    *,
-    sample_size: int | None = None,
-    num_attention_heads: int | None = None,
-    where: str = "state dict",
-) -> dict[str, Any]:
-    """``DiTTransformer2DModel`` config for a diffusers-layout DiT state dict, from its shapes only.
-
-    The latent size is not stored in diffusers' weights (the position embedding is not saved), so
-    ``sample_size`` must be given.
-    """
-    hidden, in_channels, patch, patch_w = _shape(sd, "pos_embed.proj.weight", where)
-    if patch != patch_w:
-        raise ValueError(f"{where}: non-square patches ({patch}x{patch_w}) are not supported")
-    try:
-        depth = _count_blocks(sd, "transformer_blocks.")
-    except ValueError as error:
-        raise ValueError(f"{where}: {error}") from None
-    if depth == 0:
-        raise ValueError(f"{where}: no transformer blocks (keys 'transformer_blocks.<i>.*')")
-    out_channels = _shape(sd, "proj_out_2.weight", where)[0] // (patch * patch)
-    table_rows = _shape(sd, "transformer_blocks.0.norm1.emb.class_embedder.embedding_table.weight", where)[0]
-    _check_mlp_ratio(hidden, _shape(sd, "transformer_blocks.0.ff.net.0.proj.weight", where)[0], where)
-    if sample_size is None:
-        raise ValueError(
-            f"{where}: diffusers-layout weights do not record the latent size; pass sample_size= or keep the "
-            "model's config.json beside the weights (a diffusers folder)"
-        )
-    heads = num_attention_heads or heads_for_hidden_size(hidden)
-    if hidden % heads:
-        raise ValueError(f"{where}: hidden size {hidden} is not divisible by {heads} heads")
-    config = _config(
-        heads, hidden // heads, in_channels, out_channels, depth, sample_size, patch, table_rows - 1
-    )
-    config["norm_eps"] = 1e-5  # unknown origin: keep diffusers' default
-    return config
-
-
-def _config(
-    heads: int,
-    head_dim: int,
-    in_channels: int,
-    out_channels: int,
-    depth: int,
-    sample_size: int,
-    patch: int,
-    num_classes: int,
-) -> dict[str, Any]:
-    return {
-        "num_attention_heads": heads,
-        "attention_head_dim": head_dim,
-        "in_channels": in_channels,
-        "out_channels": out_channels,
-        "num_layers": depth,
-        "sample_size": sample_size,
-        "patch_size": patch,
-        "num_embeds_ada_norm": num_classes,
-        "activation_fn": "gelu-approximate",
-        "attention_bias": True,
-        "norm_type": "ada_norm_zero",
-        "norm_elementwise_affine": False,
-        "norm_eps": 1e-6,  # the official MLP-side LayerNorm
-    }
-
-
-# -- official -> diffusers key mapping ---------------------------------------------------------------------
-
-_OFFICIAL_BLOCK_MAP = {
-    "adaLN_modulation.1": "norm1.linear",
-    "attn.proj": "attn1.to_out.0",
-    "mlp.fc1": "ff.net.0.proj",
-    "mlp.fc2": "ff.net.2",
-}
-_OFFICIAL_GLOBAL_MAP = {
-    "x_embedder.proj": "pos_embed.proj",
-    "final_layer.adaLN_modulation.1": "proj_out_1",
-    "final_layer.linear": "proj_out_2",
-}
-_EMBEDDER_MAP = {
-    "t_embedder.mlp.0": "norm1.emb.timestep_embedder.linear_1",
-    "t_embedder.mlp.2": "norm1.emb.timestep_embedder.linear_2",
-}
-
-
-def _some(keys: list[str], limit: int = 8) -> str:
-    return ", ".join(keys[:limit]) + (f" ... ({len(keys)} in all)" if len(keys) > limit else "")
-
-
-def _expected_official_keys(depth: int) -> list[str]:
-    keys = ["y_embedder.embedding_table.weight"]
-    for name in (*_OFFICIAL_GLOBAL_MAP, *_EMBEDDER_MAP):
-        keys += [f"{name}.weight", f"{name}.bias"]
-    for i in range(depth):
-        for name in ("attn.qkv", *_OFFICIAL_BLOCK_MAP):
-            keys += [f"blocks.{i}.{name}.weight", f"blocks.{i}.{name}.bias"]
-    return keys
-
-
-def convert_official_dit_state_dict(
-    sd: Mapping[str, torch.Tensor],
-    *,
-    sample_size: int | None = None,
-    num_attention_heads: int | None = None,
-    where: str = "state dict",
-) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    """Convert an official DiT state dict to ``(config, state_dict)`` for ``DiTTransformer2DModel``.
-
-    ``config`` holds the constructor arguments inferred from the shapes (see
-    :func:`infer_official_dit_config`). The timestep and label embedders, single in the official model, are
-    copied into every block (diffusers gives each block its own); the fused ``qkv`` projection is split into
-    ``to_q``, ``to_k``, ``to_v``. ``pos_embed`` (a fixed sin-cos table that diffusers recomputes) is not
-    carried over. Every returned tensor is its own contiguous copy. Raises ``ValueError`` naming missing or
-    unexpected keys.
-
-    The converted model reproduces the official forward pass only with the official timestep features; use
-    :func:`load_dit` (which sets them) or :func:`set_timestep_embedding` on a model built from ``config``.
-    """
-    config = infer_official_dit_config(
-        sd, sample_size=sample_size, num_attention_heads=num_attention_heads, where=where
-    )
-    depth = config["num_layers"]
-    expected = _expected_official_keys(depth)
-    missing = [k for k in expected if k not in sd]
-    if missing:
-        raise ValueError(f"{where}: missing keys of the official DiT layout: {_some(missing)}")
-    unexpected = sorted(set(sd) - set(expected) - {"pos_embed"})
-    if unexpected:
-        raise ValueError(
-            f"{where}: unexpected keys for an official DiT with {depth} blocks: {_some(unexpected)}"
-        )
-
-    def own(t: torch.Tensor) -> torch.Tensor:
-        return t.detach().clone().contiguous()
-
-    out: dict[str, torch.Tensor] = {}
-    for old, new in _OFFICIAL_GLOBAL_MAP.items():
-        for p in ("weight", "bias"):
-            out[f"{new}.{p}"] = own(sd[f"{old}.{p}"])
-    hidden = config["num_attention_heads"] * config["attention_head_dim"]
-    for i in range(depth):
-        block = f"transformer_blocks.{i}"
-        for old, new in _EMBEDDER_MAP.items():
-            for p in ("weight", "bias"):
-                out[f"{block}.{new}.{p}"] = own(sd[f"{old}.{p}"])
-        out[f"{block}.norm1.emb.class_embedder.embedding_table.weight"] = own(
-            sd["y_embedder.embedding_table.weight"]
-        )
-        for old, new in _OFFICIAL_BLOCK_MAP.items():
-            for p in ("weight", "bias"):
-                out[f"{block}.{new}.{p}"] = own(sd[f"blocks.{i}.{old}.{p}"])
-        for p in ("weight", "bias"):
-            qkv = sd[f"blocks.{i}.attn.qkv.{p}"]
-            if qkv.shape[0] != 3 * hidden:
-                raise ValueError(
-                    f"{where}: blocks.{i}.attn.qkv.{p} has {qkv.shape[0]} rows, expected {3 * hidden}"
-                )
-            for name, part in zip(("to_q", "to_k", "to_v"), qkv.chunk(3, dim=0)):
-                out[f"{block}.attn1.{name}.{p}"] = own(part)
-    return config, out
-
-
-# -- layouts -----------------------------------------------------------------------------------------------
-
-
-def detect_layout(sd: Mapping[str, Any]) -> Literal["official", "diffusers"]:
-    """``"official"`` or ``"diffusers"`` for a DiT state dict; ``ValueError`` for anything else."""
-    if "x_embedder.proj.weight" in sd:
-        return "official"
-    if "pos_embed.proj.weight" in sd and any(k.startswith("transformer_blocks.") for k in sd):
-        return "diffusers"
-    sample = ", ".join(sorted(sd)[:6]) or "(no tensors)"
-    raise ValueError(
-        "unknown checkpoint layout: expected official DiT keys (x_embedder.proj.weight, blocks.<i>.*) or "
-        "diffusers DiTTransformer2DModel keys (pos_embed.proj.weight, transformer_blocks.<i>.*); "
-        f"found {sample}"
-    )
 
 
 def _is_tensor_dict(obj: Any) -> bool:
@@ -553,38 +280,6 @@ def get_timestep_embedding_mode(model: Any) -> Literal["official", "diffusers"]:
 # -- public loading / saving -------------------------------------------------------------------------------
 
 
-def _offline(local_files_only: bool | None) -> bool:
-    if local_files_only is not None:
-        return bool(local_files_only)
-    value = os.environ.get("HF_HUB_OFFLINE", "")
-    if value.strip().upper() in ("1", "ON", "YES", "TRUE"):
-        return True
-    try:
-        from huggingface_hub import constants
-
-        return bool(getattr(constants, "HF_HUB_OFFLINE", False))
-    except ImportError:  # pragma: no cover
-        return False
-
-
-_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-_REPO_FILE = re.compile(r"^([A-Za-z0-9][\w.-]*/[\w.-]+)/(.+\.(?:pt|pth|bin|ckpt|safetensors))$")
-
-
-def _not_available(repo_id: str, filename: str | None, offline: bool, error: BaseException | None):
-    what = f"{repo_id!r}" + (f" (file {filename!r})" if filename else "")
-    detail = str(error).splitlines()[0] if error is not None and str(error) else ""
-    reason = (
-        "offline (HF_HUB_OFFLINE=1 or local_files_only=True) and not in the local Hugging Face cache"
-        if offline
-        else f"it could not be fetched ({type(error).__name__}: {detail})"
-    )
-    return CheckpointNotAvailableError(
-        f"DiT checkpoint {what} is not available: {reason}. Download it once with network access "
-        f"(e.g. `huggingface-cli download {repo_id}`) or pass a local path instead: an official "
-        ".pt/.pth/.safetensors state dict or a diffusers model/pipeline folder."
-    )
-
 
 def _load_folder(folder: Path, subfolder: str | None, dtype: torch.dtype):
     from diffusers import DiTTransformer2DModel
@@ -625,16 +320,7 @@ def _load_hub(repo_id: str, subfolder: str | None, dtype: torch.dtype, offline: 
             )
         except (OSError, ValueError) as error:  # EnvironmentError, EntryNotFound, offline cache misses
             last = error
-    raise _not_available(repo_id, None, offline, last) from last
-
-
-def _download_hub_file(repo_id: str, filename: str, offline: bool) -> Path:
-    from huggingface_hub import hf_hub_download
-
-    try:
-        return Path(hf_hub_download(repo_id, filename, local_files_only=offline))
-    except Exception as error:
-        raise _not_available(repo_id, filename, offline, error) from error
+    raise not_available(repo_id, None, offline, last) from last
 
 
 def _load_file(
@@ -716,16 +402,16 @@ def load_dit(
         )
     text = os.fspath(source)
     path = Path(text).expanduser()
-    offline = _offline(local_files_only)
+    offline = offline_mode(local_files_only)
     if path.is_dir():
         model, mode = _load_folder(path, subfolder, dtype), "diffusers"
     elif path.is_file():
         model, mode = _load_file(path, sample_size=sample_size, num_attention_heads=num_attention_heads)
-    elif _REPO_FILE.match(text) and not text.startswith((".", "/", "~")):
-        repo_id, filename = _REPO_FILE.match(text).groups()
-        local = _download_hub_file(repo_id, filename, offline)
+    elif REPO_FILE.match(text) and not text.startswith((".", "/", "~")):
+        repo_id, filename = REPO_FILE.match(text).groups()
+        local = download_hub_file(repo_id, filename, offline)
         model, mode = _load_file(local, sample_size=sample_size, num_attention_heads=num_attention_heads)
-    elif _REPO_ID.match(text) and not text.startswith((".", "/", "~")):
+    elif REPO_ID.match(text) and not text.startswith((".", "/", "~")):
         model, mode = _load_hub(text, subfolder, dtype, offline), "diffusers"
     else:
         raise FileNotFoundError(
@@ -756,12 +442,4 @@ def save_dit_safetensors(model: Any, path: str | os.PathLike) -> Path:
         META_TIMESTEP: get_timestep_embedding_mode(model),
     }
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=metadata)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    return atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))

@@ -10,7 +10,6 @@ model its best FID in a short sweep, which is also reported.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,20 +17,13 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from .metrics import FeatureFID, classifier_accuracy
-from .study import (
-    Schedule,
-    add_relative_columns,
-    plot_grid,
-    plot_pareto,
-    plot_similarity,
-    timed_sample,
-    trajectory_similarity,
-    two_model_sweep,
-)
-from .utils import ensure_writable_dir, write_csv, write_json
-from .zoo import load_classifier, load_family, scheduler_config
-from .zoo.data import load_digits_tensors, to_unit
+from ..metrics import FeatureFID, classifier_accuracy
+from ..sampling import sample_batches, scheduler_factory
+from ..utils import ensure_writable_dir, write_csv, write_json
+from ..zoo import load_classifier, load_family, scheduler_config
+from ..zoo.data import load_digits_tensors, to_unit
+from .plots import plot_grid, plot_pareto, plot_similarity
+from .study import Allocation, add_relative_columns, trajectory_similarity, two_model_sweep
 
 logger = logging.getLogger(__name__)
 
@@ -72,13 +64,6 @@ class DemoConfig:
             raise ValueError(f"guidance_scales must be >= 1, got {self.guidance_scales}")
 
 
-def _scheduler_factory() -> Callable[[], Any]:
-    from diffusers import DDIMScheduler
-
-    config = scheduler_config()
-    return lambda: DDIMScheduler(**config, set_alpha_to_one=False)
-
-
 def run_demo(out_dir: str | Path, config: DemoConfig | None = None, *, progress: bool = True) -> dict[str, Any]:
     """Run the study and write ``results.json``, ``results.csv``, ``pareto.png``, ``grid.png`` and
     ``similarity.png`` into ``out_dir``. Returns the results dictionary."""
@@ -90,7 +75,8 @@ def run_demo(out_dir: str | Path, config: DemoConfig | None = None, *, progress:
     classifier = load_classifier(config.weights_dir, device=device)
     reference, _ = load_digits_tensors()
     metric = FeatureFID(classifier, reference.to(device))
-    new_scheduler = _scheduler_factory()
+    # DDIM on the family's noise schedule, final alpha not set to one (as the DiT pipelines ship)
+    new_scheduler = scheduler_factory("ddim", {**scheduler_config(), "set_alpha_to_one": False})
 
     generator = torch.Generator().manual_seed(config.seed)
     noise = torch.randn(config.num_samples, 1, 8, 8, generator=generator).to(device)
@@ -106,21 +92,21 @@ def run_demo(out_dir: str | Path, config: DemoConfig | None = None, *, progress:
         "half_vs_half": FeatureFID(classifier, shuffled[:half].to(device)).score(shuffled[half:].to(device)),
     }
 
-    cache: dict[tuple[Schedule, float], dict[str, Any]] = {}
-    grid_images: dict[tuple[Schedule, float], torch.Tensor] = {}
+    cache: dict[tuple[Allocation, float], dict[str, Any]] = {}
+    grid_images: dict[tuple[Allocation, float], torch.Tensor] = {}
 
-    def evaluate(schedule: Schedule, guidance: float) -> dict[str, Any]:
+    def evaluate(schedule: Allocation, guidance: float) -> dict[str, Any]:
         key = (schedule, guidance)
         if key not in cache:
-            latents, seconds, per_step = timed_sample(
-                [models[name] for name in schedule.models], schedule.fractions, new_scheduler, noise, labels,
+            latents, seconds, per_step = sample_batches(
+                [models[name] for name in schedule.models], schedule.small_fractions, new_scheduler, noise, labels,
                 num_steps=config.num_steps, guidance_scale=guidance, batch_size=config.batch_size,
             )
             images = latents.clamp(-1, 1)
             cache[key] = {
                 "schedule": schedule.label,
                 "models": list(schedule.models),
-                "fractions": list(schedule.fractions),
+                "fractions": list(schedule.small_fractions),
                 "guidance": guidance,
                 "steps": config.num_steps,
                 "num_samples": config.num_samples,
@@ -133,9 +119,9 @@ def run_demo(out_dir: str | Path, config: DemoConfig | None = None, *, progress:
         return cache[key]
 
     two_model = two_model_sweep(SMALL, LARGE, config.fraction_step)
-    three_model = [Schedule((SMALL, MIDDLE, LARGE), fractions) for fractions in config.three_model]
+    three_model = [Allocation((SMALL, MIDDLE, LARGE), fractions) for fractions in config.three_model]
     large_alone, small_alone = two_model[0], two_model[-1]
-    middle_alone = Schedule((MIDDLE, LARGE), (1.0,))
+    middle_alone = Allocation((MIDDLE, LARGE), (1.0,))
     total = len(config.guidance_scales) * 3 + len(two_model) - 2 + len(three_model)
     bar = tqdm(total=total, desc="demo schedules", disable=not progress)
 
@@ -185,7 +171,7 @@ def run_demo(out_dir: str | Path, config: DemoConfig | None = None, *, progress:
     plot_pareto(rows, out / "pareto.png",
                 title=f"digits: FID vs time, DDIM {config.num_steps} steps, guidance {best_guidance:g}",
                 y_label="digits-FID")
-    plot_grid([grid_images[(s, best_guidance)] for s in two_model], [f"r={s.fractions[0]:g}" for s in two_model],
+    plot_grid([grid_images[(s, best_guidance)] for s in two_model], [f"r={s.small_fractions[0]:g}" for s in two_model],
               out / "grid.png", title=f"fraction r of {SMALL} before {LARGE}: same seeds and labels per column")
     plot_similarity(curves, out / "similarity.png")
     return results

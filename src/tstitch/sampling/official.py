@@ -5,7 +5,7 @@ This follows the sampling semantics of the official DiT code and the published T
 in words in ``shared/reference/official-dit-sampler.md``), so that the same models, noise and random
 generator give the same latents. Written from that description; no code of those projects is used.
 
-* **Schedule.** 1,000 training steps, linear betas ``1e-4 .. 0.02`` (scaled by ``1000 / T``), all in
+* **Allocation.** 1,000 training steps, linear betas ``1e-4 .. 0.02`` (scaled by ``1000 / T``), all in
   float64 numpy as the reference keeps them. ``num_steps`` respaces it to the kept timesteps
   ``round(i * (T - 1) / (N - 1))``, computed as the reference does: a running float sum of the stride
   ``(T - 1) / (N - 1)`` rounded by Python's ``round`` (half to even). For the usual ``N`` (10, 20, 25, 50,
@@ -46,7 +46,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .plan import Plan, model_index_for_timestep
+from ..plan import Plan, model_index_for_timestep
+from .guidance import Guidance, unwrap_output
 
 __all__ = [
     "SAMPLERS",
@@ -282,15 +283,6 @@ def _full_fractions(fractions: Any, num_models: int) -> tuple[float, ...]:
     return schedule.fractions
 
 
-def _num_classes(model: nn.Module) -> int | None:
-    config = getattr(model, "config", None) or {}
-    for key in ("num_embeds_ada_norm", "num_class_embeds"):
-        value = config.get(key) if hasattr(config, "get") else None
-        if value:
-            return int(value)
-    return None
-
-
 def _call(
     model: Callable[..., Any], x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None
 ) -> torch.Tensor:
@@ -298,12 +290,7 @@ def _call(
     kwargs = {"timestep": t}
     if y is not None:
         kwargs["class_labels"] = y
-    output = model(x.to(dtype), **kwargs)
-    if hasattr(output, "sample"):
-        output = output.sample
-    elif isinstance(output, (tuple, list)):
-        output = output[0]
-    return output.to(x.dtype)
+    return unwrap_output(model(x.to(dtype), **kwargs)).to(x.dtype)
 
 
 @torch.no_grad()
@@ -371,17 +358,11 @@ def sample_official(
         labels = torch.as_tensor(class_labels, device=device).long().reshape(-1)
         if labels.numel() != n:
             raise ValueError(f"got {labels.numel()} class labels for {n} noise samples")
-    use_cfg = guidance_scale > 1.0
-    x = noise.float()
-    if use_cfg:
-        if labels is None:
-            raise ValueError("classifier-free guidance needs class_labels")
-        if null_class is None:
-            null_class = _num_classes(model_list[-1])
-        if null_class is None:
-            raise ValueError("cannot tell the null class of this model: pass null_class")
-        labels = torch.cat([labels, torch.full_like(labels, null_class)])
-        x = torch.cat([x, x], dim=0)
+    # The label doubling and the null label are the shared guidance's; the guided step is this sampler's.
+    guidance = Guidance(guidance_scale, null_class=null_class, guided_channels=guided_channels)
+    use_cfg = guidance.enabled
+    labels = guidance.labels(model_list[-1], labels)
+    x = guidance.batch(noise.float())
 
     out = OfficialSampleOutput(latents=x, seconds=[0.0] * len(model_list))
     for index in tqdm(

@@ -20,7 +20,6 @@ which step stays exactly what the :class:`~tstitch.plan.Plan` says.
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -28,7 +27,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from .stitcher import StitchedDenoiser, _find_denoiser
+from ..sampling.timing import Stopwatch
+from ..stitcher import StitchedDenoiser
+from .families import denoiser_of
 
 logger = logging.getLogger(__name__)
 
@@ -193,14 +194,10 @@ class OffloadSwitch:
     def __call__(self, index: int) -> None:
         if index == self.resident:
             return
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        start = time.perf_counter()
-        self.models[self.resident].to(self.offload_device)  # first out, then in: never both on the device
-        self.models[index].to(self.device)
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        self.seconds += time.perf_counter() - start
+        with Stopwatch(self.device) as watch:
+            self.models[self.resident].to(self.offload_device)  # first out, then in: never both on the device
+            self.models[index].to(self.device)
+        self.seconds += watch.seconds
         self.swaps += 1
         self.resident = index
 
@@ -217,7 +214,7 @@ class OffloadSwitch:
 def _stitched_denoiser(target: Any) -> StitchedDenoiser:
     if isinstance(target, StitchedDenoiser):
         return target
-    _, denoiser = _find_denoiser(target)
+    _, denoiser = denoiser_of(target)
     if not isinstance(denoiser, StitchedDenoiser):
         raise ValueError(f"{type(target).__name__} is not stitched: call tstitch.stitch() before enable_offload()")
     return denoiser

@@ -1,0 +1,191 @@
+# Copyright 2026 The tstitch authors. Licensed under the Apache License, Version 2.0.
+"""The benchmark's statistics (paired ratios per repetition), its report tables and its figure."""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from ..experiments.plots import pyplot, save_figure
+from ..plan import Plan
+from .cases import BenchCase
+
+__all__ = ["TARGETS", "stats", "paired", "case_rows", "summary_of", "format_report", "plot_times"]
+
+#: The issue's targets: each a ratio measured within one run of the harness.
+TARGETS = {"overhead_max": 1.01, "linearity_min": 0.98, "linearity_max": 1.02, "no_tax_max": 1.01}
+
+
+# -- statistics ----------------------------------------------------------------------------------------------------
+
+
+def stats(values: Sequence[float]) -> dict[str, float]:
+    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
+
+
+def paired(numerators: Sequence[float], denominators: Sequence[float]) -> dict[str, float]:
+    """The ratio within each repetition (median, min, max), and the ratio of the fastest runs (``fastest``:
+    on a busy machine noise only adds time, so the fastest runs are the least disturbed)."""
+    ratios = stats([a / b for a, b in zip(numerators, denominators, strict=True)])
+    return {**ratios, "fastest": min(numerators) / min(denominators)}
+
+
+def case_rows(case: BenchCase, seconds: dict[str, list[float]], diffs: dict[float, float]) -> list[dict[str, Any]]:
+    images = case.num_images
+    large, small = seconds["plain@0"], seconds["plain@1"]
+    t_large, t_small = statistics.median(large), statistics.median(small)
+    rows = []
+    for r in case.all_fractions:
+        stitched, plain = seconds[f"stitched@{r:g}"], seconds[f"plain@{r:g}"]
+        small_steps = Plan.from_small_fractions(r).steps_per_model(case.num_steps)[0]
+        e = small_steps / case.num_steps  # the fraction of steps the small model really ran
+        ideal = [(1 - e) * a + e * b for a, b in zip(large, small, strict=True)]
+        rows.append({
+            "fraction": r,
+            "small_steps": small_steps,
+            "effective_fraction": e,
+            "seconds_per_image": statistics.median(stitched) / images,
+            "seconds_per_image_min": min(stitched) / images,
+            "seconds_per_image_max": max(stitched) / images,
+            "plain_seconds_per_image": statistics.median(plain) / images,
+            "ideal_seconds_per_image": ((1 - e) * t_large + e * t_small) / images,
+            "overhead": paired(stitched, plain),
+            "linearity": {**paired(stitched, ideal),
+                          "fastest": min(stitched) / ((1 - e) * min(large) + e * min(small))},
+            "speedup": paired(large, stitched),
+            "ideal_speedup": 1.0 / ((1 - e) + e * t_small / t_large),
+            "max_abs_diff_vs_plain": diffs.get(r),
+        })
+    return rows
+
+
+
+def summary_of(cases: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The worst value of each target over all cases and fractions: of the per-repetition medians (``value``,
+    judged against the target) and of the fastest-run ratios (``fastest``)."""
+    ratios = {
+        "overhead": [(row["overhead"], f"{c['name']} r={row['fraction']:g}") for c in cases for row in c["rows"]],
+        "linearity": [(row["linearity"], f"{c['name']} r={row['fraction']:g}") for c in cases for row in c["rows"]],
+        "no_tax": [(c["no_tax"]["ratio"], c["name"]) for c in cases],
+    }
+    summary: dict[str, Any] = {}
+    for key, target in TARGETS.items():
+        name, side = key.rsplit("_", 1)
+        values = ratios[name]
+        if not values:
+            summary[key] = None
+            continue
+        pick = min if side == "min" else max
+        stats, where = pick(values, key=lambda item: item[0]["median"])
+        fastest, fastest_where = pick(values, key=lambda item: item[0]["fastest"])
+        met = stats["median"] >= target if side == "min" else stats["median"] <= target
+        summary[key] = {"value": stats["median"], "where": where, "target": target, "met": met,
+                        "fastest": fastest["fastest"], "fastest_where": fastest_where}
+    return summary
+
+
+
+# -- report -----------------------------------------------------------------------------------------------------
+
+
+def _mib(value: float) -> str:
+    return f"{value / 2**20:,.1f} MiB"
+
+
+def _ratio(stats: dict[str, float]) -> str:
+    return f"{stats['median']:.3f} [{stats['min']:.3f}-{stats['max']:.3f}]"
+
+
+def format_report(results: dict[str, Any]) -> str:
+    """The tables the CLI prints: per case, time per image and the ratios at each fraction."""
+    lines = [f"machine: {results['machine']['label']}; fast paths: {results['fast_paths_label']}"]
+    dispatch = results["dispatch"]
+    lines.append(f"stitching dispatch: {dispatch['overhead_us_per_step']:.1f} us per step ("
+                 f"{dispatch['stitched_us_per_step']:.1f} vs {dispatch['direct_us_per_step']:.1f} us, no-op model)")
+    for case in results["cases"]:
+        lines.append("")
+        lines.append(f"{case['name']}: {case['small']['name']} ({case['small']['parameters'] / 1e6:.1f}M) -> "
+                     f"{case['large']['name']} ({case['large']['parameters'] / 1e6:.1f}M), {case['scheduler']} "
+                     f"{case['num_steps']} steps, {case['num_images']} images, guidance {case['guidance_scale']:g}, "
+                     f"{case['dtype']}, {case['repetitions']} repetitions (median [min-max])")
+        lines.append(f"  {'r':>4} {'ms/img':>10} {'ideal':>10} {'overhead':>21} {'linearity':>21} "
+                     f"{'speed-up':>21} {'ideal':>6}")
+        for row in case["rows"]:
+            lines.append(
+                f"  {row['fraction']:>4.2g} {1000 * row['seconds_per_image']:>10.2f} "
+                f"{1000 * row['ideal_seconds_per_image']:>10.2f} {_ratio(row['overhead']):>21} "
+                f"{_ratio(row['linearity']):>21} {_ratio(row['speedup']):>21} {row['ideal_speedup']:>5.2f}x"
+            )
+        no_tax = case["no_tax"]
+        lines.append(f"  no tax: stitched at r=0 / {no_tax['baseline']}: {_ratio(no_tax['ratio'])}")
+        diffs = [row["max_abs_diff_vs_plain"] for row in case["rows"] if row["max_abs_diff_vs_plain"] is not None]
+        if diffs:
+            lines.append(f"  stitched output vs plain loop: max |difference| {max(diffs):.3g}")
+        memory = case.get("memory")
+        if memory and "stitched" in memory:
+            lines.append(
+                f"  peak memory: large alone {_mib(memory['large_alone']['peak_bytes'])}, stitched "
+                f"{_mib(memory['stitched']['peak_bytes'])}: +{_mib(memory['stitched_minus_large_bytes'])} = small "
+                f"weights {_mib(memory['small_weight_bytes'])} {memory['beyond_small_weights_bytes']:+,} bytes"
+            )
+            if "offloaded" in memory:
+                lines.append(f"  peak memory with offloading: {_mib(memory['offloaded']['peak_bytes'])}")
+        if "compile" in case:
+            compiled = case["compile"]
+            lines.append(f"  compile: {compiled['compile_seconds']:.1f} s (apart from sampling); graphs compiled "
+                         f"during the timed runs: {compiled['graphs_compiled_during_timing']}")
+        if "offload" in case:
+            offload = case["offload"]
+            ratio = offload["ratio_vs_stitched"]
+            lines.append(f"  offload at r={offload['fraction']:g}: {1000 * offload['seconds_per_image']:.2f} ms/img"
+                         + (f", {_ratio(ratio)}x the stitched run" if ratio else "")
+                         + f", transfers {offload['transfer_seconds_per_run']['median']:.3f} s per run")
+    lines.append("")
+    lines.append("targets (worst median of the per-repetition ratios; in brackets the worst ratio of the fastest "
+                 "runs):")
+    for key, entry in results["summary"].items():
+        if entry is not None:
+            lines.append(f"  {key.replace('_', ' '):<14} {entry['value']:.3f} at {entry['where']:<22} target "
+                         f"{entry['target']}: {'met' if entry['met'] else 'MISSED'}  [{entry['fastest']:.3f} at "
+                         f"{entry['fastest_where']}]")
+    return "\n".join(lines)
+
+
+def plot_times(results: dict[str, Any], path: str | Path) -> Path:
+    """Time per image against the fraction of the small model, one panel per case: measured points (median,
+    min-max bars), the plain loop, and the ideal line ``(1 - r) * T_large + r * T_small``."""
+    plt = pyplot()
+    cases = results["cases"]
+    columns = min(len(cases), 2)
+    rows_of_panels = math.ceil(len(cases) / columns)
+    fig, axes = plt.subplots(rows_of_panels, columns, figsize=(5.2 * columns, 3.9 * rows_of_panels + 0.4),
+                             squeeze=False)
+    for ax in axes.flat[len(cases):]:
+        ax.axis("off")
+    for ax, case in zip(axes.flat, cases):
+        rows = case["rows"]
+        x = [row["effective_fraction"] for row in rows]
+        y = [1000 * row["seconds_per_image"] for row in rows]
+        low = [y_ - 1000 * row["seconds_per_image_min"] for y_, row in zip(y, rows, strict=True)]
+        high = [1000 * row["seconds_per_image_max"] - y_ for y_, row in zip(y, rows, strict=True)]
+        ends = [rows[0], rows[-1]]
+        ax.plot([r["effective_fraction"] for r in ends], [1000 * r["ideal_seconds_per_image"] for r in ends], "--",
+                color="tab:green", label="ideal (1-r) T_large + r T_small", zorder=1)
+        ax.scatter(x, [1000 * row["plain_seconds_per_image"] for row in rows], marker="x", color="gray",
+                   label="plain loop", zorder=2)
+        ax.errorbar(x, y, yerr=[low, high], fmt="o", color="tab:blue", capsize=3, label="stitched (median, min-max)",
+                    zorder=3)
+        ax.set_title(f"{case['name']}: {case['small']['name']} -> {case['large']['name']}\n"
+                     f"{case['num_steps']} steps, {case['num_images']} images", fontsize=9)
+        ax.set_xlabel("fraction of steps on the small model")
+        ax.set_ylabel("ms per image")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle(f"time per image against the fraction of the small model: {results['machine']['label']}"
+                 f" ({results['fast_paths_label']})", fontsize=9)
+    fig.tight_layout(rect=(0, 0, 1, 0.97))
+    return save_figure(fig, path)
+

@@ -1,0 +1,441 @@
+# Copyright 2026 The tstitch authors. Licensed under the Apache License, Version 2.0.
+"""Sampling images with loaded, stitchable models: what ``tstitch sample`` runs.
+
+Two kinds of loaded models (both built by :mod:`tstitch.presets`):
+
+* :class:`ClassConditionalModels`: class-conditional DiTs (the published DiT pairs, the embedded digits
+  family), sampled with the bare loop :func:`tstitch.sample` under any diffusers scheduler, or with the
+  published DiT sampler :func:`tstitch.official.sample_official`; latents are decoded by a VAE (or are the
+  pixels, for the digits family).
+* :class:`StitchedPipeline`: a diffusers pipeline (Stable Diffusion, SDXL, ...) stitched in place with
+  :func:`tstitch.stitch`; the text encoders, tokenizers and VAE are the large pipeline's.
+
+:func:`generate` samples with a stitch and, on request, with the large model alone from the same noise,
+timing both; :func:`save_images` writes the images as PNG files.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..models.families import denoiser_of
+from ..models.loaded import MODES, ClassConditionalModels, LoadedModels, Mode, StitchedPipeline
+from ..plan import Plan
+from ..sampling import make_scheduler, sample, scheduler_name
+from ..sampling.official import SAMPLERS as OFFICIAL_SAMPLERS
+from ..sampling.official import sample_official
+from ..sampling.timing import Stopwatch, warm_up, warmup_fractions
+from ..stitcher import get_record, stitch
+from ..utils import atomic_write, ensure_writable_dir, write_json
+from .plots import plot_grid
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "SampleOptions",
+    "RunResult",
+    "GenerateResult",
+    "generate",
+    "save_images",
+]
+
+# -- requests and results ----------------------------------------------------------------------------------
+
+
+@dataclass
+class SampleOptions:
+    """One ``tstitch sample`` request; ``None`` fields take the loaded models' defaults.
+
+    ``num_images`` images are sampled (default: one per class label or prompt, labels and prompts are
+    repeated in turn to fill it), ``batch_size`` of them per model call (default: all at once). The
+    initial noise of all images is drawn at once from ``seed``, so with a deterministic sampler (DDIM,
+    the published DDIM) an image does not depend on the batch size or the fraction's noise draws.
+    """
+
+    fractions: Sequence[float] | None = None
+    num_steps: int | None = None
+    scheduler: str | None = None
+    mode: Mode | None = None
+    guidance_scale: float | None = None
+    class_labels: Sequence[int] | None = None
+    prompts: Sequence[str] | None = None
+    negative_prompt: str | None = None
+    num_images: int | None = None
+    batch_size: int | None = None
+    seed: int = 0
+    size: int | None = None
+    progress: bool = True
+    warmup: bool = True
+
+
+@dataclass
+class RunResult:
+    """One sampling run: its images and what ran when."""
+
+    label: str
+    images: torch.Tensor
+    seconds: float
+    model_names: list[str]
+    fractions: tuple[float, ...]
+    steps_per_model: list[int]
+    model_per_step: list[int]
+    model_seconds: list[float]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "label": self.label,
+            "seconds": self.seconds,
+            "models": list(self.model_names),
+            "fractions": list(self.fractions),
+            "steps_per_model": list(self.steps_per_model),
+            "model_per_step": list(self.model_per_step),
+            "model_seconds": list(self.model_seconds),
+        }
+
+
+@dataclass
+class GenerateResult:
+    """The stitched run and, with ``compare``, the large model alone from the same noise."""
+
+    stitched: RunResult
+    baseline: RunResult | None
+    settings: dict[str, Any]
+
+    @property
+    def speedup(self) -> float | None:
+        """End-to-end time of the large model alone over the stitched run's."""
+        if self.baseline is None or self.stitched.seconds <= 0:
+            return None
+        return self.baseline.seconds / self.stitched.seconds
+
+    @property
+    def denoiser_speedup(self) -> float | None:
+        """The same ratio over the time spent in the denoisers only."""
+        if self.baseline is None or sum(self.stitched.model_seconds) <= 0:
+            return None
+        return sum(self.baseline.model_seconds) / sum(self.stitched.model_seconds)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "settings": self.settings,
+            "stitched": self.stitched.as_dict(),
+            "baseline": None if self.baseline is None else self.baseline.as_dict(),
+            "speedup": self.speedup,
+            "denoiser_speedup": self.denoiser_speedup,
+        }
+
+
+# -- resolving a request -----------------------------------------------------------------------------------
+
+
+def _full_fractions(fractions: Sequence[float], num_models: int) -> tuple[float, ...]:
+    if len(fractions) != num_models - 1:
+        if num_models == 2:
+            raise ValueError(f"2 models take one fraction (--fraction), got {len(fractions)}: {list(fractions)}")
+        raise ValueError(
+            f"{num_models} models take {num_models - 1} fractions (--fractions, smallest model first), "
+            f"got {len(fractions)}: {list(fractions)}"
+        )
+    return Plan.from_small_fractions(list(fractions)).fractions
+
+
+def _cycle(values: Sequence[Any], count: int) -> list[Any]:
+    return [values[i % len(values)] for i in range(count)]
+
+
+def _resolve(loaded: LoadedModels, options: SampleOptions) -> dict[str, Any]:
+    """Every setting of the run, defaults filled in and checked; raises ``ValueError`` before any work."""
+    defaults = loaded.defaults
+    num_models = len(loaded.names)
+    fractions = tuple(options.fractions) if options.fractions is not None else defaults.fractions
+    if num_models == 1:
+        fractions = ()
+    full = _full_fractions(fractions, num_models) if num_models > 1 else (1.0,)
+    mode = options.mode or defaults.mode
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+    scheduler = options.scheduler or defaults.scheduler
+    if scheduler is not None:
+        scheduler = scheduler_name(scheduler)
+    steps = options.num_steps if options.num_steps is not None else defaults.num_steps
+    guidance = options.guidance_scale if options.guidance_scale is not None else defaults.guidance_scale
+    if options.batch_size is not None and options.batch_size < 1:
+        raise ValueError(f"batch size must be >= 1, got {options.batch_size}")
+    if options.num_images is not None and options.num_images < 1:
+        raise ValueError(f"number of images must be >= 1, got {options.num_images}")
+    if options.size is not None and options.size < 8:
+        raise ValueError(f"image size must be >= 8 pixels, got {options.size}")
+
+    settings: dict[str, Any] = {
+        "label": loaded.label, "models": list(loaded.names), "fractions": list(full), "mode": mode,
+        "seed": options.seed,
+    }
+    if isinstance(loaded, ClassConditionalModels):
+        if options.prompts:
+            raise ValueError(
+                f"{loaded.label or 'these models'} are class-conditional: give --class-labels, not --prompt"
+            )
+        if options.size is not None:
+            raise ValueError("--size applies to text-to-image pipelines; a DiT samples at its trained size")
+        if mode == "official":
+            scheduler = scheduler or "ddim"
+            if scheduler not in OFFICIAL_SAMPLERS:
+                raise ValueError(
+                    f"the published DiT sampler (--mode official) has the samplers {', '.join(OFFICIAL_SAMPLERS)}, "
+                    f"not {scheduler!r}; use --mode diffusers for other schedulers"
+                )
+        scheduler = scheduler or "ddim"
+        steps = 50 if steps is None else steps
+        guidance = 1.0 if guidance is None else guidance
+        labels = list(options.class_labels) if options.class_labels else list(defaults.class_labels)
+        num_classes = loaded.num_classes
+        if not labels:
+            labels = list(range(min(num_classes or 1, 8)))
+        if num_classes is not None:
+            bad = [y for y in labels if not 0 <= int(y) < num_classes]
+            if bad:
+                raise ValueError(f"class labels must be in [0, {num_classes - 1}] for these models, got {bad}")
+        count = options.num_images or len(labels)
+        settings["class_labels"] = [int(y) for y in _cycle(labels, count)]
+    else:
+        if mode == "official":
+            raise ValueError("--mode official is the published DiT sampler, for class-conditional DiTs only")
+        if options.class_labels:
+            raise ValueError(f"{loaded.label or 'this pipeline'} is a text-to-image pipeline: give --prompt, "
+                             "not --class-labels")
+        signature = inspect.signature(type(loaded.pipe).__call__).parameters
+        if steps is None:
+            steps = signature["num_inference_steps"].default if "num_inference_steps" in signature else 50
+        if guidance is None and "guidance_scale" in signature:
+            guidance = signature["guidance_scale"].default
+        prompts = list(options.prompts) if options.prompts else ([defaults.prompt] if defaults.prompt else [])
+        if not prompts:
+            raise ValueError("give a prompt (--prompt TEXT)")
+        count = options.num_images or len(prompts)
+        settings["prompts"] = _cycle(prompts, count)
+        settings["negative_prompt"] = options.negative_prompt
+        settings["size"] = options.size
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    if guidance is not None and guidance < 0:
+        raise ValueError(f"guidance scale must be >= 0, got {guidance}")
+    settings.update(
+        scheduler=scheduler, num_steps=int(steps), guidance_scale=guidance, num_images=count,
+        batch_size=options.batch_size or count,
+    )
+    return settings
+
+
+# -- running -----------------------------------------------------------------------------------------------
+
+
+def _initial_noise(seed: int, shape: tuple[int, ...]) -> tuple[torch.Tensor, torch.Generator]:
+    """The initial noise of all images, drawn at once on the CPU, and the generator it came from."""
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randn(shape, generator=generator), generator
+
+
+def _class_run(
+    loaded: ClassConditionalModels, settings: dict[str, Any], full: tuple[float, ...], label: str, progress: bool
+) -> RunResult:
+    models = loaded.models if len(full) > 1 else [loaded.large]
+    k = len(models)
+    device = loaded.device
+    count, batch_size = settings["num_images"], settings["batch_size"]
+    noise, generator = _initial_noise(settings["seed"], (count, *loaded.latent_shape))
+    labels = torch.tensor(settings["class_labels"], dtype=torch.long)
+    dtype = loaded.large.dtype
+    latents, model_seconds, per_step = [], [0.0] * k, []
+    with Stopwatch(device) as watch:
+        for begin in range(0, count, batch_size):
+            batch_noise = noise[begin : begin + batch_size].to(device)
+            batch_labels = labels[begin : begin + batch_size].to(device)
+            if settings["mode"] == "official":
+                out = sample_official(
+                    models, full if k > 1 else None, noise=batch_noise, class_labels=batch_labels,
+                    num_steps=settings["num_steps"], sampler=settings["scheduler"],
+                    guidance_scale=settings["guidance_scale"], generator=generator, progress=progress,
+                )
+                per_step = out.model_per_step
+                seconds = out.seconds
+                batch_latents = out.latents
+            else:
+                scheduler = make_scheduler(
+                    settings["scheduler"], loaded.scheduler_config, learned_variance=loaded.learned_variance
+                )
+                out = sample(
+                    models, list(full[:-1]), scheduler, noise=batch_noise.to(dtype), class_labels=batch_labels,
+                    num_inference_steps=settings["num_steps"], guidance_scale=settings["guidance_scale"],
+                    generator=generator, progress=progress,
+                )
+                per_step = out.record.model_per_step()
+                seconds = out.record.seconds
+                batch_latents = out.latents
+            model_seconds = [a + b for a, b in zip(model_seconds, seconds, strict=True)]
+            latents.append(batch_latents)
+        images = loaded.decode(torch.cat(latents), batch_size)
+    elapsed = watch.seconds
+    names = loaded.names if k > 1 else [loaded.names[-1]]
+    return RunResult(label, images, elapsed, list(names), tuple(full),
+                     [per_step.count(i) for i in range(k)], list(per_step), model_seconds)
+
+
+def _pipeline_noise_shape(loaded: StitchedPipeline, count: int, size: int | None) -> tuple[int, ...] | None:
+    """The shape of the initial latents the pipeline would draw, when it takes them as (N, C, h, w)."""
+    pipe = loaded.pipe
+    if "latents" not in inspect.signature(type(pipe).__call__).parameters:
+        return None
+    large = getattr(pipe, "unet", None)
+    if large is None:
+        return None  # transformer pipelines pack latents their own ways: they draw them from the generator
+    config = large.config
+    scale = getattr(pipe, "vae_scale_factor", 8)
+    height = size or int(config.sample_size) * scale
+    return count, int(config.in_channels), height // scale, height // scale
+
+
+@torch.no_grad()
+def _pipeline_run(
+    loaded: StitchedPipeline, settings: dict[str, Any], full: tuple[float, ...], label: str, progress: bool
+) -> RunResult:
+    pipe = loaded.pipe
+    k = loaded.num_models
+    alone = len(full) == 1  # the large model alone: every small model gets no step
+    stitch(pipe, loaded.small_models, [0.0] * (k - 1) if alone else list(full[:-1]))
+    if settings["scheduler"] is not None:
+        pipe.scheduler = make_scheduler(settings["scheduler"], pipe.scheduler)
+    pipe.set_progress_bar_config(disable=not progress, leave=False)
+    count, batch_size = settings["num_images"], settings["batch_size"]
+    shape = _pipeline_noise_shape(loaded, count, settings["size"])
+    noise = _initial_noise(settings["seed"], shape)[0] if shape else None
+    generator = torch.Generator().manual_seed(settings["seed"])
+    denoiser = denoiser_of(pipe)[1]
+    images, model_seconds, per_step = [], [0.0] * k, []
+    device = loaded.device
+    with Stopwatch(device) as watch:
+        for begin in range(0, count, batch_size):
+            prompts = settings["prompts"][begin : begin + batch_size]
+            kwargs: dict[str, Any] = {
+                "prompt": prompts, "num_inference_steps": settings["num_steps"], "output_type": "pt",
+                "generator": generator,
+            }
+            if settings["guidance_scale"] is not None:
+                kwargs["guidance_scale"] = settings["guidance_scale"]
+            if settings["negative_prompt"]:
+                kwargs["negative_prompt"] = [settings["negative_prompt"]] * len(prompts)
+            if settings["size"]:
+                kwargs["height"] = kwargs["width"] = settings["size"]
+            if noise is not None:
+                kwargs["latents"] = noise[begin : begin + batch_size].to(device, denoiser.dtype)
+            output = pipe(**kwargs)
+            batch = output.images if hasattr(output, "images") else output[0]
+            images.append(torch.as_tensor(batch).float().cpu())
+            record = get_record(pipe)
+            per_step = record.model_per_step()
+            model_seconds = [a + b for a, b in zip(model_seconds, record.seconds, strict=True)]
+    elapsed = watch.seconds
+    names = list(loaded.names)
+    if alone:
+        names, model_seconds, per_step = names[-1:], model_seconds[-1:], [0] * len(per_step)
+    return RunResult(label, torch.cat(images), elapsed, names, tuple(full),
+                     [per_step.count(i) for i in range(len(names))], list(per_step), model_seconds)
+
+
+def _warmup(loaded: LoadedModels, settings: dict[str, Any]) -> None:
+    """One short run in which every model takes one step: one-off costs stay out of the timings."""
+    k = len(loaded.names)
+    full = warmup_fractions(k)
+    quick = {**settings, "num_steps": max(k, 2), "num_images": 1, "batch_size": 1}
+    if isinstance(loaded, ClassConditionalModels):
+        quick["class_labels"] = settings["class_labels"][:1]
+        warm_up(lambda: _class_run(loaded, quick, full, "warm-up", progress=False), loaded.device)
+    else:
+        quick["prompts"] = settings["prompts"][:1]
+        warm_up(lambda: _pipeline_run(loaded, quick, full, "warm-up", progress=False), loaded.device)
+
+
+def generate(loaded: LoadedModels, options: SampleOptions | None = None, *, compare: bool = False) -> GenerateResult:
+    """Sample ``options.num_images`` images with the stitch and, with ``compare``, with the large model
+    alone from the same initial noise (and the same random stream), timing both.
+
+    Times are wall clock over the whole run (denoising, text encoding, VAE decoding) with CUDA synchronized;
+    per-model denoiser times come from the stitch record. With ``options.warmup`` (default) a short run in
+    which every model takes one step comes first, so that one-off costs are not counted. Raises
+    ``ValueError`` for a bad request before any sampling.
+    """
+    options = options or SampleOptions()
+    settings = _resolve(loaded, options)
+    full = tuple(settings["fractions"])
+    if options.warmup:
+        _warmup(loaded, settings)
+    stitched = _run(loaded, settings, full, "stitched", options.progress)
+    baseline = None
+    if compare:
+        baseline = _run(loaded, settings, (1.0,), f"{loaded.names[-1]} alone", options.progress)
+    if compare and isinstance(loaded, StitchedPipeline):  # leave the pipeline stitched as asked
+        stitch(loaded.pipe, loaded.small_models, list(full[:-1]))
+    return GenerateResult(stitched, baseline, settings)
+
+
+def _run(loaded: LoadedModels, settings: dict[str, Any], full: tuple[float, ...], label: str,
+         progress: bool) -> RunResult:
+    if isinstance(loaded, ClassConditionalModels):
+        return _class_run(loaded, settings, full, label, progress)
+    return _pipeline_run(loaded, settings, full, label, progress)
+
+
+# -- writing -----------------------------------------------------------------------------------------------
+
+#: Images smaller than this (the 8x8 digits) are enlarged, pixel for pixel, in the per-image PNGs.
+MIN_PNG_SIZE = 64
+
+
+def _to_pil(image: torch.Tensor, invert: bool):
+    from PIL import Image
+
+    picture = image.detach().float().clamp(0, 1)
+    if invert:
+        picture = 1.0 - picture
+    array = (picture * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+    pil = Image.fromarray(array[..., 0] if array.shape[2] == 1 else array)
+    side = max(pil.size)
+    if side < MIN_PNG_SIZE:
+        factor = math.ceil(MIN_PNG_SIZE / side)
+        pil = pil.resize((pil.width * factor, pil.height * factor), Image.NEAREST)
+    return pil
+
+
+def save_images(result: GenerateResult, out_dir: str | Path) -> list[Path]:
+    """Write ``grid.png`` (one row per run, the same noise in each column), ``sample-NNN.png`` per stitched
+    image, ``large-NNN.png`` per image of the large model alone (with ``compare``) and ``summary.json``.
+
+    Every file is written under a temporary name and renamed, so none is ever half written. One-channel
+    images (the digits) are saved dark on light, as the grid shows them. Returns the paths written.
+    """
+    out = ensure_writable_dir(out_dir)
+    runs = [result.stitched] + ([result.baseline] if result.baseline is not None else [])
+    written = []
+    for run, prefix in zip(runs, ("sample", "large"), strict=False):
+        for index, image in enumerate(run.images):
+            pil = _to_pil(image, invert=image.shape[0] == 1)
+            path = out / f"{prefix}-{index:03d}.png"
+            written.append(atomic_write(path, lambda tmp, p=pil: p.save(tmp, format="PNG")))
+    labels = [_row_label(run) for run in runs]
+    written.append(plot_grid([run.images for run in runs], labels, out / "grid.png",
+                             title="same initial noise in each column"))
+    written.append(write_json(out / "summary.json", result.as_dict()))
+    return written
+
+
+def _row_label(run: RunResult) -> str:
+    if len(run.model_names) == 1 or run.fractions[-1] >= 1.0:
+        return f"{run.model_names[-1]} alone"
+    return "\n".join(f"{name} {share:g}" for name, share in zip(run.model_names, run.fractions, strict=True))

@@ -1,0 +1,154 @@
+# Copyright 2026 The tstitch authors. Licensed under the Apache License, Version 2.0.
+"""Sweeps over model allocations, the Pareto frontier, and the prediction similarity along a trajectory.
+
+Shared by ``tstitch demo`` (the embedded family) and ``tstitch evaluate`` (any model pair).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..sampling import Guidance, denoise, num_classes_of
+
+__all__ = [
+    "Allocation",
+    "two_model_sweep",
+    "three_model_allocations",
+    "pareto_front",
+    "add_relative_columns",
+    "trajectory_similarity",
+    "build_schedules",
+    "schedule_slug",
+]
+
+
+@dataclass(frozen=True)
+class Allocation:
+    """One point of a sweep: models by name (smallest first, the large model last) and the shares of the
+    steps of all but the last (``small_fractions``, as :meth:`tstitch.plan.Plan.from_small_fractions`)."""
+
+    models: tuple[str, ...]
+    small_fractions: tuple[float, ...]
+
+    def __post_init__(self) -> None:
+        if len(self.small_fractions) != len(self.models) - 1:
+            raise ValueError(f"{len(self.models)} models need {len(self.models) - 1} fractions, "
+                             f"got {self.small_fractions}")
+
+    @property
+    def label(self) -> str:
+        if len(self.models) == 1:
+            return f"{self.models[0]} alone"
+        shares = [*self.small_fractions, round(1.0 - sum(self.small_fractions), 6)]
+        return " -> ".join(f"{m}:{s:g}" for m, s in zip(self.models, shares, strict=True))
+
+
+def _grid(step: float) -> list[float]:
+    count = round(1.0 / step)
+    return [round(i * step, 6) for i in range(count + 1)]
+
+
+def two_model_sweep(small: str, large: str, step: float = 0.1) -> list[Allocation]:
+    """Fractions 0, step, ..., 1 of ``small`` before ``large``."""
+    return [Allocation((small, large), (r,)) for r in _grid(step)]
+
+
+def three_model_allocations(small: str, middle: str, large: str, step: float = 0.1, *,
+                            include_edges: bool = False) -> list[Allocation]:
+    """Every allocation (f_small, f_middle) on the ``step`` grid with both > 0 and a sum below 1.
+
+    ``include_edges``: also the allocations where a model gets no step (a share 0, or a sum of 1): every
+    point of the grid, the two-model stitches and the single models among them.
+    """
+    grid = _grid(step)
+    if include_edges:
+        return [Allocation((small, middle, large), (a, b)) for a in grid for b in grid if a + b <= 1 + 1e-9]
+    return [
+        Allocation((small, middle, large), (a, b))
+        for a in grid
+        for b in grid
+        if a > 0 and b > 0 and a + b < 1 - 1e-9
+    ]
+
+
+def add_relative_columns(row: dict[str, Any], reference: Mapping[str, Any], *, x: str = "seconds_per_image",
+                         y: str = "fid") -> dict[str, Any]:
+    """Add ``fid_vs_large``, ``time_vs_large`` and ``speedup`` to ``row``, relative to ``reference`` (the
+    large model alone); returns ``row``."""
+    row["fid_vs_large"] = row[y] / reference[y]
+    row["time_vs_large"] = row[x] / reference[x]
+    row["speedup"] = 1.0 / row["time_vs_large"]
+    return row
+
+
+def pareto_front(rows: Sequence[Mapping[str, Any]], x: str = "seconds_per_image", y: str = "fid") -> list[int]:
+    """Indices of the rows no other row beats on both ``x`` and ``y`` (lower is better), by ``x``."""
+    order = sorted(range(len(rows)), key=lambda i: (rows[i][x], rows[i][y]))
+    front, best = [], float("inf")
+    for i in order:
+        if rows[i][y] < best:
+            front.append(i)
+            best = rows[i][y]
+    return front
+
+
+def trajectory_similarity(
+    small: nn.Module,
+    large: nn.Module,
+    scheduler: Any,
+    noise: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    num_steps: int,
+    guidance_scale: float,
+) -> tuple[list[float], list[float]]:
+    """Per step, the mean cosine similarity of the small and large model's predictions at the same
+    points of the large model's trajectory. Returns ``(timesteps, similarities)``."""
+    guidance = Guidance(guidance_scale, null_class=num_classes_of(large))
+    timesteps, similarities = [], []
+
+    def compare(state: dict[str, Any]) -> None:
+        keep_variance = state["model_output"].shape[1] > state["x"].shape[1]
+        small_output = guidance(small, scheduler, state["x"], state["t"], labels, keep_variance=keep_variance)
+        cosine = torch.nn.functional.cosine_similarity(small_output.flatten(1), state["model_output"].flatten(1),
+                                                       dim=1)
+        timesteps.append(float(state["t"]))
+        similarities.append(float(cosine.mean()))
+
+    denoise(lambda step: large, scheduler, noise, class_labels=labels, num_inference_steps=num_steps,
+            guidance=guidance, callback=compare)
+    return timesteps, similarities
+
+
+def build_schedules(names: Sequence[str], *, fractions: Sequence[float] | None, sweep: bool,
+                    step: float = 0.1, default_fractions: Sequence[float] = ()) -> list[Allocation]:
+    """The schedules of a run: a sweep (every fraction of two models, every allocation of three, on the
+    ``step`` grid), the given ``fractions``, or ``default_fractions``."""
+    names = tuple(names)
+    if sweep:
+        if len(names) == 2:
+            return two_model_sweep(names[0], names[1], step)
+        if len(names) == 3:
+            return three_model_allocations(*names, step=step, include_edges=True)
+        raise ValueError(f"a sweep takes two or three models, got {len(names)}")
+    chosen = tuple(fractions) if fractions is not None else tuple(default_fractions)
+    if len(chosen) != len(names) - 1:
+        raise ValueError(f"{len(names)} models take {len(names) - 1} fraction(s) (smallest model first), "
+                         f"got {len(chosen)}: {list(chosen)}")
+    if any(not 0 <= f <= 1 for f in chosen) or sum(chosen) > 1 + 1e-9:
+        raise ValueError(f"fractions must be in [0, 1] and sum to at most 1, got {list(chosen)}")
+    return [Allocation(names, tuple(float(f) for f in chosen))]
+
+
+def schedule_slug(schedule: Allocation) -> str:
+    """A folder name for a schedule: every model with its share, e.g. ``digits-s-0.4_digits-xl-0.6``."""
+    shares = [*schedule.small_fractions, round(1.0 - sum(schedule.small_fractions), 6)]
+    parts = [f"{re.sub(r'[^A-Za-z0-9.+-]+', '-', name).strip('-') or 'model'}-{share:g}"
+             for name, share in zip(schedule.models, shares, strict=True)]
+    return "_".join(parts)

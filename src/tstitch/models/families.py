@@ -1,0 +1,158 @@
+# Copyright 2026 The tstitch authors. Licensed under the Apache License, Version 2.0.
+"""The model-family registry: how each family is recognised, loaded, called, and its latents decoded.
+
+A new family is one row of :data:`FAMILIES`; ``tests/test_registries.py`` loads, calls and decodes every
+row with a tiny model. Loading (:mod:`tstitch.models.loading`), ``--model`` detection and the loaded
+models' decoding go through this table only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from ..sampling.guidance import unwrap_output
+
+__all__ = ["Family", "FAMILIES", "family_of_name", "family_of_class", "embedded_models", "denoiser_of",
+           "class_call", "text_call", "decode_pixels", "decode_with_vae"]
+
+
+def class_call(model: Any, x: torch.Tensor, timestep: torch.Tensor, condition: Any) -> torch.Tensor:
+    """A class-conditional denoiser call (DiT's convention): ``model(x, timestep=t, class_labels=y)``."""
+    return unwrap_output(model(x, timestep=timestep, class_labels=condition))
+
+
+def text_call(model: Any, x: torch.Tensor, timestep: torch.Tensor, condition: Any) -> torch.Tensor:
+    """A text-conditional U-Net / transformer call: ``model(x, t, encoder_hidden_states=embeddings)``."""
+    return unwrap_output(model(x, timestep, encoder_hidden_states=condition))
+
+
+def _unit(images: torch.Tensor) -> torch.Tensor:
+    return ((images.float() + 1.0) / 2.0).clamp(0.0, 1.0).cpu()
+
+
+def decode_pixels(latents: torch.Tensor, vae: Any, latent_scale: float, batch_size: int) -> torch.Tensor:
+    """Latents that are the pixels in ``[-1, 1]``: images in ``[0, 1]``, float32 on the CPU."""
+    return _unit(latents)
+
+
+@torch.no_grad()
+def decode_with_vae(latents: torch.Tensor, vae: Any, latent_scale: float, batch_size: int) -> torch.Tensor:
+    """``vae.decode(latents / latent_scale)`` in batches: images in ``[0, 1]``, float32 on the CPU (the
+    latents are the pixels when there is no VAE)."""
+    if vae is None:
+        return _unit(latents)
+    images = []
+    for start in range(0, len(latents), batch_size):
+        chunk = latents[start : start + batch_size].to(vae.device, vae.dtype) / latent_scale
+        images.append(_unit(vae.decode(chunk).sample))
+    return torch.cat(images)
+
+
+def denoiser_of(pipe: Any) -> tuple[str, nn.Module]:
+    """The pipeline attribute holding its denoiser, and that module (a ``StitchedDenoiser`` once stitched),
+    looked up in :data:`tstitch.stitcher.DENOISER_NAMES` order: the one lookup outside the stitcher."""
+    from ..stitcher import DENOISER_NAMES
+
+    for name in DENOISER_NAMES:
+        model = getattr(pipe, name, None)
+        if isinstance(model, nn.Module):
+            return name, model
+    raise ValueError(f"{type(pipe).__name__} has no denoiser to stitch: expected a torch module in one of the "
+                     f"attributes {', '.join(DENOISER_NAMES)}")
+
+
+def _digits_members() -> Collection[str]:
+    from .. import zoo
+
+    return zoo.FAMILY
+
+
+def _digits_load(source: str, *, device: torch.device, dtype: torch.dtype, **_: Any) -> nn.Module:
+    from .. import zoo
+
+    model = zoo.load_model(source, device=device)
+    return model if next(model.parameters()).dtype == dtype else model.to(dtype=dtype)
+
+
+def _dit_load(source: str, *, device: torch.device, dtype: torch.dtype, offline: bool = False,
+              timestep_embedding: str = "auto", subfolder: str | None = None, **_: Any) -> nn.Module:
+    from .checkpoints import load_dit
+
+    return load_dit(source, device=device, dtype=dtype, local_files_only=offline,
+                    timestep_embedding=timestep_embedding, subfolder=subfolder)
+
+
+def _pipeline_load(source: str, *, device: torch.device, dtype: torch.dtype, offline: bool = False,
+                   **_: Any) -> Any:
+    from .loading import load_pipeline
+
+    return load_pipeline(source, offline, device, dtype)
+
+
+def _linear_schedule() -> dict[str, Any]:
+    from ..zoo import scheduler_config
+
+    return scheduler_config()  # DiT's linear betas, which the digits family was trained with too
+
+
+@dataclass(frozen=True)
+class Family:
+    """One row of :data:`FAMILIES`.
+
+    Attributes:
+        name, description: for messages and ``--help``.
+        kind: ``"class"`` (bare class-conditional denoisers sampled by the one loop) or ``"pipeline"`` (a
+            diffusers pipeline stitched in place).
+        load: ``(source, *, device, dtype, offline, **options) -> model or pipeline``.
+        call: ``(model, x, timestep, condition) -> prediction``: one denoiser call.
+        decode: ``(latents, vae, latent_scale, batch_size) -> images`` in ``[0, 1]`` on the CPU.
+        members: names loaded with no file at all (embedded models).
+        class_names: the diffusers ``_class_name`` values of configs that belong to the family.
+        noise_schedule: the scheduler config the family was trained with (None: the pipeline's own).
+    """
+
+    name: str
+    description: str
+    kind: Literal["class", "pipeline"]
+    load: Callable[..., Any]
+    call: Callable[..., torch.Tensor]
+    decode: Callable[..., torch.Tensor]
+    members: Callable[[], Collection[str]] = tuple
+    class_names: tuple[str, ...] = field(default_factory=tuple)
+    noise_schedule: Callable[[], dict[str, Any]] | None = None
+
+
+FAMILIES: dict[str, Family] = {
+    family.name: family
+    for family in (
+        Family("digits", "the embedded 8x8 digits DiTs (pixels as latents; shipped weights)", "class",
+               load=_digits_load, call=class_call, decode=decode_pixels, members=_digits_members,
+               noise_schedule=_linear_schedule),
+        Family("dit", "class-conditional DiTs (official .pt/.safetensors, diffusers folders, hub ids; a VAE)",
+               "class", load=_dit_load, call=class_call, decode=decode_with_vae,
+               class_names=("DiTPipeline", "DiTTransformer2DModel", "Transformer2DModel"),
+               noise_schedule=_linear_schedule),
+        Family("diffusers-pipeline", "diffusers text-to-image pipelines (U-Net or transformer denoisers)",
+               "pipeline", load=_pipeline_load, call=text_call, decode=decode_with_vae),
+    )
+}
+
+
+def family_of_name(source: str) -> Family | None:
+    """The family that has ``source`` as an embedded member, if any."""
+    return next((f for f in FAMILIES.values() if source in f.members()), None)
+
+
+def family_of_class(class_name: str) -> Family | None:
+    """The family whose configs carry ``_class_name == class_name``, if any."""
+    return next((f for f in FAMILIES.values() if class_name in f.class_names), None)
+
+
+def embedded_models() -> list[str]:
+    """Every embedded model name of every family (loaded with no file)."""
+    return [name for family in FAMILIES.values() for name in family.members()]

@@ -1,0 +1,434 @@
+# Copyright 2026 The tstitch authors. Licensed under the Apache License, Version 2.0.
+"""Loading a preset, or any models named by path, hub id or embedded name, ready to sample.
+
+:func:`load_preset` loads a row of :data:`~tstitch.models.presets.PRESETS`; :func:`load_models` loads models
+named by path or hub id (``tstitch sample --model``). Both return a
+:class:`~tstitch.models.loaded.ClassConditionalModels` (DiTs, the digits family) or a
+:class:`~tstitch.models.loaded.StitchedPipeline` (Stable Diffusion, SDXL), ready for
+:func:`tstitch.generate.generate`. Each model is loaded by its row of
+:data:`~tstitch.models.families.FAMILIES`; every source is checked before anything is loaded.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from ..stitcher import check_compatible, stitch
+from .families import FAMILIES, Family, denoiser_of, family_of_class, family_of_name
+from .hub import REPO_FILE, REPO_ID, CheckpointNotAvailableError, download_hint, hub_cached, not_fetched, offline_mode
+from .loaded import ClassConditionalModels, SamplingDefaults, StitchedPipeline, check_controlnet_layout
+from .presets import (
+    CHECKPOINT_DIR_ENV,
+    DEFAULT_CHECKPOINT_DIRS,
+    DIT_LATENT_SCALE,
+    DIT_VAE_SOURCE,
+    PRESETS,
+    ModelSource,
+    get_preset,
+)
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["load_preset", "load_models", "load_pipeline", "detect_kind", "CheckpointNotAvailableError"]
+
+
+# -- resolving sources -------------------------------------------------------------------------------------
+
+
+def _checkpoint_dirs(checkpoint_dir: str | os.PathLike | None) -> list[Path]:
+    dirs = [Path(checkpoint_dir).expanduser()] if checkpoint_dir else []
+    if os.environ.get(CHECKPOINT_DIR_ENV):
+        dirs.append(Path(os.environ[CHECKPOINT_DIR_ENV]).expanduser())
+    dirs += [Path(d) for d in DEFAULT_CHECKPOINT_DIRS]
+    return dirs
+
+
+def _find_file(source: ModelSource, dirs: list[Path]) -> Path | None:
+    for folder in dirs:
+        for name in source.files:
+            if (folder / name).is_file():
+                return folder / name
+    return None
+
+
+def _missing_message(source: ModelSource, dirs: list[Path], offline: bool, position: str) -> str:
+    searched = ", ".join(str(d) for d in dirs)
+    ways = []
+    if source.hub:
+        ids = " or ".join(repr(h) for h in source.hub)
+        state = "not in the local Hugging Face cache, and the hub is off (HF_HUB_OFFLINE=1 or local_files_only)"
+        ways.append(f"{ids} is {state}: download it once with network access ({download_hint(source.hub[0])})")
+    if source.files:
+        names = " / ".join(source.files)
+        where = f" from {source.url}" if source.url else ""
+        how = f"pass --checkpoint-dir DIR (or set {CHECKPOINT_DIR_ENV}; searched now: {searched})"
+        if source.hub:
+            ways.append(f"or download the file {names}{where} and {how}")
+        else:
+            note = f" ({source.note})" if source.note else ""
+            ways.append(f"no file {names} was found{note}: download it{where} and {how}")
+    if position == "--vae":
+        ways.append("or pass a local VAE folder with --vae PATH")
+    else:
+        ways.append("or give local copies of all the models with --model PATH, smallest first")
+    return f"{source.label}: " + "; ".join(ways)
+
+
+def _check_available(sources: Sequence[tuple[ModelSource, str]], dirs: list[Path], offline: bool,
+                     what: str) -> None:
+    """Raise :class:`CheckpointNotAvailableError` naming every source that cannot be had, before loading."""
+    missing = []
+    for source, position in sources:
+        if source.zoo or _find_file(source, dirs) is not None:
+            continue
+        if source.hub and (not offline or any(hub_cached(h) for h in source.hub)):
+            continue
+        missing.append(_missing_message(source, dirs, offline, position))
+    if missing:
+        raise CheckpointNotAvailableError(f"{what} cannot be loaded:\n  - " + "\n  - ".join(missing))
+
+
+def _first_hub(source: ModelSource, offline: bool) -> str:
+    if offline:
+        for repo_id in source.hub:
+            if hub_cached(repo_id):
+                return repo_id
+    return source.hub[0]
+
+
+# -- loading -----------------------------------------------------------------------------------------------
+
+
+def _default_dtype(kind: str, device: torch.device, dtype: torch.dtype | None) -> torch.dtype:
+    if dtype is not None:
+        return dtype
+    return torch.float16 if kind == "pipeline" and device.type == "cuda" else torch.float32
+
+
+def _cast(model: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
+    return model if next(model.parameters()).dtype == dtype else model.to(dtype=dtype)
+
+
+def _load_class_model(source: ModelSource | str, dirs: list[Path], offline: bool, device: torch.device,
+                      dtype: torch.dtype, timestep_embedding: str) -> tuple[torch.nn.Module, str, Family]:
+    """A class-conditional model, its name and its family (an embedded member, else a DiT)."""
+    name = source if isinstance(source, str) else source.zoo
+    family = family_of_name(name) if name else None
+    if family is not None:
+        return family.load(name, device=device, dtype=dtype), name, family
+    family = FAMILIES["dit"]
+    if isinstance(source, str):
+        model = family.load(source, device=device, dtype=dtype, offline=offline,
+                            timestep_embedding=timestep_embedding)
+        return model, Path(source).name if Path(source).exists() else source, family
+    path = _find_file(source, dirs)
+    target = str(path) if path is not None else _first_hub(source, offline)
+    logger.info("loading %s from %s", source.label, target)
+    model = family.load(target, device=device, dtype=dtype, offline=offline, timestep_embedding=timestep_embedding,
+                        subfolder=None if path else source.subfolder)
+    return model, source.label.split(" (")[0], family
+
+
+def _load_vae(source: ModelSource | str, offline: bool, device: torch.device, dtype: torch.dtype):
+    from diffusers import AutoencoderKL
+
+    if isinstance(source, str):
+        path = Path(source).expanduser()
+        target, subfolder = (str(path), None) if path.exists() else (source, None)
+        if path.is_dir() and not (path / "config.json").is_file() and (path / "vae" / "config.json").is_file():
+            subfolder = "vae"
+    else:
+        target, subfolder = _first_hub(source, offline), source.subfolder
+    try:
+        vae = AutoencoderKL.from_pretrained(target, subfolder=subfolder, local_files_only=offline, torch_dtype=dtype)
+    except (OSError, ValueError) as error:
+        if Path(target).exists():
+            raise ValueError(f"{target}: cannot load a VAE ({error})") from error
+        raise not_fetched(target, error) from error
+    return vae.to(device).eval()
+
+
+def load_pipeline(target: str, offline: bool, device: torch.device, dtype: torch.dtype) -> Any:
+    """A diffusers pipeline from a folder or hub id (``ValueError`` / :class:`CheckpointNotAvailableError`)."""
+    import importlib.util
+
+    from diffusers import DiffusionPipeline
+
+    if importlib.util.find_spec("transformers") is None:
+        raise ValueError(
+            f"{target}: text-to-image pipelines need the transformers package for their text encoders "
+            "(pip install transformers)"
+        )
+
+    try:
+        pipe = DiffusionPipeline.from_pretrained(target, local_files_only=offline, torch_dtype=dtype)
+    except (OSError, ValueError) as error:
+        if Path(target).exists():
+            raise ValueError(f"{target}: cannot load a diffusers pipeline ({error})") from error
+        raise not_fetched(target, error) from error
+    return pipe.to(device)
+
+
+def _load_denoiser(target: str, subfolder: str | None, like: Any, attr: str, offline: bool, device: torch.device,
+                   dtype: torch.dtype):
+    """A denoiser of the large model's class from a model folder, a pipeline folder or a hub id."""
+    cls = type(like)
+    path = Path(target).expanduser()
+    if subfolder is None and path.is_dir():
+        subfolder = None if (path / "config.json").is_file() else attr
+    candidates = [subfolder] if subfolder is not None or path.is_dir() else [attr, None]
+    last: BaseException | None = None
+    for sub in candidates:
+        try:
+            model = cls.from_pretrained(str(path) if path.is_dir() else target, subfolder=sub,
+                                        local_files_only=offline, torch_dtype=dtype)
+            return model.to(device).eval()
+        except (OSError, ValueError) as error:
+            last = error
+    if path.exists():
+        raise ValueError(f"{target}: cannot load a {cls.__name__} ({last})") from last
+    raise not_fetched(target, last) from last
+
+
+def _source_name(source: ModelSource | str) -> str:
+    if isinstance(source, ModelSource):
+        return source.zoo or source.label.split(" (")[0]
+    return Path(source).name if Path(source).exists() else source
+
+
+def _build(
+    kind: str,
+    sources: Sequence[ModelSource | str],
+    *,
+    label: str,
+    defaults: SamplingDefaults,
+    vae: ModelSource | str | None,
+    latent_scale: float,
+    timestep_embedding: str,
+    device: str | torch.device,
+    dtype: torch.dtype | None,
+    local_files_only: bool | None,
+    checkpoint_dir: str | os.PathLike | None,
+):
+    device = torch.device(device)
+    dtype = _default_dtype(kind, device, dtype)
+    offline = offline_mode(local_files_only)
+    dirs = _checkpoint_dirs(checkpoint_dir)
+    if len(sources) < 2:
+        raise ValueError(f"stitching needs at least two models (smallest first), got {len(sources)}")
+    positions = [f"--model #{i + 1}" for i in range(len(sources))]
+    named = [(s, p) for s, p in zip(sources, positions, strict=True) if isinstance(s, ModelSource)]
+    if isinstance(vae, ModelSource):
+        named.append((vae, "--vae"))
+    _check_available(named, dirs, offline, f"{label} (offline)" if offline else label)
+
+    if kind == "class":
+        models, names, families = [], [], []
+        for source in sources:
+            model, name, family = _load_class_model(source, dirs, offline, device, dtype, timestep_embedding)
+            model.requires_grad_(False)
+            models.append(model)
+            names.append(name)
+            families.append(family)
+        for i, model in enumerate(models[:-1]):
+            check_compatible(models[-1], model, f"models[{i}] ({names[i]})")
+        family = families[-1]  # the large model's family decodes and gives the noise schedule
+        decoder = None if vae is None else _load_vae(vae, offline, device, dtype)
+        return ClassConditionalModels(models, names, family.noise_schedule(), defaults, decoder,
+                                      latent_scale if decoder is not None else 1.0, label, family=family.name)
+
+    large_source = sources[-1]
+    target = large_source if isinstance(large_source, str) else _first_hub(large_source, offline)
+    pipe = load_pipeline(target, offline, device, dtype)
+    attr, large = denoiser_of(pipe)
+    large = getattr(large, "large", large)
+    smalls = []
+    for source in sources[:-1]:
+        if isinstance(source, ModelSource):
+            small_target, subfolder = _first_hub(source, offline), source.subfolder
+        else:
+            small_target, subfolder = source, None
+        smalls.append(_load_denoiser(small_target, subfolder, large, attr, offline, device, dtype))
+    check_controlnet_layout(pipe, smalls)
+    names = [_source_name(s) for s in sources]
+    for model, name in zip([*smalls, large], names, strict=True):
+        model._tstitch_name = name
+    stitch(pipe, smalls, list(defaults.fractions))  # checks every small model against the pipeline's
+    return StitchedPipeline(pipe, smalls, names, defaults, label)
+
+
+def load_preset(
+    name: str,
+    *,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype | None = None,
+    local_files_only: bool | None = None,
+    checkpoint_dir: str | os.PathLike | None = None,
+    models: Sequence[str] | None = None,
+    vae: str | None = None,
+) -> ClassConditionalModels | StitchedPipeline:
+    """Load preset ``name`` (see :data:`PRESETS`) ready for :func:`tstitch.generate.generate`.
+
+    Args:
+        name: a key of :data:`PRESETS`.
+        device, dtype: where and in which precision (default float16 for pipelines on CUDA, else float32).
+        local_files_only: no network; ``None`` follows ``HF_HUB_OFFLINE``.
+        checkpoint_dir: a folder holding downloaded checkpoint files (``dit_s_256.pt``, ...); also searched:
+            ``$TSTITCH_CHECKPOINT_DIR`` and ``./pretrained_models``.
+        models: replace the preset's model sources (paths, hub ids; one per model, smallest first) and keep
+            its sampling settings.
+        vae: replace the preset's VAE (a path or hub id).
+
+    Raises:
+        ValueError: unknown preset (listing the known ones), models that cannot be stitched.
+        CheckpointNotAvailableError: a model that is not available, naming its hub id or file and how to
+            provide it (checked for every model before anything is loaded).
+    """
+    preset = get_preset(name)
+    sources: Sequence[ModelSource | str] = preset.models
+    if models:
+        if len(models) != len(preset.models):
+            raise ValueError(
+                f"preset {name!r} has {len(preset.models)} models "
+                f"({', '.join(s.label for s in preset.models)}); got {len(models)} --model values"
+            )
+        sources = list(models)
+    return _build(
+        preset.kind, sources, label=f"preset {name!r}", defaults=preset.defaults,
+        vae=vae if vae is not None else preset.vae, latent_scale=preset.latent_scale,
+        timestep_embedding=preset.timestep_embedding, device=device, dtype=dtype,
+        local_files_only=local_files_only, checkpoint_dir=checkpoint_dir,
+    )
+
+
+# -- models given by path or hub id ------------------------------------------------------------------------
+
+
+def detect_kind(source: str, *, local_files_only: bool | None = None) -> Literal["class", "pipeline", "denoiser"]:
+    """What ``source`` holds: a class-conditional DiT (``"class"``), a text-to-image pipeline
+    (``"pipeline"``) or a bare denoiser folder (``"denoiser"``, usable as a small model only)."""
+    embedded = family_of_name(source)
+    if embedded is not None:
+        return embedded.kind
+    path = Path(source).expanduser()
+    if path.is_file():
+        return "class"
+    if path.is_dir():
+        return _kind_from_configs(lambda name: path / name if (path / name).is_file() else None, source)
+    if REPO_FILE.match(source):
+        return "class"
+    if not REPO_ID.match(source):
+        raise FileNotFoundError(f"model {source!r} not found: no such file or folder, and not a hub id 'owner/name'")
+    offline = offline_mode(local_files_only)
+
+    def fetch(name: str) -> Path | None:
+        from huggingface_hub import hf_hub_download
+
+        try:
+            return Path(hf_hub_download(source, name, local_files_only=offline))
+        except Exception:
+            return None
+
+    try:
+        return _kind_from_configs(fetch, source)
+    except ValueError:
+        if offline and not hub_cached(source):
+            raise CheckpointNotAvailableError(
+                f"{source!r} is not in the local Hugging Face cache and the hub is off (HF_HUB_OFFLINE=1 or "
+                f"local_files_only); download it once with network access ({download_hint(source)}) or pass a "
+                "local path"
+            ) from None
+        raise
+
+
+def _kind_from_configs(find: Any, source: str) -> Literal["class", "pipeline", "denoiser"]:
+    for name in ("model_index.json", "config.json", "transformer/config.json"):
+        found = find(name)
+        if found is None:
+            continue
+        try:
+            class_name = json.loads(Path(found).read_text()).get("_class_name", "")
+        except (OSError, json.JSONDecodeError) as error:
+            raise ValueError(f"{source}: unreadable {name} ({error})") from error
+        family = family_of_class(class_name)
+        if family is not None and family.kind == "class":
+            return "class"
+        return "pipeline" if name == "model_index.json" else "denoiser"
+    raise ValueError(f"{source}: neither a diffusers pipeline nor a model (no model_index.json or config.json)")
+
+
+def _default_fractions(num_models: int) -> tuple[float, ...]:
+    """0.4 for a pair; for more models, 0.6 shared evenly by the small ones (the large model keeps 0.4)."""
+    if num_models == 2:
+        return (0.4,)
+    return tuple([round(0.6 / (num_models - 1), 6)] * (num_models - 1))
+
+
+def load_models(
+    sources: Sequence[str],
+    *,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype | None = None,
+    local_files_only: bool | None = None,
+    vae: str | None = None,
+    timestep_embedding: Literal["auto", "official", "diffusers"] = "auto",
+    defaults: SamplingDefaults | None = None,
+) -> ClassConditionalModels | StitchedPipeline:
+    """Load models named by path, hub id or embedded name, smallest first, the large model last.
+
+    The large model decides the kind: a DiT (official ``.pt``/``.safetensors`` file, diffusers folder or hub
+    id, an embedded ``digits-*`` name) gives class-conditional sampling, with the VAE ``vae`` (default
+    :data:`DIT_VAE` for 4-channel latents, the pipeline's own ``vae/`` for a DiT pipeline folder); a
+    diffusers pipeline (folder or hub id) is stitched with the other models' denoisers (pipeline or model
+    folders). ``defaults``: sampling settings (default: the DiT paper's, or the pipeline's own).
+    """
+    if len(sources) < 2:
+        raise ValueError(f"stitching needs at least two --model values (smallest first), got {len(sources)}")
+    kinds = [detect_kind(s, local_files_only=local_files_only) for s in sources]
+    if kinds[-1] == "denoiser":
+        raise ValueError(
+            f"the last (large) model {sources[-1]!r} is a bare model folder: give a whole pipeline (folder or hub id) "
+            "so that its text encoders and VAE can be used"
+        )
+    large_kind = kinds[-1]
+    for source, kind in zip(sources[:-1], kinds[:-1], strict=True):
+        if (kind == "class") != (large_kind == "class"):
+            raise ValueError(
+                f"{source!r} is a {'class-conditional DiT' if kind == 'class' else 'text-to-image model'} but the "
+                f"large model {sources[-1]!r} is {'a class-conditional DiT' if large_kind == 'class' else 'a pipeline'}"
+            )
+    label = " -> ".join(_source_name(s) for s in sources)
+    if large_kind == "class":
+        digits = family_of_name(sources[-1]) is FAMILIES["digits"]
+        if defaults is None:
+            defaults = (PRESETS["digits"] if digits else PRESETS["dit-s-xl"]).defaults
+            defaults = replace(defaults, fractions=_default_fractions(len(sources)))
+        decoder: ModelSource | str | None = vae
+        if decoder is None and not digits:
+            large_path = Path(sources[-1]).expanduser()
+            if large_path.is_dir() and (large_path / "vae" / "config.json").is_file():
+                decoder = str(large_path / "vae")
+            else:
+                decoder = DIT_VAE_SOURCE
+        return _build(
+            "class", list(sources), label=label, defaults=defaults, vae=decoder, latent_scale=DIT_LATENT_SCALE,
+            timestep_embedding=timestep_embedding, device=device, dtype=dtype,
+            local_files_only=local_files_only, checkpoint_dir=None,
+        )
+    if vae is not None:
+        raise ValueError("--vae applies to DiT models; a pipeline decodes with its own VAE")
+    if defaults is None:
+        defaults = SamplingDefaults(fractions=_default_fractions(len(sources)))
+    return _build(
+        "pipeline", list(sources), label=label, defaults=defaults, vae=None, latent_scale=1.0,
+        timestep_embedding=timestep_embedding, device=device, dtype=dtype,
+        local_files_only=local_files_only, checkpoint_dir=None,
+    )

@@ -1,0 +1,28 @@
+# Copyright 2026 The tstitch authors. Licensed under the Apache License, Version 2.0.
+"""Sampling: the one loop (:func:`denoise`, :func:`sample`), classifier-free guidance, the scheduler
+registry, timing, and the published DiT sampler (:mod:`tstitch.sampling.official`)."""
+
+from .guidance import Guidance, guided_output, num_classes_of, unwrap_output
+from .loop import SampleOutput, StepCallback, denoise, sample, sample_batches
+from .schedulers import SCHEDULERS, SchedulerKind, make_scheduler, scheduler_factory, scheduler_name
+from .timing import Stopwatch, synchronize, timed
+
+__all__ = [
+    "denoise",
+    "sample",
+    "sample_batches",
+    "SampleOutput",
+    "StepCallback",
+    "Guidance",
+    "guided_output",
+    "num_classes_of",
+    "unwrap_output",
+    "SCHEDULERS",
+    "SchedulerKind",
+    "make_scheduler",
+    "scheduler_factory",
+    "scheduler_name",
+    "Stopwatch",
+    "synchronize",
+    "timed",
+]

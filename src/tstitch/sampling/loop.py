@@ -1,0 +1,200 @@
+# Copyright 2026 The tstitch authors. Licensed under the Apache License, Version 2.0.
+"""The one sampling loop for bare denoisers (no diffusers pipeline needed).
+
+:func:`denoise` is the loop: the step index is passed explicitly to ``pick(step)``, which returns what to
+call at that step, and an optional ``callback`` sees every step (as k-diffusion's ``callback({'x', 'i',
+'denoised'})``). :func:`sample` (``tstitch.sample``) runs it with a
+:class:`~tstitch.stitcher.StitchedDenoiser` (the one ``stitch()`` puts into pipelines, so a bare loop and a
+pipeline follow one schedule logic); the benchmark's plain baseline runs it with the models picked
+directly; the studies and evaluation run it through :func:`sample_batches`.
+
+The denoisers follow diffusers' ``DiTTransformer2DModel`` call convention, ``model(x, timestep=t,
+class_labels=y)``, returning a tensor or an object with ``.sample``.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..plan import Plan
+from ..stitcher import StitchedDenoiser, StitchRecord
+from .guidance import Guidance, num_classes_of
+from .timing import Stopwatch
+
+__all__ = ["denoise", "sample", "sample_batches", "SampleOutput", "StepCallback"]
+
+#: ``callback(state)`` after every step; ``state`` holds ``x`` (the latents the step started from), ``i``
+#: (the step), ``t`` (its timestep), ``model_output`` (the guided prediction), ``denoised`` (the
+#: scheduler's predicted clean latents, or None) and ``next`` (the latents after the step).
+StepCallback = Callable[[dict[str, Any]], None]
+
+
+@dataclass
+class SampleOutput:
+    latents: torch.Tensor
+    record: StitchRecord
+
+
+def _labels(class_labels: Any, batch: int, device: torch.device) -> torch.Tensor | None:
+    if class_labels is None:
+        return None
+    labels = torch.as_tensor(class_labels, device=device).long().reshape(-1)
+    if labels.numel() != batch:
+        raise ValueError(f"got {labels.numel()} class labels for a batch of {batch}")
+    return labels
+
+
+@torch.no_grad()
+def denoise(
+    pick: Callable[[int], Callable[..., Any]],
+    scheduler: Any,
+    noise: torch.Tensor,
+    *,
+    class_labels: torch.Tensor | Sequence[int] | None = None,
+    num_inference_steps: int = 50,
+    guidance: Guidance | None = None,
+    generator: torch.Generator | Sequence[torch.Generator] | None = None,
+    callback: StepCallback | None = None,
+    progress: bool = False,
+) -> torch.Tensor:
+    """Denoise ``noise`` with ``scheduler``, calling ``pick(i)`` at the ``i``-th model call.
+
+    Args:
+        pick: step index -> the denoiser to call (a model, or a bound ``StitchedDenoiser``). The index
+            counts the entries of ``scheduler.timesteps`` (one model call each).
+        scheduler: any diffusers scheduler; ``set_timesteps`` is called here.
+        noise: the initial latents ``(batch, channels, height, width)``, scaled by ``init_noise_sigma``.
+        class_labels: one label per sample, or None for an unconditional model.
+        guidance: classifier-free guidance (default none).
+        generator: for stochastic schedulers (DDPM, ancestral samplers).
+        callback: called after every step with the step's state (see :data:`StepCallback`).
+        progress: show a tqdm bar over the steps.
+
+    Returns the final latents.
+    """
+    if noise.ndim != 4:
+        raise ValueError(f"noise must be (batch, channels, height, width), got shape {tuple(noise.shape)}")
+    if not hasattr(scheduler, "init_noise_sigma"):
+        raise ValueError(f"scheduler {type(scheduler).__name__} is for flow-matching pipelines (velocity models "
+                         "such as SD3, stitched with tstitch.stitch); the bare loop samples noise-prediction models")
+    guidance = guidance or Guidance()
+    labels = _labels(class_labels, noise.shape[0], noise.device)
+    keep_variance = scheduler.config.get("variance_type") in ("learned", "learned_range")
+    step_kwargs = {}
+    if generator is not None and "generator" in inspect.signature(scheduler.step).parameters:
+        step_kwargs["generator"] = generator
+
+    scheduler.set_timesteps(num_inference_steps, device=noise.device)
+    latents = noise * scheduler.init_noise_sigma
+    for i, t in enumerate(tqdm(scheduler.timesteps, desc="sampling", disable=not progress, leave=False)):
+        model_output = guidance(pick(i), scheduler, latents, t, labels, keep_variance=keep_variance)
+        step = scheduler.step(model_output, t, latents, **step_kwargs)
+        if callback is not None:
+            callback({"x": latents, "i": i, "t": t, "model_output": model_output,
+                      "denoised": getattr(step, "pred_original_sample", None), "next": step.prev_sample})
+        latents = step.prev_sample
+    return latents
+
+
+def sample(
+    models: nn.Module | Sequence[nn.Module] | StitchedDenoiser,
+    fractions: float | Sequence[float] | Plan | None,
+    scheduler: Any,
+    *,
+    noise: torch.Tensor,
+    class_labels: torch.Tensor | Sequence[int] | None = None,
+    num_inference_steps: int = 50,
+    guidance_scale: float = 1.0,
+    null_class: int | None = None,
+    guided_channels: int | None = None,
+    generator: torch.Generator | None = None,
+    callback: StepCallback | None = None,
+    progress: bool = False,
+) -> SampleOutput:
+    """Sample latents from ``noise`` with the stitched ``models``.
+
+    Args:
+        models: the denoisers, smallest first (the last one is "the large model"), or a ready
+            :class:`StitchedDenoiser`.
+        fractions: share of the steps of each model but the last (as in :func:`tstitch.stitch`), or a
+            :class:`Plan`. Ignored when ``models`` is a ``StitchedDenoiser``.
+        scheduler: any diffusers scheduler; ``set_timesteps`` is called here.
+        noise: the initial latents, ``(batch, channels, height, width)``; scaled by the scheduler's
+            ``init_noise_sigma``.
+        class_labels: one label per sample, or None for an unconditional model.
+        guidance_scale: classifier-free guidance (on when > 1): the batch is doubled with the null label.
+        null_class: the null label; defaults to the large model's number of classes (the DiT convention).
+        guided_channels: how many latent channels guidance applies to (default all; the published DiT
+            sampler guides 3 of 4).
+        generator: for stochastic schedulers (DDPM, ancestral samplers).
+        callback: called after every step (see :func:`denoise`).
+        progress: show a tqdm bar over the steps.
+    """
+    if isinstance(models, StitchedDenoiser):
+        denoiser = models
+    else:
+        model_list = [models] if isinstance(models, nn.Module) else list(models)
+        if not isinstance(fractions, Plan):
+            fractions = Plan.from_small_fractions(fractions if len(model_list) > 1 else [])
+        denoiser = StitchedDenoiser(model_list, fractions)
+    if noise.ndim != 4:
+        raise ValueError(f"noise must be (batch, channels, height, width), got shape {tuple(noise.shape)}")
+    labels = _labels(class_labels, noise.shape[0], noise.device)
+    # every model gets the large model's null label
+    null = null_class if null_class is not None else num_classes_of(denoiser.large)
+    guidance = Guidance(guidance_scale, null_class=null, guided_channels=guided_channels)
+    guidance.check(denoiser.large, labels)
+
+    denoiser.bind(scheduler)
+    try:
+        latents = denoise(lambda step: denoiser, scheduler, noise, class_labels=labels,
+                          num_inference_steps=num_inference_steps, guidance=guidance, generator=generator,
+                          callback=callback, progress=progress)
+    finally:
+        denoiser.unbind()
+    return SampleOutput(latents=latents, record=denoiser.record)
+
+
+def sample_batches(
+    models: Sequence[nn.Module],
+    fractions: Sequence[float] | Plan,
+    scheduler_factory: Callable[[], Any],
+    noise: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    num_steps: int,
+    guidance_scale: float,
+    batch_size: int,
+    progress: bool = False,
+    generators: Sequence[torch.Generator] | None = None,
+) -> tuple[torch.Tensor, float, list[int]]:
+    """Stitched sampling of all of ``noise`` in batches of ``batch_size``, timed (CUDA synchronised).
+
+    ``generators``: one per sample, for stochastic schedulers (each sample's step noise then depends on
+    its own generator only, not on the batch it is in).
+
+    Returns the latents, the wall-clock seconds of the sampling (model calls and scheduler steps), and
+    the model index of each step.
+    """
+    outputs, watch, per_step = [], Stopwatch(noise.device), []
+    plan = fractions if isinstance(fractions, Plan) else list(fractions)
+    for start in range(0, len(noise), batch_size):
+        batch_noise, batch_labels = noise[start : start + batch_size], labels[start : start + batch_size]
+        generator = None if generators is None else list(generators[start : start + batch_size])
+        scheduler = scheduler_factory()
+        with watch:
+            result = sample(
+                list(models), plan, scheduler, noise=batch_noise, class_labels=batch_labels,
+                num_inference_steps=num_steps, guidance_scale=guidance_scale, progress=progress,
+                generator=generator,
+            )
+        outputs.append(result.latents)
+        per_step = result.record.model_per_step()
+    return torch.cat(outputs), watch.seconds, per_step
