@@ -28,7 +28,7 @@ from tiny_models import (
     SCHEDULERS,
     SDXL_POOLED_DIM,
     UNET_SAMPLE_SIZE,
-    CallLog,
+    StitchCallLog,
     follow_plan,
     sd_pipeline,
     tiny_unet,
@@ -109,7 +109,7 @@ def test_controlnet_residuals_reach_the_small_unet_at_its_steps():
         lambda module, args, kwargs: residuals.append(kwargs.get("down_block_additional_residuals")),
         with_kwargs=True,
     )
-    with CallLog(controlnet=controlnet, small=small, large=large) as log:
+    with StitchCallLog(controlnet=controlnet, small=small, large=large) as log:
         got = run(pipe, image=CONTROL)
     torch.testing.assert_close(got, expected, rtol=0, atol=0)
     assert tstitch.get_record(pipe).model_per_step() == PLAN

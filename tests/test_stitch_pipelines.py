@@ -33,7 +33,7 @@ from tiny_models import (  # one_thread: an autouse fixture
     SD3_POOLED_DIM,
     SDXL_POOLED_DIM,
     UNET_SAMPLE_SIZE,
-    CallLog,
+    StitchCallLog,
     TwoCallCFGPipeline,
     controlnet_pipeline,
     dit_pipeline,
@@ -192,7 +192,7 @@ def check_stitched_run(
     pipe = kind.pipe(large, SCHEDULERS[scheduler_name]())
     tstitch.stitch(pipe, smalls[0] if isinstance(fractions, float) else smalls, fractions)
     names = [f"model{i}" for i in range(num_small + 1)]
-    with CallLog(**dict(zip(names, [*smalls, large]))) as log:
+    with StitchCallLog(**dict(zip(names, [*smalls, large]))) as log:
         out = kind.run(pipe, guidance_scale, **run_kwargs)
 
     positions, steps, plan = plan_for(scheduler_name, assignment, calls_at)
@@ -308,7 +308,7 @@ def test_controlnet_calls_interleave_with_one_model_per_step():
     small, large = tiny_unet(1), tiny_unet(2)
     pipe = controlnet_pipeline(large, tiny_controlnet(), SCHEDULERS["heun"]())
     tstitch.stitch(pipe, small, 0.4)
-    with CallLog(controlnet=pipe.controlnet, small=small, large=large) as log:
+    with StitchCallLog(controlnet=pipe.controlnet, small=small, large=large) as log:
         run_controlnet(pipe)
     _, _, plan = plan_for("heun", [0, 0, 1, 1, 1])
     expected = []
@@ -372,7 +372,7 @@ def test_fraction_zero_is_bit_identical_to_the_plain_pipeline(kind_name):
     pipe = kind.pipe(large, SCHEDULERS[scheduler_name]())
     latents, images = kind.run(pipe), kind.run(pipe, output_type="np")
     tstitch.stitch(pipe, small, 0.0)
-    with CallLog(small=small) as log:
+    with StitchCallLog(small=small) as log:
         assert torch.equal(kind.run(pipe), latents)
         assert np.array_equal(kind.run(pipe, output_type="np"), images)
     assert log.names == []
@@ -388,7 +388,7 @@ def test_fraction_one_is_the_pipeline_built_around_the_small_model(kind_name):
     pipe = kind.pipe(large, SCHEDULERS[scheduler_name]())
     assert not torch.equal(kind.run(pipe), latents)
     tstitch.stitch(pipe, small, 1.0)
-    with CallLog(large=large) as log:
+    with StitchCallLog(large=large) as log:
         assert torch.equal(kind.run(pipe), latents)
         assert np.array_equal(kind.run(pipe, output_type="np"), images)
     assert log.names == []
@@ -426,7 +426,7 @@ def test_restitching_replaces_the_stitch(kind_name):
     denoiser = getattr(pipe, kind.attr)
     assert denoiser is not old and denoiser.large is large
     assert list(denoiser.models) == [second, third, large]
-    with CallLog(first=first, second=second, third=third, large=large) as log:
+    with StitchCallLog(first=first, second=second, third=third, large=large) as log:
         out = kind.run(pipe)
     _, steps, plan = plan_for(scheduler_name, [0, 1, 1, 2, 2])
     assert log.names == [("second", "third", "large")[i] for i in plan]  # the first small model is gone
@@ -447,7 +447,7 @@ def test_stitching_takes_a_pipeline_as_the_small_model():
     pipe = dit_pipeline(large, SCHEDULERS["ddim"]())
     tstitch.stitch(pipe, small_pipe, 0.4)
     assert pipe.transformer.models[0] is small
-    with CallLog(small=small, large=large) as log:
+    with StitchCallLog(small=small, large=large) as log:
         run_dit(pipe)
     assert log.names == ["small"] * 2 + ["large"] * 3
 

@@ -8,9 +8,9 @@ A small model runs the first, noisy fraction of the denoising steps and the larg
     tstitch.unstitch(pipe)
 """
 
-from .plan import Plan, model_index_for_timestep
+from .plan import Plan, load_plan, model_index_for_timestep, save_plan
 from .sampling import SampleOutput, sample
-from .stitcher import StitchedDenoiser, StitchRecord, get_record, stitch, unstitch
+from .stitcher import StitchedDenoiser, StitchRecord, get_record, get_stitch, stitch, unstitch
 
 __version__ = "0.1.0"
 
@@ -30,6 +30,9 @@ __all__ = [
     "stitch",
     "unstitch",
     "get_record",
+    "get_stitch",
+    "save_plan",
+    "load_plan",
     "sample",
     "SampleOutput",
     "Plan",

@@ -1,34 +1,39 @@
 # Copyright 2026 The tstitch authors. Licensed under the Apache License, Version 2.0.
-"""The stitched denoiser and ``stitch()`` / ``unstitch()`` for diffusers pipelines.
+"""Trajectory stitching for diffusers pipelines (``stitch`` / ``unstitch``) and bare denoisers.
 
-A :class:`StitchedDenoiser` stands in for a pipeline's ``transformer`` or ``unet``. It holds every model
-of the stitch (smallest first, the pipeline's own model last) and, at each call, runs the model that the
-:class:`~tstitch.plan.Plan` assigns to the current *scheduler step*.
+A :class:`StitchedDenoiser` holds every model of a stitch (smallest first, the large model last) and, at each
+call, runs the model that its :class:`~tstitch.plan.Plan` assigns to the current *scheduler step*, counted on
+the scheduler by :class:`~tstitch.stepcount.StepCounter`.
 
-The current step is counted on the scheduler itself: ``set_timesteps`` resets the count, ``set_begin_index``
-moves it, and every ``step()`` call advances it. A second-order scheduler (Heun, KDPM2) calls ``step()``
-twice per step (``scheduler.order == 2``), so the model can only change between whole steps; extra
-denoiser calls within a step (classifier-free guidance as two calls, ControlNet) see the same model because
-nothing is counted per call.
+``stitch(pipe, ...)`` leaves the pipeline's own ``transformer``/``unet`` in place and hooks its ``forward``: the
+hook routes each call to the model of the current step (the large model's own forward, or a small model
+beside it). The small models are not submodules of the large one, so ``save_pretrained``, LoRA loading, CPU
+offload and diffusers' cache hooks see the large model exactly as without stitching. The hook is a plain
+forward wrapper rather than a ``diffusers.hooks.HookRegistry`` hook: model CPU offload re-installs
+accelerate's hook on the large model after every pipeline call, which resets ``forward`` and would drop a
+registry hook; the wrapper is placed under accelerate's hook (``_old_forward``) when there is one, and so
+survives. ``unstitch`` removes it and leaves the model as it was.
 """
 
 from __future__ import annotations
 
 import functools
 import inspect
-import math
 import time
 import weakref
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
 
 from .plan import Plan, is_scalar
+from .stepcount import StepCounter, StitchRecord, num_steps_of
 
-__all__ = ["StitchedDenoiser", "StitchRecord", "stitch", "unstitch", "get_record", "DENOISER_NAMES"]
+__all__ = [
+    "StitchedDenoiser", "StitchRecord", "stitch", "unstitch", "get_record", "get_stitch", "check_compatible",
+    "DENOISER_NAMES", "as_plan",
+]
 
 #: Pipeline attributes that hold the denoiser, in the order they are looked up.
 DENOISER_NAMES = ("transformer", "unet")
@@ -52,161 +57,35 @@ COMPATIBLE_FIELDS = (
     ("prediction_type", "prediction type"),
 )
 
-
-@dataclass
-class StitchRecord:
-    """What happened during the last sampling run of a stitched denoiser.
-
-    ``calls`` holds one ``(step, model_index)`` pair per denoiser call, in order; ``seconds`` and
-    ``num_calls`` are per model. Times are wall-clock around each call; on CUDA they only mean something
-    when the denoiser was built with ``sync_timing=True``.
-    """
-
-    model_names: list[str]
-    num_steps: int = 0
-    calls: list[tuple[int, int]] = field(default_factory=list)
-    seconds: list[float] = field(default_factory=list)
-    num_calls: list[int] = field(default_factory=list)
-    _timesteps: Any = None  # the scheduler's timesteps of this run, read lazily (no device sync per call)
-    _call_positions: list[int] = field(default_factory=list)
-
-    def reset(self, num_steps: int, timesteps: Any) -> None:
-        self.num_steps = num_steps
-        self.calls.clear()
-        self._call_positions.clear()
-        self.seconds = [0.0] * len(self.model_names)
-        self.num_calls = [0] * len(self.model_names)
-        self._timesteps = timesteps
-
-    def add(self, step: int, position: int, model_index: int, seconds: float) -> None:
-        self.calls.append((step, model_index))
-        self._call_positions.append(position)
-        self.seconds[model_index] += seconds
-        self.num_calls[model_index] += 1
-
-    @property
-    def timesteps(self) -> list[float]:
-        """The scheduler timestep of each call (``nan`` where the scheduler had none)."""
-        if self._timesteps is None:
-            return [math.nan] * len(self.calls)
-        values = torch.as_tensor(self._timesteps).detach().cpu().tolist()
-        return [values[p] if p < len(values) else math.nan for p in self._call_positions]
-
-    def model_per_step(self) -> list[int]:
-        """The model index of each scheduler step that ran (the first call of the step decides)."""
-        per_step: dict[int, int] = {}
-        for step, model_index in self.calls:
-            per_step.setdefault(step, model_index)
-        return [per_step[s] for s in sorted(per_step)]
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "model_names": list(self.model_names),
-            "num_steps": self.num_steps,
-            "model_per_step": self.model_per_step(),
-            "calls": [
-                {"step": s, "timestep": t, "model": m}
-                for (s, m), t in zip(self.calls, self.timesteps, strict=True)
-            ],
-            "seconds": list(self.seconds),
-            "num_calls": list(self.num_calls),
-        }
-
-
-class _StepCounter:
-    """Counts the ``step()`` calls of one scheduler instance.
-
-    Three of the scheduler's methods are wrapped once per scheduler, however many counters listen to it
-    (stitched pipelines may share one scheduler), and the originals come back when the last counter
-    detaches: one counter detaching never silences another.
-    """
-
-    _HOOKED = ("set_timesteps", "set_begin_index", "step")
-
-    def __init__(self) -> None:
-        self.scheduler: Any = None
-        self.calls = 0
-        #: a new run began (``set_timesteps`` or a new scheduler): the next denoiser call resets the record
-        self.new_run = False
-
-    def attach(self, scheduler: Any) -> None:
-        if scheduler is self.scheduler:
-            return
-        self.detach()
-        self.scheduler = scheduler
-        # A scheduler swapped in after stitch() is picked up at the first call of a run: its step state
-        # says where the run stands (schedulers that track it), else the run is at its beginning.
-        step_index = getattr(scheduler, "_step_index", None)
-        begin_index = getattr(scheduler, "_begin_index", None)
-        self.calls = step_index if step_index is not None else (begin_index or 0)
-        self.new_run = True
-        counters = scheduler.__dict__.get(_COUNTERS)
-        if counters is None:
-            counters, saved = [], {}
-            for name in self._HOOKED:
-                original = getattr(scheduler, name, None)
-                if original is None:
-                    continue
-                saved[name] = scheduler.__dict__.get(name, _MISSING)
-                setattr(scheduler, name, _hooked(scheduler, name, original))
-            scheduler.__dict__[_SAVED] = saved
-            scheduler.__dict__[_COUNTERS] = counters
-        counters.append(self)
-
-    def notify(self, name: str, args: tuple, kwargs: dict) -> None:
-        if name == "step":
-            self.calls += 1
-        elif name == "set_timesteps":
-            self.calls = 0
-            self.new_run = True
-        else:  # set_begin_index(begin_index=0)
-            self.calls = args[0] if args else kwargs.get("begin_index", 0)
-
-    def detach(self) -> None:
-        scheduler = self.scheduler
-        if scheduler is not None:
-            counters = scheduler.__dict__.get(_COUNTERS, [])
-            counters[:] = [counter for counter in counters if counter is not self]
-            if not counters:
-                for name, saved in scheduler.__dict__.pop(_SAVED, {}).items():
-                    if saved is _MISSING:
-                        scheduler.__dict__.pop(name, None)
-                    else:
-                        setattr(scheduler, name, saved)
-                scheduler.__dict__.pop(_COUNTERS, None)
-        self.scheduler = None
-
-
-def _hooked(scheduler: Any, name: str, original: Callable) -> Callable:
-    """``original`` (a method of ``scheduler``), telling every counter attached to ``scheduler``."""
-
-    @functools.wraps(original)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        result = original(*args, **kwargs)
-        for counter in list(scheduler.__dict__.get(_COUNTERS, ())):
-            counter.notify(name, args, kwargs)
-        return result
-
-    return wrapper
-
-
-_COUNTERS = "_tstitch_counters"  # on a hooked scheduler: the step counters attached to it
-_SAVED = "_tstitch_saved"  # on a hooked scheduler: its hooked attributes as they were before
 _MISSING = object()
+_STITCH_ATTR = "_tstitch_stitch"  # on a hooked large model: its StitchedDenoiser
 
 
-def _num_steps(scheduler: Any) -> int:
-    """Number of solver steps of the scheduler's current run."""
-    num = getattr(scheduler, "num_inference_steps", None)
-    if num:
-        return int(num)
-    timesteps = getattr(scheduler, "timesteps", None)
-    order = getattr(scheduler, "order", 1) or 1
-    return math.ceil(len(timesteps) / order) if timesteps is not None else 0
+def as_plan(plan_or_fractions: Plan | float | Sequence[float], num_models: int) -> Plan:
+    """A :class:`Plan` for ``num_models`` models from a plan or the small models' fractions."""
+    if isinstance(plan_or_fractions, Plan):
+        plan = plan_or_fractions
+        if plan.num_models != num_models:
+            raise ValueError(f"the plan {plan} is for {plan.num_models} models, but there are {num_models} models")
+        return plan
+    fractions = plan_or_fractions
+    if is_scalar(fractions):
+        if num_models != 2:
+            raise ValueError(f"got {num_models - 1} models and a single fraction; give a list of fractions")
+    elif len(fractions) != num_models - 1:
+        raise ValueError(f"got {num_models - 1} models but {len(fractions)} fractions; give one per model")
+    return Plan.from_small_fractions(fractions)
 
 
 def _model_name(model: nn.Module, index: int) -> str:
     return getattr(model, "_tstitch_name", None) or f"{type(model).__name__}[{index}]"
+
+
+def _first_tensor(args: tuple, kwargs: dict) -> torch.Tensor | None:
+    for value in (*args, *kwargs.values()):
+        if isinstance(value, torch.Tensor):
+            return value
+    return None
 
 
 class StitchedDenoiser(nn.Module):
@@ -214,40 +93,45 @@ class StitchedDenoiser(nn.Module):
 
     Args:
         models: the denoisers, ordered by use: smallest first, the large model last.
-        schedule: the share of the steps of each model (a :class:`Plan`).
+        plan: a :class:`Plan` (or the small models' fractions) saying which model runs each step.
         sync_timing: synchronize CUDA around each call so that the per-model times in :attr:`record`
             are real (costs a little speed; off by default).
 
-    The scheduler whose steps are counted is given by :meth:`bind`: a scheduler, or a callable returning
-    one (``stitch()`` passes the pipeline's current ``scheduler``, so swapping schedulers keeps working).
-    Attributes not found here (``config``, ``dtype``, ``add_embedding``, LoRA methods ...) are the large
-    model's.
+    Called directly, it is a bare denoiser for a sampling loop of your own (:func:`tstitch.sample`); the
+    scheduler whose steps are counted is given by :meth:`bind`. In a pipeline, :func:`stitch` makes one and
+    hooks it onto the large model. Attributes not found here (``config``, ``dtype``, ...) are the large model's.
+    Not thread-safe: a call from a second thread during a run raises ``RuntimeError``.
     """
 
-    def __init__(self, models: Sequence[nn.Module], schedule: Plan, sync_timing: bool = False):
+    def __init__(self, models: Sequence[nn.Module], plan: Plan | float | Sequence[float], sync_timing: bool = False):
         super().__init__()
-        if len(models) != schedule.num_models:
-            raise ValueError(f"{len(models)} models but {schedule.num_models} fractions in the schedule")
+        plan = as_plan(plan, len(models))
         self.models = nn.ModuleList(models)
-        self.schedule = schedule
+        self.plan = plan
         self.sync_timing = sync_timing
         #: Optional ``before_call(model_index)``, called before each model call, outside the timed part (for
         #: example to move that model onto the GPU: :func:`tstitch.fastpaths.enable_offload`).
         self.before_call: Callable[[int], None] | None = None
         self.record = StitchRecord([_model_name(m, i) for i, m in enumerate(models)])
-        self._counter = _StepCounter()
+        self._counter = StepCounter()
         self._scheduler_source: Callable[[], Any] | None = None
         self._previous_bindings: list[Any] = []  # what each bind() replaced, for unbind() to restore
+        self._large_forward: Callable | None = None  # set while hooked on the large model: its own forward
+        self._pipe_ref: Callable[[], Any] = lambda: None  # the pipeline it is hooked into, if any
         # Expose the large model's forward signature (pipelines inspect it) on a per-instance forward.
         forward = functools.partial(StitchedDenoiser._dispatch, self)
         forward = functools.update_wrapper(forward, type(models[-1]).forward)
         forward.__signature__ = inspect.signature(models[-1].forward)
         self.forward = forward
 
-    # -- the pipeline-facing surface ------------------------------------------------------------
     @property
     def large(self) -> nn.Module:
         return self.models[-1]
+
+    @property
+    def schedule(self) -> Plan:
+        """The old name of :attr:`plan`."""
+        return self.plan
 
     @property
     def config(self) -> Any:
@@ -300,9 +184,6 @@ class StitchedDenoiser(nn.Module):
         self._previous_bindings.clear()
         self.unbind()
 
-    def _on_new_run(self, scheduler: Any) -> None:
-        self.record.reset(_num_steps(scheduler), getattr(scheduler, "timesteps", None))
-
     def current_model_index(self) -> tuple[int, int, int]:
         """``(model_index, step, position)`` for a call made now."""
         if self._scheduler_source is not None:
@@ -310,36 +191,60 @@ class StitchedDenoiser(nn.Module):
         scheduler = self._counter.scheduler
         if scheduler is None:
             raise RuntimeError("StitchedDenoiser is not bound to a scheduler: call bind(scheduler) first")
+        self._counter.check_thread()
         if self._counter.new_run:
             # The record is reset at the first call of a run rather than in set_timesteps, so that a run of
             # another pipeline sharing this scheduler leaves this denoiser's record alone.
+            num_steps = num_steps_of(scheduler)
+            self.plan.model_index(0, num_steps)  # a per-step plan for another step count raises here
             self._counter.new_run = False
-            self._on_new_run(scheduler)
+            self.record.reset(num_steps, getattr(scheduler, "timesteps", None))
         position = self._counter.calls
         order = getattr(scheduler, "order", 1) or 1
         step = position // order
-        return self.schedule.model_index(step, self.record.num_steps), step, position
+        return self.plan.model_index(step, self.record.num_steps), step, position
 
     def _dispatch(self, *args: Any, **kwargs: Any) -> Any:
         index, step, position = self.current_model_index()
         model = self.models[index]
         if self.before_call is not None:
             self.before_call(index)
+        if self._large_forward is not None and index == len(self.models) - 1:
+            call = self._large_forward  # hooked: the large model's own forward, under the hook
+        else:
+            call = model
+            if self._large_forward is not None:
+                _follow(model, self.large, _first_tensor(args, kwargs))
         sync = self.sync_timing and self.large.device.type == "cuda"
         if sync:
             torch.cuda.synchronize()
         start = time.perf_counter()
-        output = model(*args, **kwargs)
+        output = call(*args, **kwargs)
         if sync:
             torch.cuda.synchronize()
+        self._counter.check_thread()  # a run started by another thread meanwhile must not get this call
         self.record.add(step, position, index, time.perf_counter() - start)
         return output
 
     def extra_repr(self) -> str:
-        return f"schedule={self.schedule}"
+        return f"plan={self.plan}"
 
 
-# -- stitch() / unstitch() ----------------------------------------------------------------------------
+def _follow(small: nn.Module, large: nn.Module, sample: torch.Tensor | None) -> None:
+    """Move a hooked stitch's small model to where the call runs and to the large model's dtype.
+
+    The small models are not part of the pipeline, so ``pipe.to(...)`` and offloading move only the large one.
+    """
+    param = next(small.parameters(), None)
+    large_param = next(large.parameters(), None)
+    if param is None or large_param is None:
+        return
+    device = sample.device if sample is not None else large_param.device
+    if param.device != device or param.dtype != large_param.dtype:
+        small.to(device=device, dtype=large_param.dtype)
+
+
+# -- checks ---------------------------------------------------------------------------------------------------
 
 
 def _find_denoiser(pipe: Any) -> tuple[str, nn.Module]:
@@ -364,6 +269,8 @@ def _as_model(candidate: Any, position: str) -> tuple[nn.Module, Any]:
     """A model, or the denoiser and scheduler of a pipeline."""
     if isinstance(candidate, StitchedDenoiser):
         raise ValueError(f"{position} is itself a stitched denoiser; pass the plain model")
+    if isinstance(candidate, nn.Module) and _STITCH_ATTR in vars(candidate):
+        raise ValueError(f"{position} is the model of a stitched pipeline; unstitch that pipeline first")
     if isinstance(candidate, nn.Module):
         return candidate, None
     if hasattr(candidate, "components"):
@@ -391,10 +298,87 @@ def check_compatible(large: nn.Module, small: nn.Module, name: str = "small mode
             )
 
 
+# -- the hook on the large model ------------------------------------------------------------------------------
+
+
+class _StitchForward:
+    """The large model's ``forward`` while stitched: routes each call through its :class:`StitchedDenoiser`."""
+
+    def __init__(self, denoiser: StitchedDenoiser, inner: Callable, attr: str, owned: bool):
+        self.denoiser, self.inner, self.attr, self.owned = denoiser, inner, attr, owned
+        functools.update_wrapper(self, inner)  # the large model's signature, for pipelines that inspect it
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.denoiser._dispatch(*args, **kwargs)
+
+    def __deepcopy__(self, memo: dict) -> Any:
+        raise RuntimeError(
+            "a stitched pipeline (or its stitched model) cannot be deep-copied: call tstitch.unstitch(pipe) "
+            "first, copy it, then stitch the original and the copy"
+        )
+
+    def __reduce__(self) -> Any:
+        raise RuntimeError("a stitched model cannot be pickled: call tstitch.unstitch(pipe) first")
+
+
+def _install(large: nn.Module, denoiser: StitchedDenoiser) -> None:
+    # Under accelerate's hook when there is one: it calls ``_old_forward`` and restores it when removed.
+    attr = "_old_forward" if "_hf_hook" in vars(large) and "_old_forward" in vars(large) else "forward"
+    hook = _StitchForward(denoiser, getattr(large, attr), attr, owned=attr in vars(large))
+    denoiser._large_forward = hook.inner
+    object.__setattr__(large, attr, hook)
+    object.__setattr__(large, _STITCH_ATTR, denoiser)
+
+
+def _uninstall(large: nn.Module) -> None:
+    """Take the stitch hook out of ``large``'s forward chain, wherever later hooks left it."""
+    denoiser = vars(large).pop(_STITCH_ATTR, None)
+    if denoiser is None:
+        return
+    denoiser._large_forward = None
+    for attr in ("forward", "_old_forward"):
+        hook = vars(large).get(attr)
+        if isinstance(hook, _StitchForward) and hook.denoiser is denoiser:
+            if attr == "forward" and not hook.owned:
+                del large.__dict__["forward"]  # back to the class's forward: the module as it was
+            else:
+                object.__setattr__(large, attr, hook.inner)
+            return
+    registry = vars(large).get("_diffusers_hook")  # a diffusers hook registered on top of the stitch
+    for ref in getattr(registry, "_fn_refs", ()):
+        for field_name in ("forward", "original_forward"):
+            hook = getattr(ref, field_name, None)
+            if isinstance(hook, _StitchForward) and hook.denoiser is denoiser:
+                setattr(ref, field_name, hook.inner)
+                return
+
+
+def get_stitch(pipe_or_model: Any) -> StitchedDenoiser:
+    """The :class:`StitchedDenoiser` of a stitched pipeline or model (or the denoiser itself)."""
+    if isinstance(pipe_or_model, StitchedDenoiser):
+        return pipe_or_model
+    candidates = [pipe_or_model, *(getattr(pipe_or_model, name, None) for name in DENOISER_NAMES)]
+    for candidate in candidates:
+        denoiser = vars(candidate).get(_STITCH_ATTR) if hasattr(candidate, "__dict__") else None
+        if isinstance(denoiser, StitchedDenoiser):
+            return denoiser
+        if isinstance(candidate, StitchedDenoiser):
+            return candidate
+    raise ValueError(f"{type(pipe_or_model).__name__} is not stitched")
+
+
+def get_record(pipe_or_denoiser: Any) -> StitchRecord:
+    """The :class:`StitchRecord` of the last run of a stitched pipeline or denoiser."""
+    return get_stitch(pipe_or_denoiser).record
+
+
+# -- stitch() / unstitch() ----------------------------------------------------------------------------
+
+
 def stitch(
     pipe: Any,
     models: Any,
-    fractions: float | Sequence[float],
+    plan: Plan | float | Sequence[float],
     *,
     sync_timing: bool = False,
 ) -> Any:
@@ -403,33 +387,34 @@ def stitch(
     Args:
         pipe: a diffusers pipeline with a ``transformer`` or ``unet``.
         models: one model (or pipeline) or a list ordered by use, smallest first. The pipeline's own
-            denoiser is always the last model and takes the remaining share of the steps.
-        fractions: each model's share of the denoiser steps: a float for one model, else one per model.
-            With ``N`` steps, the first ``floor(fraction * N + 1e-6)`` steps run the first model, and so on
-            (cumulatively) for the next ones.
+            denoiser is always the last model.
+        plan: a :class:`Plan` over all the models (the pipeline's last), or each small model's share of the
+            steps: a float for one model, else one per model. With ``N`` steps, the first
+            ``floor(fraction * N + 1e-6)`` steps run the first model, and so on (cumulatively).
         sync_timing: see :class:`StitchedDenoiser`.
 
-    Stitching a stitched pipeline re-stitches it around its original model. Bad input raises
-    ``ValueError`` before anything is changed.
+    ``pipe.transformer`` (or ``pipe.unet``) stays the same object. Stitching a stitched pipeline replaces
+    its stitch. Bad input raises ``ValueError`` before anything is changed.
     """
-    name, current = _find_denoiser(pipe)
-    large = current.large if isinstance(current, StitchedDenoiser) else current
-
+    name, large = _find_denoiser(pipe)
+    if isinstance(large, StitchedDenoiser):  # put there by hand: stitch around its large model
+        large = large.large
     small_list = list(models) if isinstance(models, (list, tuple)) else [models]
-    if not is_scalar(fractions):
-        if len(fractions) != len(small_list):
-            raise ValueError(
-                f"got {len(small_list)} models but {len(fractions)} fractions; give one per model"
-            )
-    elif len(small_list) != 1:
-        raise ValueError(f"got {len(small_list)} models and a single fraction; give a list of fractions")
-    schedule = Plan.from_small_fractions(fractions)
+    plan = as_plan(plan, len(small_list) + 1)
+    current = vars(large).get(_STITCH_ATTR)
+    if current is not None and current._pipe_ref() not in (None, pipe):
+        raise ValueError(
+            f"the pipeline's {name} is already stitched in another pipeline ({type(current._pipe_ref()).__name__}); "
+            "a model carries one stitch at a time: unstitch the other pipeline first"
+        )
 
     pipe_prediction = getattr(getattr(pipe, "scheduler", None), "config", {}).get("prediction_type")
     resolved = []
     for i, candidate in enumerate(small_list):
         label = f"models[{i}]"
         model, scheduler = _as_model(candidate, label)
+        if model is large:
+            raise ValueError(f"{label} is the pipeline's own {name}; pass the small models only")
         check_compatible(large, model, label)
         small_prediction = getattr(scheduler, "config", {}).get("prediction_type") if scheduler else None
         if pipe_prediction and small_prediction and small_prediction != pipe_prediction:
@@ -440,35 +425,26 @@ def stitch(
         resolved.append(model)
 
     # Validation is over: from here on the pipeline changes.
+    unstitch(pipe)
     for model in resolved:
-        if model is not large and (model.dtype != large.dtype or model.device != large.device):
+        if model.dtype != large.dtype or model.device != large.device:
             model.to(device=large.device, dtype=large.dtype)
-    if isinstance(current, StitchedDenoiser):
-        current._release()
-    denoiser = StitchedDenoiser([*resolved, large], schedule, sync_timing=sync_timing)
+    denoiser = StitchedDenoiser([*resolved, large], plan, sync_timing=sync_timing)
     pipe_ref = weakref.ref(pipe)
+    denoiser._pipe_ref = pipe_ref
     denoiser.bind(lambda: pipe_ref().scheduler)
-    # Bypass DiffusionPipeline.__setattr__, which would rewrite the pipeline's config for the new class.
-    object.__setattr__(pipe, name, denoiser)
+    if getattr(pipe, name) is not large:
+        object.__setattr__(pipe, name, large)  # bypass DiffusionPipeline.__setattr__ (it rewrites the config)
+    _install(large, denoiser)
     return pipe
 
 
 def unstitch(pipe: Any) -> Any:
-    """Put the pipeline's original denoiser back (a no-op on a pipeline that is not stitched)."""
+    """Remove the stitch: the pipeline and its model are as before (a no-op on a pipeline that is not stitched)."""
     for name in DENOISER_NAMES:
-        current = getattr(pipe, name, None)
-        if isinstance(current, StitchedDenoiser):
-            current._release()
-            object.__setattr__(pipe, name, current.large)
+        model = getattr(pipe, name, None)
+        if isinstance(model, nn.Module) and _STITCH_ATTR in vars(model):
+            denoiser = vars(model)[_STITCH_ATTR]
+            _uninstall(model)
+            denoiser._release()
     return pipe
-
-
-def get_record(pipe_or_denoiser: Any) -> StitchRecord:
-    """The :class:`StitchRecord` of the last run of a stitched pipeline or denoiser."""
-    if isinstance(pipe_or_denoiser, StitchedDenoiser):
-        return pipe_or_denoiser.record
-    for name in DENOISER_NAMES:
-        current = getattr(pipe_or_denoiser, name, None)
-        if isinstance(current, StitchedDenoiser):
-            return current.record
-    raise ValueError(f"{type(pipe_or_denoiser).__name__} is not stitched")
