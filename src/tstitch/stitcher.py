@@ -17,11 +17,12 @@ survives. ``unstitch`` removes it and leaves the model as it was.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import time
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -32,7 +33,7 @@ from .stepcount import StepCounter, StitchRecord, num_steps_of
 
 __all__ = [
     "StitchedDenoiser", "StitchRecord", "stitch", "unstitch", "get_record", "get_stitch", "check_compatible",
-    "DENOISER_NAMES", "as_plan",
+    "DENOISER_NAMES", "as_plan", "suspended",
 ]
 
 #: Pipeline attributes that hold the denoiser, in the order they are looked up.
@@ -351,6 +352,18 @@ def _uninstall(large: nn.Module) -> None:
             if isinstance(hook, _StitchForward) and hook.denoiser is denoiser:
                 setattr(ref, field_name, hook.inner)
                 return
+
+
+@contextlib.contextmanager
+def suspended(pipe_or_model: Any) -> Iterator[StitchedDenoiser]:
+    """Within the block, the stitched model runs alone, as if unstitched; the same stitch comes back after it."""
+    denoiser = get_stitch(pipe_or_model)
+    large = denoiser.large
+    _uninstall(large)
+    try:
+        yield denoiser
+    finally:
+        _install(large, denoiser)
 
 
 def get_stitch(pipe_or_model: Any) -> StitchedDenoiser:
