@@ -187,7 +187,10 @@ def check_stitched_run(
 ):
     """Stitch fresh models into a fresh pipeline, run it and check the run exactly; returns the pipeline."""
     kind = KINDS[kind_name]
-    num_small = 1 if isinstance(fractions, float) else len(fractions)
+    if isinstance(fractions, tstitch.Plan):
+        num_small = fractions.num_models - 1
+    else:
+        num_small = 1 if isinstance(fractions, float) else len(fractions)
     *smalls, large = [kind.model(seed) for seed in range(1, num_small + 2)]
     pipe = kind.pipe(large, SCHEDULERS[scheduler_name]())
     tstitch.stitch(pipe, smalls[0] if isinstance(fractions, float) else smalls, fractions)
@@ -288,6 +291,55 @@ def test_stable_diffusion_3_skip_layer_guidance_calls_the_denoiser_twice_per_ste
         (4, 1),
         (4, 1),
     ]
+
+
+# -- per-step plans: segments in any order --------------------------------------------------------------------
+
+SEQUENCES = {
+    "S>B>XL>B": [0, 1, 2, 2, 1],
+    "XL>S>B (large first)": [2, 2, 0, 1, 1],
+    "B>S>XL>S alternating": [1, 0, 2, 0, 2],
+}
+
+
+@pytest.mark.parametrize("scheduler_name", ["ddim", "heun"])
+@pytest.mark.parametrize("kind_name", ["dit", "sd"])
+@pytest.mark.parametrize("label", list(SEQUENCES))
+def test_per_step_plans_run_exactly_the_named_models(label, kind_name, scheduler_name):
+    """Per-call records and outputs for non-prefix plans; Heun's two scheduler calls of a step stay on one model."""
+    sequence = SEQUENCES[label]
+    plan = tstitch.Plan.from_sequence(sequence, names=["S", "B", "XL"])
+    pipe = check_stitched_run(kind_name, scheduler_name, plan, sequence, 4.0 if kind_name == "dit" else 5.0)
+    assert tstitch.get_record(pipe).model_per_step() == sequence
+
+
+def test_large_first_two_model_plan_from_segments():
+    plan = tstitch.Plan.from_segments([(1, 2), (0, 3)])
+    assert str(plan) == "1x2 > 0x3"
+    check_stitched_run("dit", "dpmsolver++", plan, [1, 1, 0, 0, 0], 4.0)
+
+
+def test_a_per_step_plan_for_another_step_count_raises_before_any_model_runs():
+    small, large = tiny_dit(1), tiny_dit(2)
+    pipe = dit_pipeline(large, SCHEDULERS["ddim"]())
+    tstitch.stitch(pipe, small, tstitch.Plan.from_sequence([0, 0, 1, 1, 1, 1]))
+    computed = []
+    handles = [m.pos_embed.register_forward_pre_hook(lambda *a: computed.append(1)) for m in (small, large)]
+    with pytest.raises(ValueError, match=r"gives the model of 6 steps, but the run has num_steps=5"):
+        run_dit(pipe)
+    assert computed == []  # refused at the first denoiser call, before either model computed anything
+    for handle in handles:
+        handle.remove()
+    run_dit(pipe, steps=6)
+    assert tstitch.get_record(pipe).model_per_step() == [0, 0, 1, 1, 1, 1]
+
+
+def test_a_plan_for_another_model_count_is_refused():
+    small, large = tiny_dit(1), tiny_dit(2)
+    pipe = dit_pipeline(large, SCHEDULERS["ddim"]())
+    with pytest.raises(ValueError, match=r"the plan 0x1 > 1x1 > 2x1 is for 3 models, but there are 2 models"):
+        tstitch.stitch(pipe, small, tstitch.Plan.from_sequence([0, 1, 2]))
+    assert pipe.transformer is large and "forward" not in vars(large)
 
 
 @pytest.mark.parametrize("scheduler_name", ["euler", "heun"])

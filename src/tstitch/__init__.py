@@ -15,7 +15,9 @@ from .stitcher import StitchedDenoiser, StitchRecord, get_record, get_stitch, st
 __version__ = "0.1.0"
 
 # Loaded on first use: they import diffusers, which ``import tstitch`` does not need.
-_LAZY = {"load_dit": "checkpoints", "sample_official": "official", "load_preset": "presets"}
+_LAZY = {
+    "save_stitch": "stitchfile", "load_stitch": "stitchfile",
+    "load_dit": "checkpoints", "sample_official": "official", "load_preset": "presets"}
 
 
 def __getattr__(name: str):
@@ -33,6 +35,8 @@ __all__ = [
     "get_stitch",
     "save_plan",
     "load_plan",
+    "save_stitch",
+    "load_stitch",
     "sample",
     "SampleOutput",
     "Plan",
