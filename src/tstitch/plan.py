@@ -126,6 +126,8 @@ class Plan:
 
         ``num_models`` defaults to the largest index plus one (give it when the large model is unused).
         """
+        if hasattr(sequence, "tolist"):  # numpy arrays, torch tensors
+            sequence = sequence.tolist()
         return cls(sequence=sequence, model_count=num_models, names=None if names is None else tuple(names))
 
     @classmethod
