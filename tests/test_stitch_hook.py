@@ -198,6 +198,8 @@ def test_compiled_models_in_a_stitch():
     small.compile(backend="aot_eager")
     large.compile(backend="aot_eager")
     assert torch.equal(run(pipe), expected)
+    with torch._dynamo.config.patch(error_on_recompile=True):  # the routing is not traced: no recompilation
+        assert torch.equal(run(pipe), expected)
     assert tstitch.get_record(pipe).model_per_step() == [0, 0, 1, 1, 1]
     tstitch.unstitch(pipe)
     torch._dynamo.reset()
@@ -220,3 +222,15 @@ def test_pyramid_attention_broadcast_on_the_large_model():
     assert not torch.equal(with_cache, without_cache)  # the cache acted on the large model's steps
     with follow_plan(twin, [small], [0, 0, 1, 1, 1]):  # the same cache, driven by hand
         assert torch.equal(run(dit_pipeline(twin, SCHEDULERS["ddim"]())), with_cache)
+
+
+def test_unstitch_after_model_offload_was_switched_on_and_off():
+    pipe, small, large = stitched_pair()
+    expected = run(pipe)
+    pipe.enable_model_cpu_offload(device="cpu")  # accelerate wraps the stitch, and re-wraps after each call
+    assert torch.equal(run(pipe), expected)
+    pipe.remove_all_hooks()
+    assert torch.equal(run(pipe), expected)
+    tstitch.unstitch(pipe)
+    assert "forward" not in vars(large) and "_old_forward" not in vars(large)
+    assert torch.equal(run(pipe), run(dit_pipeline(tiny_dit(2), SCHEDULERS["ddim"]())))

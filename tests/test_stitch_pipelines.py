@@ -337,7 +337,7 @@ def test_a_per_step_plan_for_another_step_count_raises_before_any_model_runs():
 def test_a_plan_for_another_model_count_is_refused():
     small, large = tiny_dit(1), tiny_dit(2)
     pipe = dit_pipeline(large, SCHEDULERS["ddim"]())
-    with pytest.raises(ValueError, match=r"the plan 0x1 > 1x1 > 2x1 is for 3 models, but there are 2 models"):
+    with pytest.raises(ValueError, match=r"2 models but the plan 0x1 > 1x1 > 2x1 is for 3 models"):
         tstitch.stitch(pipe, small, tstitch.Plan.from_sequence([0, 1, 2]))
     assert pipe.transformer is large and "forward" not in vars(large)
 

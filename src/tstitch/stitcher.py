@@ -66,8 +66,10 @@ def as_plan(plan_or_fractions: Plan | float | Sequence[float], num_models: int) 
     """A :class:`Plan` for ``num_models`` models from a plan or the small models' fractions."""
     if isinstance(plan_or_fractions, Plan):
         plan = plan_or_fractions
+        if plan.num_models != num_models and plan.is_sequence:
+            raise ValueError(f"{num_models} models but the plan {plan} is for {plan.num_models} models")
         if plan.num_models != num_models:
-            raise ValueError(f"the plan {plan} is for {plan.num_models} models, but there are {num_models} models")
+            raise ValueError(f"{num_models} models but {plan.num_models} fractions in the plan {plan}")
         return plan
     fractions = plan_or_fractions
     if is_scalar(fractions):
@@ -205,7 +207,17 @@ class StitchedDenoiser(nn.Module):
         step = position // order
         return self.plan.model_index(step, self.record.num_steps), step, position
 
+    # The routing runs outside torch.compile: a compiled large model traces its forward, which is the stitch
+    # hook; only the model calls themselves are traced, so the routing never causes a recompilation.
+    @torch.compiler.disable(recursive=False)
     def _dispatch(self, *args: Any, **kwargs: Any) -> Any:
+        call = self._begin_call(args, kwargs)
+        output = call(*args, **kwargs)
+        self._end_call()
+        return output
+
+    @torch.compiler.disable
+    def _begin_call(self, args: tuple, kwargs: dict) -> Callable:
         index, step, position = self.current_model_index()
         model = self.models[index]
         if self.before_call is not None:
@@ -216,16 +228,18 @@ class StitchedDenoiser(nn.Module):
             call = model
             if self._large_forward is not None:
                 _follow(model, self.large, _first_tensor(args, kwargs))
-        sync = self.sync_timing and self.large.device.type == "cuda"
-        if sync:
+        if self.sync_timing and self.large.device.type == "cuda":
             torch.cuda.synchronize()
-        start = time.perf_counter()
-        output = call(*args, **kwargs)
-        if sync:
+        self._call_state = (index, step, position, time.perf_counter())
+        return call
+
+    @torch.compiler.disable
+    def _end_call(self) -> None:
+        index, step, position, start = self._call_state
+        if self.sync_timing and self.large.device.type == "cuda":
             torch.cuda.synchronize()
         self._counter.check_thread()  # a run started by another thread meanwhile must not get this call
         self.record.add(step, position, index, time.perf_counter() - start)
-        return output
 
     def extra_repr(self) -> str:
         return f"plan={self.plan}"
@@ -249,10 +263,11 @@ def _follow(small: nn.Module, large: nn.Module, sample: torch.Tensor | None) -> 
 
 
 def _find_denoiser(pipe: Any) -> tuple[str, nn.Module]:
+    """``(attribute, denoiser)`` of a pipeline: its model, or the model's :class:`StitchedDenoiser` if stitched."""
     for name in DENOISER_NAMES:
         model = getattr(pipe, name, None)
         if isinstance(model, nn.Module):
-            return name, model
+            return name, vars(model).get(_STITCH_ATTR, model)
     raise ValueError(
         f"{type(pipe).__name__} has no denoiser to stitch: expected a torch module in one of the "
         f"attributes {', '.join(DENOISER_NAMES)}"
@@ -276,6 +291,8 @@ def _as_model(candidate: Any, position: str) -> tuple[nn.Module, Any]:
         return candidate, None
     if hasattr(candidate, "components"):
         _, model = _find_denoiser(candidate)
+        if isinstance(model, StitchedDenoiser):
+            raise ValueError(f"{position} is a stitched pipeline; unstitch it first")
         return model, getattr(candidate, "scheduler", None)
     raise ValueError(
         f"{position} must be a torch module or a diffusers pipeline, got {type(candidate).__name__}"
@@ -305,10 +322,11 @@ def check_compatible(large: nn.Module, small: nn.Module, name: str = "small mode
 class _StitchForward:
     """The large model's ``forward`` while stitched: routes each call through its :class:`StitchedDenoiser`."""
 
-    def __init__(self, denoiser: StitchedDenoiser, inner: Callable, attr: str, owned: bool):
-        self.denoiser, self.inner, self.attr, self.owned = denoiser, inner, attr, owned
+    def __init__(self, denoiser: StitchedDenoiser, inner: Callable):
+        self.denoiser, self.inner = denoiser, inner
         functools.update_wrapper(self, inner)  # the large model's signature, for pipelines that inspect it
 
+    @torch.compiler.disable(recursive=False)
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self.denoiser._dispatch(*args, **kwargs)
 
@@ -325,7 +343,7 @@ class _StitchForward:
 def _install(large: nn.Module, denoiser: StitchedDenoiser) -> None:
     # Under accelerate's hook when there is one: it calls ``_old_forward`` and restores it when removed.
     attr = "_old_forward" if "_hf_hook" in vars(large) and "_old_forward" in vars(large) else "forward"
-    hook = _StitchForward(denoiser, getattr(large, attr), attr, owned=attr in vars(large))
+    hook = _StitchForward(denoiser, getattr(large, attr))
     denoiser._large_forward = hook.inner
     object.__setattr__(large, attr, hook)
     object.__setattr__(large, _STITCH_ATTR, denoiser)
@@ -340,7 +358,10 @@ def _uninstall(large: nn.Module) -> None:
     for attr in ("forward", "_old_forward"):
         hook = vars(large).get(attr)
         if isinstance(hook, _StitchForward) and hook.denoiser is denoiser:
-            if attr == "forward" and not hook.owned:
+            inner = hook.inner
+            if attr == "forward" and getattr(inner, "__self__", None) is large and (
+                getattr(inner, "__func__", None) is type(large).forward
+            ):
                 del large.__dict__["forward"]  # back to the class's forward: the module as it was
             else:
                 object.__setattr__(large, attr, hook.inner)
@@ -410,7 +431,7 @@ def stitch(
     its stitch. Bad input raises ``ValueError`` before anything is changed.
     """
     name, large = _find_denoiser(pipe)
-    if isinstance(large, StitchedDenoiser):  # put there by hand: stitch around its large model
+    if isinstance(large, StitchedDenoiser):  # stitched already (or put there by hand): around its large model
         large = large.large
     small_list = list(models) if isinstance(models, (list, tuple)) else [models]
     plan = as_plan(plan, len(small_list) + 1)
@@ -456,6 +477,10 @@ def unstitch(pipe: Any) -> Any:
     """Remove the stitch: the pipeline and its model are as before (a no-op on a pipeline that is not stitched)."""
     for name in DENOISER_NAMES:
         model = getattr(pipe, name, None)
+        if isinstance(model, StitchedDenoiser):  # put into the pipeline by hand
+            model._release()
+            object.__setattr__(pipe, name, model.large)
+            model = model.large
         if isinstance(model, nn.Module) and _STITCH_ATTR in vars(model):
             denoiser = vars(model)[_STITCH_ATTR]
             _uninstall(model)
