@@ -28,6 +28,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .compat import check_compatible
 from .plan import Plan, is_scalar
 from .stepcount import StepCounter, StitchRecord, num_steps_of
 
@@ -39,26 +40,6 @@ __all__ = [
 #: Pipeline attributes that hold the denoiser, in the order they are looked up.
 DENOISER_NAMES = ("transformer", "unet")
 
-#: Config fields that must agree between stitched models (compared when both configs have them).
-COMPATIBLE_FIELDS = (
-    ("in_channels", "latent channels"),
-    ("out_channels", "output channels (learned sigma)"),
-    ("sample_size", "sample size"),
-    ("num_embeds_ada_norm", "class count"),
-    ("num_class_embeds", "class count"),
-    ("cross_attention_dim", "cross-attention width"),
-    ("joint_attention_dim", "cross-attention width"),
-    ("caption_channels", "cross-attention width"),
-    ("pooled_projection_dim", "pooled text width"),
-    ("encoder_hid_dim", "text projection width"),
-    ("addition_embed_type", "added conditioning"),
-    ("addition_time_embed_dim", "added conditioning"),
-    ("projection_class_embeddings_input_dim", "added conditioning"),
-    ("time_cond_proj_dim", "guidance embedding"),
-    ("prediction_type", "prediction type"),
-)
-
-_MISSING = object()
 _STITCH_ATTR = "_tstitch_stitch"  # on a hooked large model: its StitchedDenoiser
 
 
@@ -274,13 +255,6 @@ def _find_denoiser(pipe: Any) -> tuple[str, nn.Module]:
     )
 
 
-def _config_value(model: nn.Module, key: str) -> Any:
-    value = getattr(model, "config", {}).get(key, _MISSING) if hasattr(model, "config") else _MISSING
-    if key in ("in_channels", "out_channels") and isinstance(model.__dict__.get(key), int):
-        return model.__dict__[key]  # the effective value (DiT stores out_channels=None in its config)
-    return value
-
-
 def _as_model(candidate: Any, position: str) -> tuple[nn.Module, Any]:
     """A model, or the denoiser and scheduler of a pipeline."""
     if isinstance(candidate, StitchedDenoiser):
@@ -297,23 +271,6 @@ def _as_model(candidate: Any, position: str) -> tuple[nn.Module, Any]:
     raise ValueError(
         f"{position} must be a torch module or a diffusers pipeline, got {type(candidate).__name__}"
     )
-
-
-def check_compatible(large: nn.Module, small: nn.Module, name: str = "small model") -> None:
-    """Raise ``ValueError`` naming the first config field where ``small`` cannot stand in for ``large``."""
-    for key, meaning in COMPATIBLE_FIELDS:
-        want, got = _config_value(large, key), _config_value(small, key)
-        if want is _MISSING or got is _MISSING:
-            continue
-        if isinstance(want, list):
-            want = tuple(want)
-        if isinstance(got, list):
-            got = tuple(got)
-        if want != got:
-            raise ValueError(
-                f"{name} does not match the pipeline's model: its {meaning} (config.{key}) is {got!r}, "
-                f"the pipeline's is {want!r}"
-            )
 
 
 # -- the hook on the large model ------------------------------------------------------------------------------
