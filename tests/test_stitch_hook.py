@@ -234,3 +234,47 @@ def test_unstitch_after_model_offload_was_switched_on_and_off():
     tstitch.unstitch(pipe)
     assert "forward" not in vars(large) and "_old_forward" not in vars(large)
     assert torch.equal(run(pipe), run(dit_pipeline(tiny_dit(2), SCHEDULERS["ddim"]())))
+
+
+# -- several pipelines around one model ---------------------------------------------------------------------
+
+
+def test_a_plain_pipeline_sharing_the_model_runs_it_unstitched():
+    pipe, small, large = stitched_pair()
+    stitched = run(pipe)
+    plain = dit_pipeline(large, SCHEDULERS["ddim"]())  # the same model object, no stitch
+    expected_plain = run(dit_pipeline(tiny_dit(2), SCHEDULERS["ddim"]()))
+    assert torch.equal(run(plain), expected_plain)  # outside the stitched pipeline's runs: the large model
+    assert tstitch.get_record(pipe).model_per_step() == [0, 0, 1, 1, 1]  # not touched by the plain run
+    assert torch.equal(run(pipe), stitched) and torch.equal(run(plain), expected_plain)
+
+
+def test_two_stitched_pipelines_around_one_model():
+    small, large = tiny_dit(1), tiny_dit(2)
+    first = tstitch.stitch(dit_pipeline(large, SCHEDULERS["ddim"]()), small, 0.2)
+    second = tstitch.stitch(dit_pipeline(large, SCHEDULERS["heun"]()), small, 0.6)
+    reference = {}
+    for name, fraction, scheduler in (("first", 0.2, "ddim"), ("second", 0.6, "heun")):
+        reference[name] = run(tstitch.stitch(dit_pipeline(tiny_dit(2), SCHEDULERS[scheduler]()), tiny_dit(1), fraction))
+    for _ in range(2):
+        assert torch.equal(run(first), reference["first"]) and torch.equal(run(second), reference["second"])
+    assert tstitch.get_record(first).model_per_step() == [0, 1, 1, 1, 1]
+    assert tstitch.get_record(second).model_per_step() == [0, 0, 0, 1, 1]
+    tstitch.unstitch(first)
+    assert "forward" in vars(large)  # the second stitch still hooks the model
+    assert torch.equal(run(second), reference["second"])
+    tstitch.unstitch(second)
+    assert "forward" not in vars(large)
+
+
+def test_two_stitched_pipelines_sharing_model_and_scheduler_are_refused_at_the_call():
+    small, large = tiny_dit(1), tiny_dit(2)
+    first = tstitch.stitch(dit_pipeline(large, SCHEDULERS["ddim"]()), small, 0.2)
+    second = DiTPipeline(**first.components)  # the same scheduler object and the same model
+    second.set_progress_bar_config(disable=True)
+    tstitch.stitch(second, small, 0.6)
+    with pytest.raises(RuntimeError, match="2 stitched pipelines share this model and are all in the middle of a run"):
+        run(first)
+    tstitch.unstitch(second)
+    run(first)  # alone again: fine
+    assert tstitch.get_record(first).model_per_step() == [0, 1, 1, 1, 1]

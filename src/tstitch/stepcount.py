@@ -107,6 +107,9 @@ class StepCounter:
         self.calls = 0
         #: a new run began (``set_timesteps`` or a new scheduler): the next denoiser call resets the record
         self.new_run = False
+        #: a run is under way: ``set_timesteps`` was seen (or the scheduler was picked up mid-run) and not every
+        #: timestep has been stepped yet. A hooked model runs unstitched outside its pipeline's runs.
+        self.in_run = True
         self.owner: int | None = None  # the thread of the current run
         self.conflict = False  # another thread touched the scheduler during the run
         self._lock = threading.Lock()
@@ -127,7 +130,7 @@ class StepCounter:
         step_index = getattr(scheduler, "_step_index", None)
         begin_index = getattr(scheduler, "_begin_index", None)
         self.calls = step_index if step_index is not None else (begin_index or 0)
-        self.new_run = True
+        self.new_run = self.in_run = True
         self.owner, self.conflict = None, False
         counters = scheduler.__dict__.get(_COUNTERS)
         if counters is None:
@@ -160,9 +163,12 @@ class StepCounter:
         with self._lock:
             if name == "step":
                 self.calls += 1
+                timesteps = getattr(self.scheduler, "timesteps", None)
+                if timesteps is not None and self.calls >= len(timesteps):
+                    self.in_run = False
             elif name == "set_timesteps":
                 self.calls = 0
-                self.new_run = True
+                self.new_run = self.in_run = True
                 self.owner, self.conflict = threading.get_ident(), False
             elif name == "set_begin_index":
                 self.calls = args[0] if args else kwargs.get("begin_index", 0)

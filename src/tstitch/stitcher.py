@@ -40,7 +40,8 @@ __all__ = [
 #: Pipeline attributes that hold the denoiser, in the order they are looked up.
 DENOISER_NAMES = ("transformer", "unet")
 
-_STITCH_ATTR = "_tstitch_stitch"  # on a hooked large model: its StitchedDenoiser
+_STITCH_ATTR = "_tstitch_stitch"  # on a stitched pipeline: its StitchedDenoiser
+_HOOK_ATTR = "_tstitch_hook"  # on a hooked large model: its _StitchForward
 
 
 def as_plan(plan_or_fractions: Plan | float | Sequence[float], num_models: int) -> Plan:
@@ -101,7 +102,6 @@ class StitchedDenoiser(nn.Module):
         self._scheduler_source: Callable[[], Any] | None = None
         self._previous_bindings: list[Any] = []  # what each bind() replaced, for unbind() to restore
         self._large_forward: Callable | None = None  # set while hooked on the large model: its own forward
-        self._pipe_ref: Callable[[], Any] = lambda: None  # the pipeline it is hooked into, if any
         # Expose the large model's forward signature (pipelines inspect it) on a per-instance forward.
         forward = functools.partial(StitchedDenoiser._dispatch, self)
         forward = functools.update_wrapper(forward, type(models[-1]).forward)
@@ -167,6 +167,12 @@ class StitchedDenoiser(nn.Module):
         """Drop every binding (the denoiser leaves its pipeline)."""
         self._previous_bindings.clear()
         self.unbind()
+
+    def _in_run(self) -> bool:
+        """Whether a run of the bound scheduler is under way (a hooked stitch routes calls only then)."""
+        if self._scheduler_source is not None:
+            self._counter.attach(self._scheduler_source())
+        return self._counter.scheduler is not None and self._counter.in_run
 
     def current_model_index(self) -> tuple[int, int, int]:
         """``(model_index, step, position)`` for a call made now."""
@@ -248,7 +254,7 @@ def _find_denoiser(pipe: Any) -> tuple[str, nn.Module]:
     for name in DENOISER_NAMES:
         model = getattr(pipe, name, None)
         if isinstance(model, nn.Module):
-            return name, vars(model).get(_STITCH_ATTR, model)
+            return name, vars(pipe).get(_STITCH_ATTR, model)
     raise ValueError(
         f"{type(pipe).__name__} has no denoiser to stitch: expected a torch module in one of the "
         f"attributes {', '.join(DENOISER_NAMES)}"
@@ -259,7 +265,7 @@ def _as_model(candidate: Any, position: str) -> tuple[nn.Module, Any]:
     """A model, or the denoiser and scheduler of a pipeline."""
     if isinstance(candidate, StitchedDenoiser):
         raise ValueError(f"{position} is itself a stitched denoiser; pass the plain model")
-    if isinstance(candidate, nn.Module) and _STITCH_ATTR in vars(candidate):
+    if isinstance(candidate, nn.Module) and _HOOK_ATTR in vars(candidate):
         raise ValueError(f"{position} is the model of a stitched pipeline; unstitch that pipeline first")
     if isinstance(candidate, nn.Module):
         return candidate, None
@@ -277,15 +283,31 @@ def _as_model(candidate: Any, position: str) -> tuple[nn.Module, Any]:
 
 
 class _StitchForward:
-    """The large model's ``forward`` while stitched: routes each call through its :class:`StitchedDenoiser`."""
+    """The large model's ``forward`` while stitched: routes each call through the stitch whose run is under way.
 
-    def __init__(self, denoiser: StitchedDenoiser, inner: Callable):
-        self.denoiser, self.inner = denoiser, inner
+    Several pipelines may stitch the same model object (each with its own scheduler). A call made while none of
+    their runs is under way (another pipeline sharing the model, a direct call) runs the large model unchanged.
+    """
+
+    def __init__(self, inner: Callable):
+        self.inner = inner
+        self.denoisers: list[StitchedDenoiser] = []
         functools.update_wrapper(self, inner)  # the large model's signature, for pipelines that inspect it
 
     @torch.compiler.disable(recursive=False)
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        return self.denoiser._dispatch(*args, **kwargs)
+        running = self._running()
+        return running._dispatch(*args, **kwargs) if running is not None else self.inner(*args, **kwargs)
+
+    @torch.compiler.disable
+    def _running(self) -> StitchedDenoiser | None:
+        running = [denoiser for denoiser in self.denoisers if denoiser._in_run()]
+        if len(running) > 1:
+            raise RuntimeError(
+                f"{len(running)} stitched pipelines share this model and are all in the middle of a run (they "
+                "share a scheduler object, or run in several threads): give each pipeline its own scheduler"
+            )
+        return running[0] if running else None
 
     def __deepcopy__(self, memo: dict) -> Any:
         raise RuntimeError(
@@ -297,39 +319,47 @@ class _StitchForward:
         raise RuntimeError("a stitched model cannot be pickled: call tstitch.unstitch(pipe) first")
 
 
-def _install(large: nn.Module, denoiser: StitchedDenoiser) -> None:
+def _install(large: nn.Module, hook: _StitchForward | None = None) -> _StitchForward:
+    """Put a stitch hook (``hook``, or a new one) on ``large``; the one already there is returned as is."""
+    if _HOOK_ATTR in vars(large):
+        return vars(large)[_HOOK_ATTR]
     # Under accelerate's hook when there is one: it calls ``_old_forward`` and restores it when removed.
     attr = "_old_forward" if "_hf_hook" in vars(large) and "_old_forward" in vars(large) else "forward"
-    hook = _StitchForward(denoiser, getattr(large, attr))
-    denoiser._large_forward = hook.inner
+    if hook is None:
+        hook = _StitchForward(getattr(large, attr))
+    else:
+        hook.inner = getattr(large, attr)
+    for denoiser in hook.denoisers:
+        denoiser._large_forward = hook.inner
     object.__setattr__(large, attr, hook)
-    object.__setattr__(large, _STITCH_ATTR, denoiser)
+    object.__setattr__(large, _HOOK_ATTR, hook)
+    return hook
 
 
-def _uninstall(large: nn.Module) -> None:
+def _uninstall(large: nn.Module) -> _StitchForward | None:
     """Take the stitch hook out of ``large``'s forward chain, wherever later hooks left it."""
-    denoiser = vars(large).pop(_STITCH_ATTR, None)
-    if denoiser is None:
-        return
-    denoiser._large_forward = None
+    hook = vars(large).pop(_HOOK_ATTR, None)
+    if hook is None:
+        return None
+    for denoiser in hook.denoisers:
+        denoiser._large_forward = None
+    inner = hook.inner
     for attr in ("forward", "_old_forward"):
-        hook = vars(large).get(attr)
-        if isinstance(hook, _StitchForward) and hook.denoiser is denoiser:
-            inner = hook.inner
+        if vars(large).get(attr) is hook:
             if attr == "forward" and getattr(inner, "__self__", None) is large and (
                 getattr(inner, "__func__", None) is type(large).forward
             ):
                 del large.__dict__["forward"]  # back to the class's forward: the module as it was
             else:
-                object.__setattr__(large, attr, hook.inner)
-            return
+                object.__setattr__(large, attr, inner)
+            return hook
     registry = vars(large).get("_diffusers_hook")  # a diffusers hook registered on top of the stitch
     for ref in getattr(registry, "_fn_refs", ()):
         for field_name in ("forward", "original_forward"):
-            hook = getattr(ref, field_name, None)
-            if isinstance(hook, _StitchForward) and hook.denoiser is denoiser:
-                setattr(ref, field_name, hook.inner)
-                return
+            if getattr(ref, field_name, None) is hook:
+                setattr(ref, field_name, inner)
+                return hook
+    return hook
 
 
 @contextlib.contextmanager
@@ -337,24 +367,27 @@ def suspended(pipe_or_model: Any) -> Iterator[StitchedDenoiser]:
     """Within the block, the stitched model runs alone, as if unstitched; the same stitch comes back after it."""
     denoiser = get_stitch(pipe_or_model)
     large = denoiser.large
-    _uninstall(large)
+    hook = _uninstall(large)
     try:
         yield denoiser
     finally:
-        _install(large, denoiser)
+        if hook is not None:
+            _install(large, hook)
 
 
 def get_stitch(pipe_or_model: Any) -> StitchedDenoiser:
     """The :class:`StitchedDenoiser` of a stitched pipeline or model (or the denoiser itself)."""
     if isinstance(pipe_or_model, StitchedDenoiser):
         return pipe_or_model
-    candidates = [pipe_or_model, *(getattr(pipe_or_model, name, None) for name in DENOISER_NAMES)]
-    for candidate in candidates:
-        denoiser = vars(candidate).get(_STITCH_ATTR) if hasattr(candidate, "__dict__") else None
-        if isinstance(denoiser, StitchedDenoiser):
-            return denoiser
-        if isinstance(candidate, StitchedDenoiser):
-            return candidate
+    denoiser = vars(pipe_or_model).get(_STITCH_ATTR) if hasattr(pipe_or_model, "__dict__") else None
+    if isinstance(denoiser, StitchedDenoiser):
+        return denoiser
+    hook = vars(pipe_or_model).get(_HOOK_ATTR) if isinstance(pipe_or_model, nn.Module) else None
+    if hook is not None and hook.denoisers:
+        return hook.denoisers[-1]  # the latest stitch of this model
+    for name in DENOISER_NAMES:  # a stitched denoiser put into a pipeline by hand
+        if isinstance(getattr(pipe_or_model, name, None), StitchedDenoiser):
+            return getattr(pipe_or_model, name)
     raise ValueError(f"{type(pipe_or_model).__name__} is not stitched")
 
 
@@ -392,12 +425,6 @@ def stitch(
         large = large.large
     small_list = list(models) if isinstance(models, (list, tuple)) else [models]
     plan = as_plan(plan, len(small_list) + 1)
-    current = vars(large).get(_STITCH_ATTR)
-    if current is not None and current._pipe_ref() not in (None, pipe):
-        raise ValueError(
-            f"the pipeline's {name} is already stitched in another pipeline ({type(current._pipe_ref()).__name__}); "
-            "a model carries one stitch at a time: unstitch the other pipeline first"
-        )
 
     pipe_prediction = getattr(getattr(pipe, "scheduler", None), "config", {}).get("prediction_type")
     resolved = []
@@ -422,11 +449,16 @@ def stitch(
             model.to(device=large.device, dtype=large.dtype)
     denoiser = StitchedDenoiser([*resolved, large], plan, sync_timing=sync_timing)
     pipe_ref = weakref.ref(pipe)
-    denoiser._pipe_ref = pipe_ref
     denoiser.bind(lambda: pipe_ref().scheduler)
+    if getattr(pipe, "scheduler", None) is not None:
+        denoiser._counter.attach(pipe.scheduler)  # now, to see the pipeline's next run begin
+        denoiser._counter.in_run = False
     if getattr(pipe, name) is not large:
         object.__setattr__(pipe, name, large)  # bypass DiffusionPipeline.__setattr__ (it rewrites the config)
-    _install(large, denoiser)
+    object.__setattr__(pipe, _STITCH_ATTR, denoiser)
+    hook = _install(large)
+    hook.denoisers.append(denoiser)
+    denoiser._large_forward = hook.inner
     return pipe
 
 
@@ -437,9 +469,13 @@ def unstitch(pipe: Any) -> Any:
         if isinstance(model, StitchedDenoiser):  # put into the pipeline by hand
             model._release()
             object.__setattr__(pipe, name, model.large)
-            model = model.large
-        if isinstance(model, nn.Module) and _STITCH_ATTR in vars(model):
-            denoiser = vars(model)[_STITCH_ATTR]
-            _uninstall(model)
-            denoiser._release()
+    denoiser = vars(pipe).pop(_STITCH_ATTR, None)
+    if denoiser is not None:
+        denoiser._release()
+        denoiser._large_forward = None
+        hook = vars(denoiser.large).get(_HOOK_ATTR)
+        if hook is not None:
+            hook.denoisers = [d for d in hook.denoisers if d is not denoiser]
+            if not hook.denoisers:
+                _uninstall(denoiser.large)
     return pipe
