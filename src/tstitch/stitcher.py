@@ -5,10 +5,11 @@ A :class:`StitchedDenoiser` holds every model of a stitch (smallest first, the l
 call, runs the model that its :class:`~tstitch.plan.Plan` assigns to the current *scheduler step*, counted on
 the scheduler by :class:`~tstitch.stepcount.StepCounter`.
 
-``stitch(pipe, ...)`` leaves the pipeline's own ``transformer``/``unet`` in place and hooks its ``forward``: the
-hook routes each call to the model of the current step (the large model's own forward, or a small model
-beside it). The small models are not submodules of the large one, so ``save_pretrained``, LoRA loading, CPU
-offload and diffusers' cache hooks see the large model exactly as without stitching. The hook is a plain
+``stitch(pipe, ...)`` leaves the pipeline's own ``transformer``/``unet`` in place and hooks its ``forward``: while
+a run of the pipeline is under way, the hook routes each call to the model of the current step (the large
+model's own forward, or a small model beside it); other calls run the large model unchanged. The small
+models are not submodules of the large one, so ``save_pretrained``, LoRA loading, CPU offload and diffusers'
+cache hooks see the large model exactly as without stitching. The hook is a plain
 forward wrapper rather than a ``diffusers.hooks.HookRegistry`` hook: model CPU offload re-installs
 accelerate's hook on the large model after every pipeline call, which resets ``forward`` and would drop a
 registry hook; the wrapper is placed under accelerate's hook (``_old_forward``) when there is one, and so
