@@ -7,13 +7,14 @@ The published T-Stitch code stitches SDXL + ControlNet with SSD-1B, and LCM-LoRA
   large one's block layout (SSD-1B has it: fewer transformer layers, same blocks); one without it
   (BK-SDM: fewer layers per block) is refused by ``check_controlnet_layout`` and by the loaders.
 * LoRA on the large model, loaded with ``pipe.load_lora_weights`` (before or after stitching) or added with
-  peft through ``pipe.unet.add_adapter``: it changes the large model's steps only. Adapter management
-  goes through the model (``pipe.unet.set_adapters`` / ``unload_lora``, which reach the large model),
-  or through the pipeline while it is unstitched: diffusers' pipeline-level LoRA methods only handle
-  diffusers model classes and pass over the stitched denoiser.
+  peft through ``pipe.unet.add_adapter``: it changes the large model's steps only. ``pipe.unet`` stays the
+  large model when stitched, so the pipeline-level LoRA methods (``set_adapters``, ``fuse_lora``,
+  ``unfuse_lora``, ``unload_lora_weights``) act on it exactly as without stitching.
 """
 
 from __future__ import annotations
+
+import contextlib
 
 import pytest
 import torch
@@ -28,7 +29,7 @@ from tiny_models import (
     SCHEDULERS,
     SDXL_POOLED_DIM,
     UNET_SAMPLE_SIZE,
-    CallLog,
+    StitchCallLog,
     follow_plan,
     sd_pipeline,
     tiny_unet,
@@ -38,6 +39,7 @@ from tiny_models import (
 import tstitch
 from tstitch.generate import check_controlnet_layout
 from tstitch.presets import load_models
+from tstitch.stitcher import suspended
 
 peft = pytest.importorskip("peft")
 from peft import LoraConfig  # noqa: E402
@@ -109,7 +111,7 @@ def test_controlnet_residuals_reach_the_small_unet_at_its_steps():
         lambda module, args, kwargs: residuals.append(kwargs.get("down_block_additional_residuals")),
         with_kwargs=True,
     )
-    with CallLog(controlnet=controlnet, small=small, large=large) as log:
+    with StitchCallLog(controlnet=controlnet, small=small, large=large) as log:
         got = run(pipe, image=CONTROL)
     torch.testing.assert_close(got, expected, rtol=0, atol=0)
     assert tstitch.get_record(pipe).model_per_step() == PLAN
@@ -196,31 +198,52 @@ def test_lora_on_the_large_model_acts_at_its_steps_only(pair, when):
     assert tstitch.get_record(pipe).model_per_step() == PLAN
     assert not torch.allclose(stitched, plain[0.4])  # the large model's steps changed ...
     reference_pipe = sd_pipeline(large, SCHEDULERS["ddim"]())
-    with follow_plan(large, [small], PLAN):  # ... exactly as the LoRA'd large model computes them
+    with suspended(pipe), follow_plan(large, [small], PLAN):  # ... exactly as the LoRA'd large model computes them
         torch.testing.assert_close(stitched, run(reference_pipe), rtol=0, atol=0)
     tstitch.stitch(pipe, small, 1.0)  # the small model alone: no LoRA anywhere
     torch.testing.assert_close(run(pipe), plain[1.0], rtol=0, atol=0)
 
 
-def test_managing_the_large_models_adapters_through_the_stitch(pair):
+@pytest.mark.parametrize("stitched", [False, True])
+def test_pipeline_level_lora_methods_act_on_the_large_model(pair, stitched):
+    """The same sequence of pipeline-level LoRA calls, with and without the stitch, gives the same results
+    (the unstitched runs use ``follow_plan`` to run the small model at the same steps)."""
     pipe, large, small, plain = pair
+    if stitched:
+        tstitch.stitch(pipe, small, 0.4)
+        context = contextlib.nullcontext
+    else:
+        def context():
+            return follow_plan(large, [small], PLAN)
+    results = []
     pipe.load_lora_weights(lora_state_dict(large, seed=0), adapter_name="style")
-    tstitch.stitch(pipe, small, 0.4)
-    with_lora = run(pipe)
-
-    pipe.unet.set_adapters(["style"], weights=[0.0])  # reaches the large model
-    torch.testing.assert_close(run(pipe), plain[0.4])
-    pipe.unet.set_adapters(["style"], weights=[1.0])
-    pipe.unet.fuse_lora()
-    torch.testing.assert_close(run(pipe), with_lora, rtol=1e-4, atol=1e-5)
-    pipe.unet.unfuse_lora()
-
-    # the pipeline's own LoRA methods, on the unstitched pipeline
-    tstitch.unstitch(pipe)
-    pipe.unload_lora_weights()
-    tstitch.stitch(pipe, small, 0.4)
+    for action in (
+        lambda: pipe.set_adapters(["style"], adapter_weights=[1.0]),
+        lambda: pipe.set_adapters(["style"], adapter_weights=[0.0]),
+        lambda: pipe.set_adapters(["style"], adapter_weights=[0.5]),
+        lambda: pipe.fuse_lora(adapter_names=["style"]),
+        lambda: pipe.unfuse_lora(),
+        lambda: pipe.unload_lora_weights(),
+    ):
+        action()
+        with context():
+            results.append(run(pipe))
+        assert tuner_layers(small) == 0
     assert tuner_layers(large) == 0
-    torch.testing.assert_close(run(pipe), plain[0.4], rtol=1e-4, atol=1e-4)  # fuse + unfuse: rounding only
+    torch.testing.assert_close(results[1], plain[0.4], rtol=0, atol=0)  # weight 0: no LoRA
+    torch.testing.assert_close(results[-1], plain[0.4], rtol=1e-4, atol=1e-4)  # unloaded (fuse + unfuse: rounding)
+    assert not torch.allclose(results[0], plain[0.4]) and not torch.allclose(results[2], results[0])
+    torch.testing.assert_close(results[3], results[2], rtol=1e-4, atol=1e-5)  # fused: rounding only
+    if stitched:
+        assert pipe.unet is large and tstitch.get_record(pipe).model_per_step() == PLAN
+    test_pipeline_level_lora_methods_act_on_the_large_model.results[stitched] = results
+    done = test_pipeline_level_lora_methods_act_on_the_large_model.results
+    if len(done) == 2:  # both variants ran in this process: they agree call by call
+        for with_stitch, without in zip(done[True], done[False], strict=True):
+            torch.testing.assert_close(with_stitch, without, rtol=0, atol=0)
+
+
+test_pipeline_level_lora_methods_act_on_the_large_model.results = {}
 
 
 def test_peft_adapter_added_through_the_stitched_denoiser(pair):

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from fractions import Fraction
 
@@ -10,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from tstitch import Plan, model_index_for_timestep
+from tstitch import Plan, load_plan, model_index_for_timestep, save_plan
 
 
 def exact_boundaries(small_fractions: list[str], num_steps: int) -> list[int]:
@@ -251,3 +252,137 @@ def test_timestep_rule_agrees_with_step_counting_on_even_timesteps(tenths):
     schedule = Plan.from_small_fractions(tenths / 10)
     by_timestep = [model_index_for_timestep(schedule.fractions, int(t), 1000) for t in scheduler.timesteps]
     assert by_timestep == schedule.assignment(10)
+
+
+# -- per-step plans ------------------------------------------------------------------------------------------
+
+
+def test_sequence_plan_reads_back_step_by_step():
+    plan = Plan.from_sequence([0, 0, 1, 2, 2, 1], names=["S", "B", "XL"])
+    assert plan.is_sequence and plan.num_models == 3 and plan.num_steps == 6
+    assert plan.assignment(6) == [0, 0, 1, 2, 2, 1]
+    assert [plan.model_index(step, 6) for step in range(6)] == [0, 0, 1, 2, 2, 1]
+    assert plan.steps_per_model(6) == [2, 2, 2]
+    assert plan.segments() == [(0, 2), (1, 1), (2, 2), (1, 1)]
+    assert str(plan) == "S2 > B1 > XL2 > B1"
+    assert str(Plan.from_sequence([2, 2, 0, 0, 0])) == "2x2 > 0x3"  # large first, no names
+    assert Plan.from_segments([(0, 2), (1, 1), (2, 2), (1, 1)], names=["S", "B", "XL"]) == plan
+    assert Plan.from_segments([(0, 8), (1, 12)]).assignment(20) == [0] * 8 + [1] * 12
+    assert Plan.from_sequence(np.array([0, 1, 1])).sequence == (0, 1, 1)  # numpy integers are fine
+    assert Plan.from_sequence([0, 0], num_models=2).steps_per_model(2) == [2, 0]  # the large model unused
+
+
+def test_fraction_plans_keep_their_text_and_segments():
+    plan = Plan.from_small_fractions([0.2, 0.3])
+    assert str(plan) == "0.2 -> 0.3 -> 0.5" and not plan.is_sequence and plan.num_steps is None
+    assert plan.segments(10) == [(0, 2), (1, 3), (2, 5)]
+    with pytest.raises(ValueError, match="a fraction plan needs num_steps"):
+        plan.segments()
+
+
+def test_a_sequence_plan_refuses_another_step_count():
+    plan = Plan.from_sequence([0, 1, 1])
+    for call in (plan.model_index, plan.assignment, plan.steps_per_model):
+        with pytest.raises(ValueError, match=r"gives the model of 3 steps, but the run has num_steps=4"):
+            call(*((0, 4) if call == plan.model_index else (4,)))
+    with pytest.raises(ValueError, match=r"is a per-step sequence and has no fractions"):
+        _ = plan.small_fractions
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda: Plan.from_sequence([]), "sequence must not be empty"),
+        (lambda: Plan.from_sequence([0, 1.5]), r"sequence\[1\] must be a model index \(an integer\), got 1.5"),
+        (lambda: Plan.from_sequence([0, True]), r"sequence\[1\] must be a model index \(an integer\), got True"),
+        (lambda: Plan.from_sequence([0, "1"]), r"sequence\[1\] must be a model index \(an integer\), got '1'"),
+        (lambda: Plan.from_sequence([0, -1]), r"sequence\[1\] is -1, not a model index: the plan has 1 models"),
+        (lambda: Plan.from_sequence([0, 3], num_models=2), r"sequence\[1\] is 3, not a model index: .* \(0..1\)"),
+        (lambda: Plan.from_sequence("012"), "sequence must be a list of model indices, got '012'"),
+        (lambda: Plan.from_sequence([0, 1], num_models=0), "num_models must be an integer >= 1, got 0"),
+        (lambda: Plan.from_sequence([0, 1], names=["S"]), r"names must be 2 non-empty strings .* got \('S',\)"),
+        (lambda: Plan.from_segments([(0, 2), (1,)]), r"segments\[1\] must be a \(model_index, num_steps\) pair"),
+        (lambda: Plan.from_segments([(0, 2), (1, -1)]), r"segments\[1\] step count must be an integer >= 0"),
+        (lambda: Plan.from_segments([(0, 2), (1, 1.5)]), r"segments\[1\] step count must be an integer >= 0"),
+        (lambda: Plan(), "a plan needs either fractions or a sequence, not both or neither"),
+        (lambda: Plan((1.0,), sequence=(0,)), "a plan needs either fractions or a sequence, not both or neither"),
+        (lambda: Plan(()), "fractions must not be empty"),
+        (lambda: Plan((0.5, 0.5), model_count=3), "num_models is 3 but there are 2 fractions"),
+    ],
+)
+def test_sequence_plan_validation(make, message):
+    with pytest.raises(ValueError, match=message):
+        make()
+
+
+# -- JSON ----------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "plan",
+    [
+        Plan.from_small_fractions(0.4),
+        Plan.from_small_fractions([0.1, 0.29], names=["S", "B", "XL"]),
+        Plan.from_sequence([0, 0, 1, 2, 2, 1], names=["S", "B", "XL"]),
+        Plan.from_sequence([1, 1, 0], num_models=3),
+    ],
+)
+def test_json_round_trip(plan, tmp_path):
+    assert Plan.from_json(plan.to_json()) == plan
+    path = save_plan(plan, tmp_path / "plan.json")
+    assert load_plan(path) == plan
+    assert json.loads(path.read_text())["version"] == 1
+    with pytest.raises(FileExistsError, match="exists; not overwriting"):
+        save_plan(plan, path)
+
+
+def test_plan_json_form():
+    assert json.loads(Plan.from_sequence([0, 1], names=["S", "XL"]).to_json()) == {
+        "version": 1, "num_models": 2, "names": ["S", "XL"], "sequence": [0, 1]
+    }
+    assert json.loads(Plan.from_small_fractions(0.25).to_json()) == {
+        "version": 1, "num_models": 2, "fractions": [0.25, 0.75]
+    }
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("{", "plan is not valid JSON"),
+        ("[1, 2]", "a plan must be a JSON object, got list"),
+        ('{"num_models": 2, "sequence": [0, 1]}', "version must be 1, got None"),
+        ('{"version": 2, "num_models": 2, "sequence": [0, 1]}', "version must be 1, got 2"),
+        ('{"version": 1, "sequence": [0, 1]}', "num_models must be an integer >= 1, got None"),
+        ('{"version": 1, "num_models": "2", "sequence": [0, 1]}', "num_models must be an integer >= 1, got '2'"),
+        ('{"version": 1, "num_models": 2}', "exactly one of the fields fractions and sequence"),
+        ('{"version": 1, "num_models": 2, "sequence": [0, 1], "fractions": [0.5, 0.5]}', "exactly one of the fields"),
+        ('{"version": 1, "num_models": 2, "sequence": [0, 1], "extra": 1}', r"unknown plan field\(s\) \['extra'\]"),
+        ('{"version": 1, "num_models": 2, "sequence": []}', "sequence must not be empty"),
+        ('{"version": 1, "num_models": 2, "sequence": "01"}', "sequence must be a list of model indices"),
+        ('{"version": 1, "num_models": 2, "sequence": [0, 2]}', r"sequence\[1\] is 2, not a model index"),
+        ('{"version": 1, "num_models": 2, "sequence": [0, 1.0]}', r"sequence\[1\] must be a model index"),
+        ('{"version": 1, "num_models": 2, "sequence": [0, 1], "names": "S"}', "names must be a list of strings"),
+        ('{"version": 1, "num_models": 2, "sequence": [0, 1], "names": ["S"]}', "names must be 2 non-empty strings"),
+        ('{"version": 1, "num_models": 2, "fractions": [1.0]}', r"fractions must be a list of 2 numbers"),
+        ('{"version": 1, "num_models": 2, "fractions": [0.5, "0.5"]}', "fractions must be numbers"),
+        ('{"version": 1, "num_models": 2, "fractions": [0.5, 0.6]}', "fractions must sum to 1"),
+        ('{"version": 1, "num_models": 2, "fractions": [1.5, -0.5]}', r"fractions\[0\] must be in \[0, 1\]"),
+    ],
+)
+def test_plan_json_validation(text, message, tmp_path):
+    with pytest.raises(ValueError, match=message):
+        Plan.from_json(text)
+    path = tmp_path / "plan.json"
+    path.write_text(text)
+    with pytest.raises(ValueError, match=f"{path}: .*"):
+        load_plan(path)
+
+
+def test_load_plan_checks_the_step_count_and_the_file(tmp_path):
+    path = save_plan(Plan.from_sequence([0, 1, 1]), tmp_path / "plan.json")
+    assert load_plan(path, num_steps=3).num_steps == 3
+    with pytest.raises(ValueError, match="sequence has 3 steps, but num_steps is 5"):
+        load_plan(path, num_steps=5)
+    assert load_plan(save_plan(Plan.from_small_fractions(0.4), tmp_path / "f.json"), num_steps=5).num_models == 2
+    with pytest.raises(FileNotFoundError, match="plan file .*missing.json does not exist"):
+        load_plan(tmp_path / "missing.json")

@@ -27,7 +27,7 @@ from tstitch.models.presets import PRESETS, describe_presets, get_preset
 from tstitch.sampling.official import sample_official
 from tstitch.sampling.schedulers import SCHEDULERS as SCHEDULER_NAMES
 from tstitch.sampling.schedulers import make_scheduler
-from tstitch.stitcher import StitchedDenoiser
+from tstitch.stitcher import StitchedDenoiser, get_stitch
 
 HUB_PRESETS = [name for name in PRESETS if not name.startswith("digits")]
 
@@ -299,7 +299,7 @@ def test_sd_preset_from_local_folders(folders):
     loaded = load_preset("sd15-bksdm-tiny", models=[str(folders["sd-small-unet"]), str(folders["sd"])],
                          local_files_only=True)
     assert isinstance(loaded, StitchedPipeline) and isinstance(loaded.pipe, StableDiffusionPipeline)
-    assert isinstance(loaded.pipe.unet, StitchedDenoiser)
+    assert isinstance(get_stitch(loaded.pipe), StitchedDenoiser)
     assert loaded.pipe.text_encoder.config.hidden_size == 8  # the large pipeline's text encoder and tokenizer
     result = generate(loaded, SampleOptions(prompts=["a cat", "a dog"], num_steps=5, progress=False), compare=True)
     assert result.settings["guidance_scale"] == 7.5  # the pipeline's default
@@ -307,7 +307,7 @@ def test_sd_preset_from_local_folders(folders):
     assert result.stitched.model_per_step == [0, 0, 1, 1, 1]
     assert result.baseline.model_per_step == [0] * 5 and result.baseline.model_names == ["pipe"]
     # the pipeline is left stitched as asked, the large model's own modules still reachable
-    assert loaded.pipe.unet.schedule.fractions == (0.4, 0.6)
+    assert get_stitch(loaded.pipe).plan.fractions == (0.4, 0.6)
     assert loaded.pipe.unet.config.cross_attention_dim == 8
 
 

@@ -370,7 +370,7 @@ def test_sampling_with_a_stitched_pipelines_denoiser_keeps_the_pipeline_stitched
 
     before = run_pipe()
     out = tstitch.sample(
-        pipe.transformer,
+        tstitch.get_stitch(pipe),  # the pipeline's stitch, borrowed (pipe.transformer is the plain large model)
         None,
         make_scheduler("euler"),
         noise=make_noise(),

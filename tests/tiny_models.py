@@ -379,3 +379,25 @@ def follow_plan(large: torch.nn.Module, small_models: Sequence[torch.nn.Module],
     finally:
         del large.forward
     assert len(used) == len(plan), f"the pipeline made {len(used)} denoiser calls, the plan has {len(plan)}"
+
+
+class StitchCallLog(CallLog):
+    """A :class:`CallLog` for stitched models: a call that one watched model hands on to another (a stitched
+    large model routing the step to a small model, or :func:`follow_plan`) is logged once, as the model that
+    computed it. Nesting is seen with forward pre- and post-hooks only.
+    """
+
+    def __init__(self, **models: torch.nn.Module):
+        self._open: list[bool] = []  # per call in progress: whether its entry is still the last entry
+        super().__init__(**models)
+        self._handles += [model.register_forward_hook(self._done, always_call=True) for model in models.values()]
+
+    def _hook(self, name: str, module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
+        if self._open and self._open[-1]:
+            self.entries.pop()  # the enclosing call was handed on to this model
+            self._open[-1] = False
+        super()._hook(name, module, args, kwargs)
+        self._open.append(True)
+
+    def _done(self, module: torch.nn.Module, args: tuple, output: Any) -> None:
+        self._open.pop()

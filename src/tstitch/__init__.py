@@ -8,14 +8,20 @@ A small model runs the first, noisy fraction of the denoising steps and the larg
     tstitch.unstitch(pipe)
 """
 
-from .plan import Plan, model_index_for_timestep
+from .plan import Plan, load_plan, model_index_for_timestep, save_plan
 from .sampling import SampleOutput, sample
-from .stitcher import StitchedDenoiser, StitchRecord, get_record, stitch, unstitch
+from .stitcher import StitchedDenoiser, StitchRecord, get_record, get_stitch, stitch, unstitch
 
 __version__ = "0.1.0"
 
 # Loaded on first use: they import diffusers, which ``import tstitch`` does not need.
-_LAZY = {"load_dit": "models.checkpoints", "sample_official": "sampling.official", "load_preset": "presets"}
+_LAZY = {
+    "save_stitch": "stitchfile",
+    "load_stitch": "stitchfile",
+    "load_dit": "models.checkpoints",
+    "sample_official": "sampling.official",
+    "load_preset": "models.loading",
+}
 
 
 def __getattr__(name: str):
@@ -30,6 +36,11 @@ __all__ = [
     "stitch",
     "unstitch",
     "get_record",
+    "get_stitch",
+    "save_plan",
+    "load_plan",
+    "save_stitch",
+    "load_stitch",
     "sample",
     "SampleOutput",
     "Plan",

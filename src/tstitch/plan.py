@@ -1,29 +1,37 @@
 # Copyright 2026 The tstitch authors. Licensed under the Apache License, Version 2.0.
 """Which model runs at which denoising step: pure Python, no torch.
 
-A schedule is a tuple of fractions, one per model, ordered by use (smallest model first, the large model
-last). The last fraction is always the remainder ``1 - sum(others)``.
+A plan is one of two kinds, over ``N`` models numbered by use (smallest first, the large model last):
 
-Step counting follows the published T-Stitch code: with ``N`` scheduler steps and cumulative fractions
-``c_0 = 0, c_1, c_2, ...``, model ``i`` covers the steps
-``[floor(c_i * N + 1e-6), floor(c_{i+1} * N + 1e-6))``.
-So 0.4 of 10 steps is 4 steps and 0.29 of 100 steps is 29 steps; the large model always finishes the
-trajectory.
+* **fractions** (the default and the published convention): one share per model, the last being the
+  remainder ``1 - sum(others)``, resolved for any step count. With ``n`` scheduler steps and cumulative
+  fractions ``c_0 = 0, c_1, ...``, model ``i`` covers the steps ``[floor(c_i * n + 1e-6), floor(c_{i+1} * n + 1e-6))``,
+  so 0.4 of 10 steps is 4 steps and 0.29 of 100 steps is 29 steps.
+* **a per-step sequence**: the model index of every step, for one fixed step count, in any order
+  (``S > XL > B``, large-first, ...). Build it with :meth:`Plan.from_sequence` or :meth:`Plan.from_segments`.
 
-The published DiT sampler instead decides by timestep (:func:`model_index_for_timestep`); both rules agree
+Plans print compactly (``0.4 -> 0.6`` or ``0x8 > 1x12``, ``S8 > XL12`` with names) and are saved as a small
+JSON file (:meth:`Plan.to_json`, :func:`save_plan`, :func:`load_plan`).
+
+The published DiT sampler decides by timestep instead (:func:`model_index_for_timestep`); both rules agree
 for evenly spaced timesteps in the common cases.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import numbers
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
-__all__ = ["Plan", "model_index_for_timestep"]
+__all__ = ["Plan", "model_index_for_timestep", "is_scalar", "save_plan", "load_plan", "PLAN_VERSION"]
 
 _EPS = 1e-6
+PLAN_VERSION = 1
 
 
 def is_scalar(value: object) -> bool:
@@ -41,48 +49,137 @@ def _check_fraction(value: float, name: str) -> float:
     return value
 
 
+def _check_count(value: Any, name: str, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
 @dataclass(frozen=True)
 class Plan:
-    """Shares of the denoising steps, one per model, smallest model first.
+    """Which model runs each scheduler step: shares of the steps (``fractions``) or a per-step ``sequence``.
 
-    Build it with :meth:`from_small_fractions` from the shares of the small models; the last (large)
-    model takes what remains.
+    Build it with :meth:`from_small_fractions` (the small models' shares; the last, large model takes what
+    remains), :meth:`from_sequence` or :meth:`from_segments`. ``names`` (optional, one per model) only label it.
     """
 
-    fractions: tuple[float, ...]
+    fractions: tuple[float, ...] | None = None
+    sequence: tuple[int, ...] | None = None
+    model_count: int | None = None
+    names: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
-        if len(self.fractions) < 1:
-            raise ValueError("a schedule needs at least one model")
-        checked = tuple(_check_fraction(f, f"fractions[{i}]") for i, f in enumerate(self.fractions))
-        if abs(sum(checked) - 1.0) > 1e-6:
-            raise ValueError(f"fractions must sum to 1, got {checked} (sum {sum(checked):.6g})")
-        object.__setattr__(self, "fractions", checked)
+        if (self.fractions is None) == (self.sequence is None):
+            raise ValueError("a plan needs either fractions or a sequence, not both or neither")
+        if self.fractions is not None:
+            if len(self.fractions) < 1:
+                raise ValueError("fractions must not be empty: a plan needs at least one model")
+            checked = tuple(_check_fraction(f, f"fractions[{i}]") for i, f in enumerate(self.fractions))
+            if abs(sum(checked) - 1.0) > 1e-6:
+                raise ValueError(f"fractions must sum to 1, got {checked} (sum {sum(checked):.6g})")
+            if self.model_count is not None and self.model_count != len(checked):
+                raise ValueError(f"num_models is {self.model_count} but there are {len(checked)} fractions")
+            object.__setattr__(self, "fractions", checked)
+            object.__setattr__(self, "model_count", len(checked))
+        else:
+            if isinstance(self.sequence, (str, bytes)) or not isinstance(self.sequence, Sequence):
+                raise ValueError(f"sequence must be a list of model indices, got {self.sequence!r}")
+            if len(self.sequence) < 1:
+                raise ValueError("sequence must not be empty: give the model index of every step")
+            for i, index in enumerate(self.sequence):
+                if isinstance(index, bool) or not isinstance(index, numbers.Integral):
+                    raise ValueError(f"sequence[{i}] must be a model index (an integer), got {index!r}")
+            count = self.model_count
+            if count is None:
+                count = max(int(i) for i in self.sequence) + 1
+            count = _check_count(count, "num_models", 1)
+            for i, index in enumerate(self.sequence):
+                if not 0 <= index < count:
+                    raise ValueError(
+                        f"sequence[{i}] is {index}, not a model index: the plan has {count} models (0..{count - 1})"
+                    )
+            object.__setattr__(self, "sequence", tuple(int(i) for i in self.sequence))
+            object.__setattr__(self, "model_count", count)
+        if self.names is not None:
+            names = tuple(self.names)
+            if len(names) != self.model_count or not all(isinstance(n, str) and n for n in names):
+                raise ValueError(f"names must be {self.model_count} non-empty strings (one per model), got {names!r}")
+            object.__setattr__(self, "names", names)
 
+    # -- constructors ----------------------------------------------------------------------------------
     @classmethod
-    def from_small_fractions(cls, small_fractions: float | Sequence[float]) -> Plan:
-        """Allocation from the shares of the small models (a float or one per small model)."""
+    def from_small_fractions(cls, small_fractions: float | Sequence[float], names: Sequence[str] | None = None) -> Plan:
+        """Plan from the shares of the small models (a float or one per small model)."""
         if is_scalar(small_fractions):
             small_fractions = [small_fractions]
         small = [_check_fraction(f, f"fractions[{i}]") for i, f in enumerate(small_fractions)]
         total = sum(small)
         if total > 1.0 + _EPS:
             raise ValueError(f"fractions {tuple(small)} sum to {total:.6g}, more than 1")
-        return cls((*small, max(0.0, 1.0 - total)))
+        return cls((*small, max(0.0, 1.0 - total)), names=None if names is None else tuple(names))
 
+    @classmethod
+    def from_sequence(
+        cls, sequence: Sequence[int], num_models: int | None = None, names: Sequence[str] | None = None
+    ) -> Plan:
+        """Plan that runs model ``sequence[k]`` at step ``k`` (for exactly ``len(sequence)`` steps).
+
+        ``num_models`` defaults to the largest index plus one (give it when the large model is unused).
+        """
+        if hasattr(sequence, "tolist"):  # numpy arrays, torch tensors
+            sequence = sequence.tolist()
+        return cls(sequence=sequence, model_count=num_models, names=None if names is None else tuple(names))
+
+    @classmethod
+    def from_segments(
+        cls, segments: Sequence[tuple[int, int]], num_models: int | None = None, names: Sequence[str] | None = None
+    ) -> Plan:
+        """Per-step plan from ``(model_index, num_steps)`` pairs in order, e.g. ``[(0, 8), (2, 4), (1, 8)]``."""
+        sequence: list[int] = []
+        for i, segment in enumerate(segments):
+            if not isinstance(segment, (tuple, list)) or len(segment) != 2:
+                raise ValueError(f"segments[{i}] must be a (model_index, num_steps) pair, got {segment!r}")
+            _check_count(segment[1], f"segments[{i}] step count", 0)
+            sequence += [segment[0]] * int(segment[1])
+        return cls.from_sequence(sequence, num_models, names)
+
+    # -- reading the plan --------------------------------------------------------------------------------
     @property
     def num_models(self) -> int:
-        return len(self.fractions)
+        return self.model_count
+
+    @property
+    def is_sequence(self) -> bool:
+        """Whether this is a per-step plan (fixed step count) rather than fractions."""
+        return self.sequence is not None
+
+    @property
+    def num_steps(self) -> int | None:
+        """The step count of a per-step plan; ``None`` for fractions (any step count)."""
+        return None if self.sequence is None else len(self.sequence)
 
     @property
     def small_fractions(self) -> tuple[float, ...]:
-        """The shares of every model but the last."""
-        return self.fractions[:-1]
+        """The shares of every model but the last (fraction plans only)."""
+        return self._fractions()[:-1]
 
-    def boundaries(self, num_steps: int) -> list[int]:
-        """First step of each model, plus ``num_steps`` at the end (length ``num_models + 1``)."""
+    def _fractions(self) -> tuple[float, ...]:
+        if self.fractions is None:
+            raise ValueError(f"plan {self} is a per-step sequence and has no fractions")
+        return self.fractions
+
+    def _check_steps(self, num_steps: int) -> None:
         if num_steps < 0:
             raise ValueError(f"num_steps must be >= 0, got {num_steps}")
+        if self.sequence is not None and num_steps != len(self.sequence):
+            raise ValueError(
+                f"this plan gives the model of {len(self.sequence)} steps, but the run has num_steps={num_steps}; "
+                f"use a plan made for {num_steps} steps (or a fraction plan)"
+            )
+
+    def boundaries(self, num_steps: int) -> list[int]:
+        """First step of each model, plus ``num_steps`` at the end (fraction plans only)."""
+        self._check_steps(num_steps)
         bounds = [0]
         cumulative = 0.0
         for fraction in self.small_fractions:
@@ -91,25 +188,125 @@ class Plan:
         bounds.append(num_steps)
         return bounds
 
+    def assignment(self, num_steps: int) -> list[int]:
+        """The model index of every step, in order."""
+        if self.sequence is not None:
+            self._check_steps(num_steps)
+            return list(self.sequence)
+        bounds = self.boundaries(num_steps)
+        return [i for i in range(self.num_models) for _ in range(bounds[i + 1] - bounds[i])]
+
     def model_index(self, step: int, num_steps: int) -> int:
         """Index of the model that runs scheduler step ``step`` (0-based) of ``num_steps``."""
+        if self.sequence is not None:
+            self._check_steps(num_steps)
+            return self.sequence[min(max(step, 0), num_steps - 1)]
         bounds = self.boundaries(num_steps)
         for index in range(self.num_models - 1, -1, -1):
             if step >= bounds[index]:
                 return index
         return 0
 
-    def assignment(self, num_steps: int) -> list[int]:
-        """The model index of every step, in order."""
-        bounds = self.boundaries(num_steps)
-        return [i for i in range(self.num_models) for _ in range(bounds[i + 1] - bounds[i])]
-
     def steps_per_model(self, num_steps: int) -> list[int]:
-        bounds = self.boundaries(num_steps)
-        return [bounds[i + 1] - bounds[i] for i in range(self.num_models)]
+        assignment = self.assignment(num_steps)
+        return [assignment.count(i) for i in range(self.num_models)]
+
+    def segments(self, num_steps: int | None = None) -> list[tuple[int, int]]:
+        """``(model_index, num_steps)`` runs of consecutive steps, in order."""
+        if num_steps is None:
+            if self.sequence is None:
+                raise ValueError("a fraction plan needs num_steps to list its segments")
+            num_steps = len(self.sequence)
+        runs: list[tuple[int, int]] = []
+        for index in self.assignment(num_steps):
+            if runs and runs[-1][0] == index:
+                runs[-1] = (index, runs[-1][1] + 1)
+            else:
+                runs.append((index, 1))
+        return runs
 
     def __str__(self) -> str:
-        return " -> ".join(f"{f:g}" for f in self.fractions)
+        if self.fractions is not None:
+            return " -> ".join(f"{f:g}" for f in self.fractions)
+        if self.names is not None:
+            return " > ".join(f"{self.names[i]}{n}" for i, n in self.segments())
+        return " > ".join(f"{i}x{n}" for i, n in self.segments())
+
+    # -- JSON -------------------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        data: dict[str, Any] = {"version": PLAN_VERSION, "num_models": self.num_models}
+        if self.names is not None:
+            data["names"] = list(self.names)
+        if self.fractions is not None:
+            data["fractions"] = list(self.fractions)
+        else:
+            data["sequence"] = list(self.sequence)
+        return data
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict())
+
+    @classmethod
+    def from_dict(cls, data: Any, num_steps: int | None = None) -> Plan:
+        """Plan from :meth:`to_dict`'s form; ``num_steps`` also checks a sequence's length."""
+        if not isinstance(data, dict):
+            raise ValueError(f"a plan must be a JSON object, got {type(data).__name__}")
+        unknown = sorted(set(data) - {"version", "num_models", "names", "fractions", "sequence"})
+        if unknown:
+            raise ValueError(f"unknown plan field(s) {unknown}")
+        if data.get("version") != PLAN_VERSION:
+            raise ValueError(f"version must be {PLAN_VERSION}, got {data.get('version')!r}")
+        num_models = _check_count(data.get("num_models"), "num_models", 1)
+        names = data.get("names")
+        if names is not None and not isinstance(names, list):
+            raise ValueError(f"names must be a list of strings, got {names!r}")
+        if ("fractions" in data) == ("sequence" in data):
+            raise ValueError("a plan needs exactly one of the fields fractions and sequence")
+        if "fractions" in data:
+            fractions = data["fractions"]
+            if not isinstance(fractions, list) or len(fractions) != num_models:
+                raise ValueError(f"fractions must be a list of {num_models} numbers (num_models), got {fractions!r}")
+            if any(isinstance(f, (bool, str)) for f in fractions):
+                raise ValueError(f"fractions must be numbers, got {fractions!r}")
+            plan = cls(tuple(fractions), names=names)
+        else:
+            sequence = data["sequence"]
+            if not isinstance(sequence, list):
+                raise ValueError(f"sequence must be a list of model indices, got {sequence!r}")
+            plan = cls.from_sequence(sequence, num_models, names)
+        if num_steps is not None and plan.sequence is not None:
+            if len(plan.sequence) != num_steps:
+                raise ValueError(f"sequence has {len(plan.sequence)} steps, but num_steps is {num_steps}")
+        return plan
+
+    @classmethod
+    def from_json(cls, text: str, num_steps: int | None = None) -> Plan:
+        try:
+            data = json.loads(text)
+        except (json.JSONDecodeError, TypeError) as error:
+            raise ValueError(f"plan is not valid JSON: {error}") from None
+        return cls.from_dict(data, num_steps)
+
+
+def save_plan(plan: Plan, path: str | os.PathLike) -> Path:
+    """Write ``plan`` as JSON to ``path`` (atomically; an existing file is never overwritten)."""
+    from .utils import atomic_write
+
+    path = Path(path)
+    if path.exists():
+        raise FileExistsError(f"path {path} exists; not overwriting it")
+    return atomic_write(path, lambda tmp: tmp.write_text(json.dumps(plan.to_dict(), indent=2) + "\n"))
+
+
+def load_plan(path: str | os.PathLike, num_steps: int | None = None) -> Plan:
+    """Read a plan written by :func:`save_plan` (``num_steps`` also checks a per-step plan's length)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"plan file {path} does not exist")
+    try:
+        return Plan.from_json(path.read_text(), num_steps)
+    except ValueError as error:
+        raise ValueError(f"{path}: {error}") from None
 
 
 def model_index_for_timestep(fractions: Sequence[float], t: int, num_train_timesteps: int) -> int:

@@ -1,212 +1,77 @@
 # Copyright 2026 The tstitch authors. Licensed under the Apache License, Version 2.0.
-"""The stitched denoiser and ``stitch()`` / ``unstitch()`` for diffusers pipelines.
+"""Trajectory stitching for diffusers pipelines (``stitch`` / ``unstitch``) and bare denoisers.
 
-A :class:`StitchedDenoiser` stands in for a pipeline's ``transformer`` or ``unet``. It holds every model
-of the stitch (smallest first, the pipeline's own model last) and, at each call, runs the model that the
-:class:`~tstitch.plan.Plan` assigns to the current *scheduler step*.
+A :class:`StitchedDenoiser` holds every model of a stitch (smallest first, the large model last) and, at each
+call, runs the model that its :class:`~tstitch.plan.Plan` assigns to the current *scheduler step*, counted on
+the scheduler by :class:`~tstitch.stepcount.StepCounter`.
 
-The current step is counted on the scheduler itself: ``set_timesteps`` resets the count, ``set_begin_index``
-moves it, and every ``step()`` call advances it. A second-order scheduler (Heun, KDPM2) calls ``step()``
-twice per step (``scheduler.order == 2``), so the model can only change between whole steps; extra
-denoiser calls within a step (classifier-free guidance as two calls, ControlNet) see the same model because
-nothing is counted per call.
+``stitch(pipe, ...)`` leaves the pipeline's own ``transformer``/``unet`` in place and hooks its ``forward``: while
+a run of the pipeline is under way, the hook routes each call to the model of the current step (the large
+model's own forward, or a small model beside it); other calls run the large model unchanged. The small
+models are not submodules of the large one, so ``save_pretrained``, LoRA loading, CPU offload and diffusers'
+cache hooks see the large model exactly as without stitching. The hook is a plain
+forward wrapper rather than a ``diffusers.hooks.HookRegistry`` hook: model CPU offload re-installs
+accelerate's hook on the large model after every pipeline call, which resets ``forward`` and would drop a
+registry hook; the wrapper is placed under accelerate's hook (``_old_forward``) when there is one, and so
+survives. ``unstitch`` removes it and leaves the model as it was.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
-import math
 import time
 import weakref
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
+from .compat import check_compatible
 from .plan import Plan, is_scalar
+from .stepcount import StepCounter, StitchRecord, num_steps_of
 
-__all__ = ["StitchedDenoiser", "StitchRecord", "stitch", "unstitch", "get_record", "DENOISER_NAMES"]
+__all__ = [
+    "StitchedDenoiser", "StitchRecord", "stitch", "unstitch", "get_record", "get_stitch", "check_compatible",
+    "DENOISER_NAMES", "as_plan", "suspended",
+]
 
 #: Pipeline attributes that hold the denoiser, in the order they are looked up.
 DENOISER_NAMES = ("transformer", "unet")
 
-#: Config fields that must agree between stitched models (compared when both configs have them).
-COMPATIBLE_FIELDS = (
-    ("in_channels", "latent channels"),
-    ("out_channels", "output channels (learned sigma)"),
-    ("sample_size", "sample size"),
-    ("num_embeds_ada_norm", "class count"),
-    ("num_class_embeds", "class count"),
-    ("cross_attention_dim", "cross-attention width"),
-    ("joint_attention_dim", "cross-attention width"),
-    ("caption_channels", "cross-attention width"),
-    ("pooled_projection_dim", "pooled text width"),
-    ("encoder_hid_dim", "text projection width"),
-    ("addition_embed_type", "added conditioning"),
-    ("addition_time_embed_dim", "added conditioning"),
-    ("projection_class_embeddings_input_dim", "added conditioning"),
-    ("time_cond_proj_dim", "guidance embedding"),
-    ("prediction_type", "prediction type"),
-)
+_STITCH_ATTR = "_tstitch_stitch"  # on a stitched pipeline: its StitchedDenoiser
+_HOOK_ATTR = "_tstitch_hook"  # on a hooked large model: its _StitchForward
 
 
-@dataclass
-class StitchRecord:
-    """What happened during the last sampling run of a stitched denoiser.
-
-    ``calls`` holds one ``(step, model_index)`` pair per denoiser call, in order; ``seconds`` and
-    ``num_calls`` are per model. Times are wall-clock around each call; on CUDA they only mean something
-    when the denoiser was built with ``sync_timing=True``.
-    """
-
-    model_names: list[str]
-    num_steps: int = 0
-    calls: list[tuple[int, int]] = field(default_factory=list)
-    seconds: list[float] = field(default_factory=list)
-    num_calls: list[int] = field(default_factory=list)
-    _timesteps: Any = None  # the scheduler's timesteps of this run, read lazily (no device sync per call)
-    _call_positions: list[int] = field(default_factory=list)
-
-    def reset(self, num_steps: int, timesteps: Any) -> None:
-        self.num_steps = num_steps
-        self.calls.clear()
-        self._call_positions.clear()
-        self.seconds = [0.0] * len(self.model_names)
-        self.num_calls = [0] * len(self.model_names)
-        self._timesteps = timesteps
-
-    def add(self, step: int, position: int, model_index: int, seconds: float) -> None:
-        self.calls.append((step, model_index))
-        self._call_positions.append(position)
-        self.seconds[model_index] += seconds
-        self.num_calls[model_index] += 1
-
-    @property
-    def timesteps(self) -> list[float]:
-        """The scheduler timestep of each call (``nan`` where the scheduler had none)."""
-        if self._timesteps is None:
-            return [math.nan] * len(self.calls)
-        values = torch.as_tensor(self._timesteps).detach().cpu().tolist()
-        return [values[p] if p < len(values) else math.nan for p in self._call_positions]
-
-    def model_per_step(self) -> list[int]:
-        """The model index of each scheduler step that ran (the first call of the step decides)."""
-        per_step: dict[int, int] = {}
-        for step, model_index in self.calls:
-            per_step.setdefault(step, model_index)
-        return [per_step[s] for s in sorted(per_step)]
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "model_names": list(self.model_names),
-            "num_steps": self.num_steps,
-            "model_per_step": self.model_per_step(),
-            "calls": [
-                {"step": s, "timestep": t, "model": m}
-                for (s, m), t in zip(self.calls, self.timesteps, strict=True)
-            ],
-            "seconds": list(self.seconds),
-            "num_calls": list(self.num_calls),
-        }
-
-
-class _StepCounter:
-    """Counts the ``step()`` calls of one scheduler instance.
-
-    Three of the scheduler's methods are wrapped once per scheduler, however many counters listen to it
-    (stitched pipelines may share one scheduler), and the originals come back when the last counter
-    detaches: one counter detaching never silences another.
-    """
-
-    _HOOKED = ("set_timesteps", "set_begin_index", "step")
-
-    def __init__(self) -> None:
-        self.scheduler: Any = None
-        self.calls = 0
-        #: a new run began (``set_timesteps`` or a new scheduler): the next denoiser call resets the record
-        self.new_run = False
-
-    def attach(self, scheduler: Any) -> None:
-        if scheduler is self.scheduler:
-            return
-        self.detach()
-        self.scheduler = scheduler
-        # A scheduler swapped in after stitch() is picked up at the first call of a run: its step state
-        # says where the run stands (schedulers that track it), else the run is at its beginning.
-        step_index = getattr(scheduler, "_step_index", None)
-        begin_index = getattr(scheduler, "_begin_index", None)
-        self.calls = step_index if step_index is not None else (begin_index or 0)
-        self.new_run = True
-        counters = scheduler.__dict__.get(_COUNTERS)
-        if counters is None:
-            counters, saved = [], {}
-            for name in self._HOOKED:
-                original = getattr(scheduler, name, None)
-                if original is None:
-                    continue
-                saved[name] = scheduler.__dict__.get(name, _MISSING)
-                setattr(scheduler, name, _hooked(scheduler, name, original))
-            scheduler.__dict__[_SAVED] = saved
-            scheduler.__dict__[_COUNTERS] = counters
-        counters.append(self)
-
-    def notify(self, name: str, args: tuple, kwargs: dict) -> None:
-        if name == "step":
-            self.calls += 1
-        elif name == "set_timesteps":
-            self.calls = 0
-            self.new_run = True
-        else:  # set_begin_index(begin_index=0)
-            self.calls = args[0] if args else kwargs.get("begin_index", 0)
-
-    def detach(self) -> None:
-        scheduler = self.scheduler
-        if scheduler is not None:
-            counters = scheduler.__dict__.get(_COUNTERS, [])
-            counters[:] = [counter for counter in counters if counter is not self]
-            if not counters:
-                for name, saved in scheduler.__dict__.pop(_SAVED, {}).items():
-                    if saved is _MISSING:
-                        scheduler.__dict__.pop(name, None)
-                    else:
-                        setattr(scheduler, name, saved)
-                scheduler.__dict__.pop(_COUNTERS, None)
-        self.scheduler = None
-
-
-def _hooked(scheduler: Any, name: str, original: Callable) -> Callable:
-    """``original`` (a method of ``scheduler``), telling every counter attached to ``scheduler``."""
-
-    @functools.wraps(original)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        result = original(*args, **kwargs)
-        for counter in list(scheduler.__dict__.get(_COUNTERS, ())):
-            counter.notify(name, args, kwargs)
-        return result
-
-    return wrapper
-
-
-_COUNTERS = "_tstitch_counters"  # on a hooked scheduler: the step counters attached to it
-_SAVED = "_tstitch_saved"  # on a hooked scheduler: its hooked attributes as they were before
-_MISSING = object()
-
-
-def _num_steps(scheduler: Any) -> int:
-    """Number of solver steps of the scheduler's current run."""
-    num = getattr(scheduler, "num_inference_steps", None)
-    if num:
-        return int(num)
-    timesteps = getattr(scheduler, "timesteps", None)
-    order = getattr(scheduler, "order", 1) or 1
-    return math.ceil(len(timesteps) / order) if timesteps is not None else 0
+def as_plan(plan_or_fractions: Plan | float | Sequence[float], num_models: int) -> Plan:
+    """A :class:`Plan` for ``num_models`` models from a plan or the small models' fractions."""
+    if isinstance(plan_or_fractions, Plan):
+        plan = plan_or_fractions
+        if plan.num_models != num_models and plan.is_sequence:
+            raise ValueError(f"{num_models} models but the plan {plan} is for {plan.num_models} models")
+        if plan.num_models != num_models:
+            raise ValueError(f"{num_models} models but {plan.num_models} fractions in the plan {plan}")
+        return plan
+    fractions = plan_or_fractions
+    if is_scalar(fractions):
+        if num_models != 2:
+            raise ValueError(f"got {num_models - 1} models and a single fraction; give a list of fractions")
+    elif len(fractions) != num_models - 1:
+        raise ValueError(f"got {num_models - 1} models but {len(fractions)} fractions; give one per model")
+    return Plan.from_small_fractions(fractions)
 
 
 def _model_name(model: nn.Module, index: int) -> str:
     return getattr(model, "_tstitch_name", None) or f"{type(model).__name__}[{index}]"
+
+
+def _first_tensor(args: tuple, kwargs: dict) -> torch.Tensor | None:
+    for value in (*args, *kwargs.values()):
+        if isinstance(value, torch.Tensor):
+            return value
+    return None
 
 
 class StitchedDenoiser(nn.Module):
@@ -214,40 +79,44 @@ class StitchedDenoiser(nn.Module):
 
     Args:
         models: the denoisers, ordered by use: smallest first, the large model last.
-        schedule: the share of the steps of each model (a :class:`Plan`).
+        plan: a :class:`Plan` (or the small models' fractions) saying which model runs each step.
         sync_timing: synchronize CUDA around each call so that the per-model times in :attr:`record`
             are real (costs a little speed; off by default).
 
-    The scheduler whose steps are counted is given by :meth:`bind`: a scheduler, or a callable returning
-    one (``stitch()`` passes the pipeline's current ``scheduler``, so swapping schedulers keeps working).
-    Attributes not found here (``config``, ``dtype``, ``add_embedding``, LoRA methods ...) are the large
-    model's.
+    Called directly, it is a bare denoiser for a sampling loop of your own (:func:`tstitch.sample`); the
+    scheduler whose steps are counted is given by :meth:`bind`. In a pipeline, :func:`stitch` makes one and
+    hooks it onto the large model. Attributes not found here (``config``, ``dtype``, ...) are the large model's.
+    Not thread-safe: a call from a second thread during a run raises ``RuntimeError``.
     """
 
-    def __init__(self, models: Sequence[nn.Module], schedule: Plan, sync_timing: bool = False):
+    def __init__(self, models: Sequence[nn.Module], plan: Plan | float | Sequence[float], sync_timing: bool = False):
         super().__init__()
-        if len(models) != schedule.num_models:
-            raise ValueError(f"{len(models)} models but {schedule.num_models} fractions in the schedule")
+        plan = as_plan(plan, len(models))
         self.models = nn.ModuleList(models)
-        self.schedule = schedule
+        self.plan = plan
         self.sync_timing = sync_timing
         #: Optional ``before_call(model_index)``, called before each model call, outside the timed part (for
         #: example to move that model onto the GPU: :func:`tstitch.fastpaths.enable_offload`).
         self.before_call: Callable[[int], None] | None = None
         self.record = StitchRecord([_model_name(m, i) for i, m in enumerate(models)])
-        self._counter = _StepCounter()
+        self._counter = StepCounter()
         self._scheduler_source: Callable[[], Any] | None = None
         self._previous_bindings: list[Any] = []  # what each bind() replaced, for unbind() to restore
+        self._large_forward: Callable | None = None  # set while hooked on the large model: its own forward
         # Expose the large model's forward signature (pipelines inspect it) on a per-instance forward.
         forward = functools.partial(StitchedDenoiser._dispatch, self)
         forward = functools.update_wrapper(forward, type(models[-1]).forward)
         forward.__signature__ = inspect.signature(models[-1].forward)
         self.forward = forward
 
-    # -- the pipeline-facing surface ------------------------------------------------------------
     @property
     def large(self) -> nn.Module:
         return self.models[-1]
+
+    @property
+    def schedule(self) -> Plan:
+        """The old name of :attr:`plan`."""
+        return self.plan
 
     @property
     def config(self) -> Any:
@@ -300,8 +169,11 @@ class StitchedDenoiser(nn.Module):
         self._previous_bindings.clear()
         self.unbind()
 
-    def _on_new_run(self, scheduler: Any) -> None:
-        self.record.reset(_num_steps(scheduler), getattr(scheduler, "timesteps", None))
+    def _in_run(self) -> bool:
+        """Whether a run of the bound scheduler is under way (a hooked stitch routes calls only then)."""
+        if self._scheduler_source is not None:
+            self._counter.attach(self._scheduler_source())
+        return self._counter.scheduler is not None and self._counter.in_run
 
     def current_model_index(self) -> tuple[int, int, int]:
         """``(model_index, step, position)`` for a call made now."""
@@ -310,91 +182,228 @@ class StitchedDenoiser(nn.Module):
         scheduler = self._counter.scheduler
         if scheduler is None:
             raise RuntimeError("StitchedDenoiser is not bound to a scheduler: call bind(scheduler) first")
+        self._counter.check_thread()
         if self._counter.new_run:
             # The record is reset at the first call of a run rather than in set_timesteps, so that a run of
             # another pipeline sharing this scheduler leaves this denoiser's record alone.
+            num_steps = num_steps_of(scheduler)
+            self.plan.model_index(0, num_steps)  # a per-step plan for another step count raises here
             self._counter.new_run = False
-            self._on_new_run(scheduler)
+            self.record.reset(num_steps, getattr(scheduler, "timesteps", None))
         position = self._counter.calls
         order = getattr(scheduler, "order", 1) or 1
         step = position // order
-        return self.schedule.model_index(step, self.record.num_steps), step, position
+        return self.plan.model_index(step, self.record.num_steps), step, position
 
+    # The routing runs outside torch.compile: a compiled large model traces its forward, which is the stitch
+    # hook; only the model calls themselves are traced, so the routing never causes a recompilation.
+    @torch.compiler.disable(recursive=False)
     def _dispatch(self, *args: Any, **kwargs: Any) -> Any:
+        call = self._begin_call(args, kwargs)
+        output = call(*args, **kwargs)
+        self._end_call()
+        return output
+
+    @torch.compiler.disable
+    def _begin_call(self, args: tuple, kwargs: dict) -> Callable:
         index, step, position = self.current_model_index()
         model = self.models[index]
         if self.before_call is not None:
             self.before_call(index)
-        sync = self.sync_timing and self.large.device.type == "cuda"
-        if sync:
+        if self._large_forward is not None and index == len(self.models) - 1:
+            call = self._large_forward  # hooked: the large model's own forward, under the hook
+        else:
+            call = model
+            if self._large_forward is not None:
+                _follow(model, self.large, _first_tensor(args, kwargs))
+        if self.sync_timing and self.large.device.type == "cuda":
             torch.cuda.synchronize()
-        start = time.perf_counter()
-        output = model(*args, **kwargs)
-        if sync:
+        self._call_state = (index, step, position, time.perf_counter())
+        return call
+
+    @torch.compiler.disable
+    def _end_call(self) -> None:
+        index, step, position, start = self._call_state
+        if self.sync_timing and self.large.device.type == "cuda":
             torch.cuda.synchronize()
+        self._counter.check_thread()  # a run started by another thread meanwhile must not get this call
         self.record.add(step, position, index, time.perf_counter() - start)
-        return output
 
     def extra_repr(self) -> str:
-        return f"schedule={self.schedule}"
+        return f"plan={self.plan}"
 
 
-# -- stitch() / unstitch() ----------------------------------------------------------------------------
+def _follow(small: nn.Module, large: nn.Module, sample: torch.Tensor | None) -> None:
+    """Move a hooked stitch's small model to where the call runs and to the large model's dtype.
+
+    The small models are not part of the pipeline, so ``pipe.to(...)`` and offloading move only the large one.
+    """
+    param = next(small.parameters(), None)
+    large_param = next(large.parameters(), None)
+    if param is None or large_param is None:
+        return
+    device = sample.device if sample is not None else large_param.device
+    if param.device != device or param.dtype != large_param.dtype:
+        small.to(device=device, dtype=large_param.dtype)
+
+
+# -- checks ---------------------------------------------------------------------------------------------------
 
 
 def _find_denoiser(pipe: Any) -> tuple[str, nn.Module]:
+    """``(attribute, denoiser)`` of a pipeline: its model, or the model's :class:`StitchedDenoiser` if stitched."""
     for name in DENOISER_NAMES:
         model = getattr(pipe, name, None)
         if isinstance(model, nn.Module):
-            return name, model
+            return name, vars(pipe).get(_STITCH_ATTR, model)
     raise ValueError(
         f"{type(pipe).__name__} has no denoiser to stitch: expected a torch module in one of the "
         f"attributes {', '.join(DENOISER_NAMES)}"
     )
 
 
-def _config_value(model: nn.Module, key: str) -> Any:
-    value = getattr(model, "config", {}).get(key, _MISSING) if hasattr(model, "config") else _MISSING
-    if key in ("in_channels", "out_channels") and isinstance(model.__dict__.get(key), int):
-        return model.__dict__[key]  # the effective value (DiT stores out_channels=None in its config)
-    return value
-
-
 def _as_model(candidate: Any, position: str) -> tuple[nn.Module, Any]:
     """A model, or the denoiser and scheduler of a pipeline."""
     if isinstance(candidate, StitchedDenoiser):
         raise ValueError(f"{position} is itself a stitched denoiser; pass the plain model")
+    if isinstance(candidate, nn.Module) and _HOOK_ATTR in vars(candidate):
+        raise ValueError(f"{position} is the model of a stitched pipeline; unstitch that pipeline first")
     if isinstance(candidate, nn.Module):
         return candidate, None
     if hasattr(candidate, "components"):
         _, model = _find_denoiser(candidate)
+        if isinstance(model, StitchedDenoiser):
+            raise ValueError(f"{position} is a stitched pipeline; unstitch it first")
         return model, getattr(candidate, "scheduler", None)
     raise ValueError(
         f"{position} must be a torch module or a diffusers pipeline, got {type(candidate).__name__}"
     )
 
 
-def check_compatible(large: nn.Module, small: nn.Module, name: str = "small model") -> None:
-    """Raise ``ValueError`` naming the first config field where ``small`` cannot stand in for ``large``."""
-    for key, meaning in COMPATIBLE_FIELDS:
-        want, got = _config_value(large, key), _config_value(small, key)
-        if want is _MISSING or got is _MISSING:
-            continue
-        if isinstance(want, list):
-            want = tuple(want)
-        if isinstance(got, list):
-            got = tuple(got)
-        if want != got:
-            raise ValueError(
-                f"{name} does not match the pipeline's model: its {meaning} (config.{key}) is {got!r}, "
-                f"the pipeline's is {want!r}"
+# -- the hook on the large model ------------------------------------------------------------------------------
+
+
+class _StitchForward:
+    """The large model's ``forward`` while stitched: routes each call through the stitch whose run is under way.
+
+    Several pipelines may stitch the same model object (each with its own scheduler). A call made while none of
+    their runs is under way (another pipeline sharing the model, a direct call) runs the large model unchanged.
+    """
+
+    def __init__(self, inner: Callable):
+        self.inner = inner
+        self.denoisers: list[StitchedDenoiser] = []
+        functools.update_wrapper(self, inner)  # the large model's signature, for pipelines that inspect it
+
+    @torch.compiler.disable(recursive=False)
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        running = self._running()
+        return running._dispatch(*args, **kwargs) if running is not None else self.inner(*args, **kwargs)
+
+    @torch.compiler.disable
+    def _running(self) -> StitchedDenoiser | None:
+        running = [denoiser for denoiser in self.denoisers if denoiser._in_run()]
+        if len(running) > 1:
+            raise RuntimeError(
+                f"{len(running)} stitched pipelines share this model and are all in the middle of a run (they "
+                "share a scheduler object, or run in several threads): give each pipeline its own scheduler"
             )
+        return running[0] if running else None
+
+    def __deepcopy__(self, memo: dict) -> Any:
+        raise RuntimeError(
+            "a stitched pipeline (or its stitched model) cannot be deep-copied: call tstitch.unstitch(pipe) "
+            "first, copy it, then stitch the original and the copy"
+        )
+
+    def __reduce__(self) -> Any:
+        raise RuntimeError("a stitched model cannot be pickled: call tstitch.unstitch(pipe) first")
+
+
+def _install(large: nn.Module, hook: _StitchForward | None = None) -> _StitchForward:
+    """Put a stitch hook (``hook``, or a new one) on ``large``; the one already there is returned as is."""
+    if _HOOK_ATTR in vars(large):
+        return vars(large)[_HOOK_ATTR]
+    # Under accelerate's hook when there is one: it calls ``_old_forward`` and restores it when removed.
+    attr = "_old_forward" if "_hf_hook" in vars(large) and "_old_forward" in vars(large) else "forward"
+    if hook is None:
+        hook = _StitchForward(getattr(large, attr))
+    else:
+        hook.inner = getattr(large, attr)
+    for denoiser in hook.denoisers:
+        denoiser._large_forward = hook.inner
+    object.__setattr__(large, attr, hook)
+    object.__setattr__(large, _HOOK_ATTR, hook)
+    return hook
+
+
+def _uninstall(large: nn.Module) -> _StitchForward | None:
+    """Take the stitch hook out of ``large``'s forward chain, wherever later hooks left it."""
+    hook = vars(large).pop(_HOOK_ATTR, None)
+    if hook is None:
+        return None
+    for denoiser in hook.denoisers:
+        denoiser._large_forward = None
+    inner = hook.inner
+    for attr in ("forward", "_old_forward"):
+        if vars(large).get(attr) is hook:
+            if attr == "forward" and getattr(inner, "__self__", None) is large and (
+                getattr(inner, "__func__", None) is type(large).forward
+            ):
+                del large.__dict__["forward"]  # back to the class's forward: the module as it was
+            else:
+                object.__setattr__(large, attr, inner)
+            return hook
+    registry = vars(large).get("_diffusers_hook")  # a diffusers hook registered on top of the stitch
+    for ref in getattr(registry, "_fn_refs", ()):
+        for field_name in ("forward", "original_forward"):
+            if getattr(ref, field_name, None) is hook:
+                setattr(ref, field_name, inner)
+                return hook
+    return hook
+
+
+@contextlib.contextmanager
+def suspended(pipe_or_model: Any) -> Iterator[StitchedDenoiser]:
+    """Within the block, the stitched model runs alone, as if unstitched; the same stitch comes back after it."""
+    denoiser = get_stitch(pipe_or_model)
+    large = denoiser.large
+    hook = _uninstall(large)
+    try:
+        yield denoiser
+    finally:
+        if hook is not None:
+            _install(large, hook)
+
+
+def get_stitch(pipe_or_model: Any) -> StitchedDenoiser:
+    """The :class:`StitchedDenoiser` of a stitched pipeline or model (or the denoiser itself)."""
+    if isinstance(pipe_or_model, StitchedDenoiser):
+        return pipe_or_model
+    denoiser = vars(pipe_or_model).get(_STITCH_ATTR) if hasattr(pipe_or_model, "__dict__") else None
+    if isinstance(denoiser, StitchedDenoiser):
+        return denoiser
+    hook = vars(pipe_or_model).get(_HOOK_ATTR) if isinstance(pipe_or_model, nn.Module) else None
+    if hook is not None and hook.denoisers:
+        return hook.denoisers[-1]  # the latest stitch of this model
+    for name in DENOISER_NAMES:  # a stitched denoiser put into a pipeline by hand
+        if isinstance(getattr(pipe_or_model, name, None), StitchedDenoiser):
+            return getattr(pipe_or_model, name)
+    raise ValueError(f"{type(pipe_or_model).__name__} is not stitched")
+
+
+def get_record(pipe_or_denoiser: Any) -> StitchRecord:
+    """The :class:`StitchRecord` of the last run of a stitched pipeline or denoiser."""
+    return get_stitch(pipe_or_denoiser).record
+
+
+# -- stitch() / unstitch() ----------------------------------------------------------------------------
 
 
 def stitch(
     pipe: Any,
     models: Any,
-    fractions: float | Sequence[float],
+    plan: Plan | float | Sequence[float],
     *,
     sync_timing: bool = False,
 ) -> Any:
@@ -403,33 +412,28 @@ def stitch(
     Args:
         pipe: a diffusers pipeline with a ``transformer`` or ``unet``.
         models: one model (or pipeline) or a list ordered by use, smallest first. The pipeline's own
-            denoiser is always the last model and takes the remaining share of the steps.
-        fractions: each model's share of the denoiser steps: a float for one model, else one per model.
-            With ``N`` steps, the first ``floor(fraction * N + 1e-6)`` steps run the first model, and so on
-            (cumulatively) for the next ones.
+            denoiser is always the last model.
+        plan: a :class:`Plan` over all the models (the pipeline's last), or each small model's share of the
+            steps: a float for one model, else one per model. With ``N`` steps, the first
+            ``floor(fraction * N + 1e-6)`` steps run the first model, and so on (cumulatively).
         sync_timing: see :class:`StitchedDenoiser`.
 
-    Stitching a stitched pipeline re-stitches it around its original model. Bad input raises
-    ``ValueError`` before anything is changed.
+    ``pipe.transformer`` (or ``pipe.unet``) stays the same object. Stitching a stitched pipeline replaces
+    its stitch. Bad input raises ``ValueError`` before anything is changed.
     """
-    name, current = _find_denoiser(pipe)
-    large = current.large if isinstance(current, StitchedDenoiser) else current
-
+    name, large = _find_denoiser(pipe)
+    if isinstance(large, StitchedDenoiser):  # stitched already (or put there by hand): around its large model
+        large = large.large
     small_list = list(models) if isinstance(models, (list, tuple)) else [models]
-    if not is_scalar(fractions):
-        if len(fractions) != len(small_list):
-            raise ValueError(
-                f"got {len(small_list)} models but {len(fractions)} fractions; give one per model"
-            )
-    elif len(small_list) != 1:
-        raise ValueError(f"got {len(small_list)} models and a single fraction; give a list of fractions")
-    schedule = Plan.from_small_fractions(fractions)
+    plan = as_plan(plan, len(small_list) + 1)
 
     pipe_prediction = getattr(getattr(pipe, "scheduler", None), "config", {}).get("prediction_type")
     resolved = []
     for i, candidate in enumerate(small_list):
         label = f"models[{i}]"
         model, scheduler = _as_model(candidate, label)
+        if model is large:
+            raise ValueError(f"{label} is the pipeline's own {name}; pass the small models only")
         check_compatible(large, model, label)
         small_prediction = getattr(scheduler, "config", {}).get("prediction_type") if scheduler else None
         if pipe_prediction and small_prediction and small_prediction != pipe_prediction:
@@ -440,35 +444,39 @@ def stitch(
         resolved.append(model)
 
     # Validation is over: from here on the pipeline changes.
+    unstitch(pipe)
     for model in resolved:
-        if model is not large and (model.dtype != large.dtype or model.device != large.device):
+        if model.dtype != large.dtype or model.device != large.device:
             model.to(device=large.device, dtype=large.dtype)
-    if isinstance(current, StitchedDenoiser):
-        current._release()
-    denoiser = StitchedDenoiser([*resolved, large], schedule, sync_timing=sync_timing)
+    denoiser = StitchedDenoiser([*resolved, large], plan, sync_timing=sync_timing)
     pipe_ref = weakref.ref(pipe)
     denoiser.bind(lambda: pipe_ref().scheduler)
-    # Bypass DiffusionPipeline.__setattr__, which would rewrite the pipeline's config for the new class.
-    object.__setattr__(pipe, name, denoiser)
+    if getattr(pipe, "scheduler", None) is not None:
+        denoiser._counter.attach(pipe.scheduler)  # now, to see the pipeline's next run begin
+        denoiser._counter.in_run = False
+    if getattr(pipe, name) is not large:
+        object.__setattr__(pipe, name, large)  # bypass DiffusionPipeline.__setattr__ (it rewrites the config)
+    object.__setattr__(pipe, _STITCH_ATTR, denoiser)
+    hook = _install(large)
+    hook.denoisers.append(denoiser)
+    denoiser._large_forward = hook.inner
     return pipe
 
 
 def unstitch(pipe: Any) -> Any:
-    """Put the pipeline's original denoiser back (a no-op on a pipeline that is not stitched)."""
+    """Remove the stitch: the pipeline and its model are as before (a no-op on a pipeline that is not stitched)."""
     for name in DENOISER_NAMES:
-        current = getattr(pipe, name, None)
-        if isinstance(current, StitchedDenoiser):
-            current._release()
-            object.__setattr__(pipe, name, current.large)
+        model = getattr(pipe, name, None)
+        if isinstance(model, StitchedDenoiser):  # put into the pipeline by hand
+            model._release()
+            object.__setattr__(pipe, name, model.large)
+    denoiser = vars(pipe).pop(_STITCH_ATTR, None)
+    if denoiser is not None:
+        denoiser._release()
+        denoiser._large_forward = None
+        hook = vars(denoiser.large).get(_HOOK_ATTR)
+        if hook is not None:
+            hook.denoisers = [d for d in hook.denoisers if d is not denoiser]
+            if not hook.denoisers:
+                _uninstall(denoiser.large)
     return pipe
-
-
-def get_record(pipe_or_denoiser: Any) -> StitchRecord:
-    """The :class:`StitchRecord` of the last run of a stitched pipeline or denoiser."""
-    if isinstance(pipe_or_denoiser, StitchedDenoiser):
-        return pipe_or_denoiser.record
-    for name in DENOISER_NAMES:
-        current = getattr(pipe_or_denoiser, name, None)
-        if isinstance(current, StitchedDenoiser):
-            return current.record
-    raise ValueError(f"{type(pipe_or_denoiser).__name__} is not stitched")

@@ -28,8 +28,7 @@ import torch
 from torch import nn
 
 from ..sampling.timing import Stopwatch
-from ..stitcher import StitchedDenoiser
-from .families import denoiser_of
+from ..stitcher import StitchedDenoiser, get_stitch
 
 logger = logging.getLogger(__name__)
 
@@ -212,12 +211,11 @@ class OffloadSwitch:
 
 
 def _stitched_denoiser(target: Any) -> StitchedDenoiser:
-    if isinstance(target, StitchedDenoiser):
-        return target
-    _, denoiser = denoiser_of(target)
-    if not isinstance(denoiser, StitchedDenoiser):
-        raise ValueError(f"{type(target).__name__} is not stitched: call tstitch.stitch() before enable_offload()")
-    return denoiser
+    try:
+        return get_stitch(target)
+    except ValueError:
+        name = type(target).__name__
+        raise ValueError(f"{name} is not stitched: call tstitch.stitch() before enable_offload()") from None
 
 
 def enable_offload(
