@@ -1,16 +1,12 @@
 # Copyright 2026 The tstitch authors. Licensed under the Apache License, Version 2.0.
 """Load CompVis latent-diffusion checkpoints (``.ckpt``) as diffusers models.
 
-A CompVis LDM checkpoint is a PyTorch Lightning file: a dict whose ``state_dict`` holds the U-Net under
-``model.diffusion_model.*``, the class embedder under ``cond_stage_model.embedding.weight``, optionally EMA
-copies under ``model_ema.*`` (the parameter names with their dots removed) and the first stage under
-``first_stage_model.*``. The CompVis ``vq-f8`` first stage (``model.ckpt``) holds ``encoder.*``,
-``decoder.*``, ``quantize.*``, ``quant_conv.*``, ``post_quant_conv.*`` (and ``loss.*``, ignored).
-
-* :func:`load_ldm_checkpoint` returns an :class:`LDMComponents`: a diffusers ``UNet2DConditionModel``,
-  the model's own :class:`ClassEmbedder` (``(B,) -> (B, 1, d)`` context) and, when the file has one,
-  the first stage as a diffusers ``VQModel``.
-* :func:`load_vq_first_stage` loads a first stage alone (``vq-f8/model.ckpt``).
+A CompVis LDM checkpoint is a PyTorch Lightning file whose ``state_dict`` holds the U-Net
+(``model.diffusion_model.*``), the class embedder (``cond_stage_model.embedding.weight``), maybe EMA copies
+(``model_ema.*``, names without dots) and the first stage (``first_stage_model.*``). :func:`load_ldm_checkpoint`
+returns an :class:`LDMComponents`: a diffusers ``UNet2DConditionModel``, the model's own :class:`ClassEmbedder`
+(``(B,) -> (B, 1, d)`` context) and the first stage as a ``VQModel`` if present; :func:`load_vq_first_stage`
+loads ``vq-f8/model.ckpt`` (``encoder.*``, ``decoder.*``, ``quantize.*``, ...; ``loss.*`` is ignored).
 
 The architecture is read from the weight shapes: channels, channel multipliers, residual blocks per
 level, which levels have attention, transformer depth, context width, 1x1-conv or linear projections,
@@ -41,17 +37,9 @@ import torch
 from torch import nn
 
 __all__ = [
-    "ClassEmbedder",
-    "LDMComponents",
-    "load_ldm_checkpoint",
-    "load_vq_first_stage",
-    "read_lightning_state_dict",
-    "extract_unet_state_dict",
-    "infer_ldm_unet_config",
-    "convert_ldm_unet_state_dict",
-    "infer_vq_config",
-    "convert_vq_state_dict",
-    "read_compvis_yaml",
+    "ClassEmbedder", "LDMComponents", "load_ldm_checkpoint", "load_vq_first_stage", "read_lightning_state_dict",
+    "read_compvis_yaml", "extract_unet_state_dict", "infer_ldm_unet_config", "convert_ldm_unet_state_dict",
+    "infer_vq_config", "convert_vq_state_dict",
 ]
 
 logger = logging.getLogger(__name__)
@@ -73,14 +61,6 @@ class ClassEmbedder(nn.Module):
         super().__init__()
         self.embedding = nn.Embedding(num_classes, embed_dim)
 
-    @property
-    def num_classes(self) -> int:
-        return self.embedding.num_embeddings
-
-    @property
-    def embed_dim(self) -> int:
-        return self.embedding.embedding_dim
-
     def forward(self, labels: torch.Tensor) -> torch.Tensor:
         return self.embedding(labels.long().reshape(-1))[:, None, :]
 
@@ -101,9 +81,6 @@ class LDMComponents:
 
 class _Placeholder:
     """Stands in for a pickled Lightning/OmegaConf object: accepts any construction, keeps its state."""
-
-    def __new__(cls, *args: Any, **kwargs: Any):
-        return object.__new__(cls)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self.args = args
@@ -127,10 +104,8 @@ def _load_weights_only(path: Path) -> Any:
         names = []
     foreign = [n for n in names if n.split(".")[0] not in PLACEHOLDER_MODULES]
     if not names or foreign:
-        raise ValueError(
-            f"{path}: the checkpoint holds Python objects that safe loading (weights_only=True) refuses "
-            f"({', '.join(foreign or names) or first_error}); re-save just the state dict."
-        ) from first_error
+        raise ValueError(f"{path}: the checkpoint holds Python objects that safe loading (weights_only=True) "
+                         f"refuses ({', '.join(foreign or names) or first_error}); re-save just the state dict.")
     stand_ins = [(type(n.rsplit(".", 1)[-1], (_Placeholder,), {}), n) for n in names]
     logger.info("%s: %d Lightning/OmegaConf objects read as inert placeholders", path, len(names))
     with torch.serialization.safe_globals(stand_ins):
@@ -141,11 +116,8 @@ def _load_weights_only(path: Path) -> Any:
 
 
 def read_lightning_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """The tensors of a Lightning ``.ckpt`` (its ``state_dict``) or of a plain state dict file.
-
-    Raises ``FileNotFoundError`` for a missing file and ``ValueError`` for unreadable files, files that
-    pickle code, and files with no tensors.
-    """
+    """The tensors of a Lightning ``.ckpt`` (its ``state_dict``) or of a plain state dict file (``ValueError``
+    for unreadable files, pickled code, no tensors; ``FileNotFoundError`` for a missing file)."""
     path = Path(path).expanduser()
     if not path.is_file():
         raise FileNotFoundError(f"LDM checkpoint {str(path)!r} not found: no such file")
@@ -184,9 +156,8 @@ def read_compvis_yaml(path: str | os.PathLike) -> dict[str, Any]:
 # -- U-Net: EMA, shapes, keys ------------------------------------------------------------------------------
 
 
-def extract_unet_state_dict(
-    sd: Mapping[str, torch.Tensor], *, ema: bool | None = None, where: str = "checkpoint"
-) -> tuple[dict[str, torch.Tensor], bool]:
+def extract_unet_state_dict(sd: Mapping[str, torch.Tensor], *, ema: bool | None = None,
+                            where: str = "checkpoint") -> tuple[dict[str, torch.Tensor], bool]:
     """The U-Net's weights (CompVis names, prefix removed) and whether they are the EMA copies.
 
     ``ema=None`` prefers ``model_ema.*`` when present (as the published samplers use them), ``True``
@@ -205,9 +176,7 @@ def extract_unet_state_dict(
     flat = {EMA_PREFIX + ("diffusion_model." + k).replace(".", ""): k for k in unet}
     missing = [name for name in flat if name not in sd]
     if missing:
-        raise ValueError(
-            f"{where}: EMA weights are incomplete; missing {', '.join(missing[:6])} ({len(missing)} in all)"
-        )
+        raise ValueError(f"{where}: EMA weights are incomplete; missing {_some(missing)}")
     logger.info("%s: using the EMA weights (model_ema.*) of the U-Net", where)
     return {k: sd[name] for name, k in flat.items()}, True
 
@@ -238,14 +207,8 @@ def _parse_levels(sd: Mapping[str, torch.Tensor], where: str) -> list[list[tuple
     return levels
 
 
-def infer_ldm_unet_config(
-    sd: Mapping[str, torch.Tensor],
-    *,
-    num_head_channels: int | None = None,
-    num_heads: int | None = None,
-    sample_size: int = 32,
-    where: str = "U-Net",
-) -> dict[str, Any]:
+def infer_ldm_unet_config(sd: Mapping[str, torch.Tensor], *, num_head_channels: int | None = None,
+                          num_heads: int | None = None, sample_size: int = 32, where: str = "U-Net") -> dict[str, Any]:
     """``UNet2DConditionModel`` config for a CompVis ``openaimodel.UNetModel`` state dict (no prefix).
 
     Heads: ``num_head_channels`` (channels per head, default 32 as published) or ``num_heads`` (a fixed
@@ -268,52 +231,33 @@ def infer_ldm_unet_config(
     expected_out = len(levels) * (per_level.pop() + 1)
     if len(_indices(sd, "output_blocks.")) != expected_out:
         raise ValueError(f"{where}: expected {expected_out} output blocks, found {len(_indices(sd, 'output_blocks.'))}")
-    attn = next(
-        (f"input_blocks.{i}.1" for i in range(1, 64) if f"input_blocks.{i}.1.norm.weight" in sd), "middle_block.1"
-    )
+    with_attention = [f"input_blocks.{i}.1" for i in range(1, 64) if f"input_blocks.{i}.1.norm.weight" in sd]
+    attn = (with_attention or ["middle_block.1"])[0]
     depth = len(_indices(sd, f"{attn}.transformer_blocks."))
     if depth == 0:
-        raise ValueError(
-            f"{where}: no spatial transformer blocks ('{attn}.transformer_blocks.<i>.*'); "
-            "only use_spatial_transformer U-Nets are supported"
-        )
+        raise ValueError(f"{where}: no spatial transformer blocks ('{attn}.transformer_blocks.<i>.*'); "
+                         "only use_spatial_transformer U-Nets are supported")
     context_dim = _shape(sd, f"{attn}.transformer_blocks.0.attn2.to_k.weight", where)[1]
-    time_dim = _shape(sd, "time_embed.0.weight", where)[0]
     scale_shift = _shape(sd, "input_blocks.1.0.emb_layers.1.weight", where)[0] == 2 * channels[0]
     if num_heads is not None and num_head_channels is not None:
         raise ValueError("give num_heads or num_head_channels, not both")
-    heads = []
+    head_channels = num_head_channels or DEFAULT_HEAD_CHANNELS
     for width in channels:
-        if num_heads is not None:
-            if num_heads <= 0 or width % num_heads:
-                raise ValueError(f"num_heads={num_heads} does not divide the level width {width}")
-            heads.append(num_heads)
-        else:
-            head_channels = num_head_channels or DEFAULT_HEAD_CHANNELS
-            if head_channels <= 0 or width % head_channels:
-                raise ValueError(f"num_head_channels={head_channels} does not divide the level width {width}")
-            heads.append(width // head_channels)
-    if time_dim != 4 * model_channels:
-        raise ValueError(f"{where}: time embedding width {time_dim} is not 4 x {model_channels}")
+        name, value = ("num_heads", num_heads) if num_heads is not None else ("num_head_channels", head_channels)
+        if value <= 0 or width % value:
+            raise ValueError(f"{name}={value} does not divide the level width {width}")
+    heads = [num_heads if num_heads is not None else width // head_channels for width in channels]
     down = ["CrossAttnDownBlock2D" if a else "DownBlock2D" for a in attention]
-    return {
-        "sample_size": sample_size,
-        "in_channels": in_channels,
-        "out_channels": out_channels,
-        "down_block_types": down,
-        "up_block_types": [d.replace("Down", "Up") for d in reversed(down)],
-        "block_out_channels": channels,
-        "layers_per_block": len(levels[0]),
-        "cross_attention_dim": context_dim,
-        "attention_head_dim": heads,  # diffusers' name for the number of heads per level
-        "transformer_layers_per_block": depth,
-        "use_linear_projection": len(_shape(sd, f"{attn}.proj_in.weight", where)) == 2,
-        "resnet_time_scale_shift": "scale_shift" if scale_shift else "default",
-        "norm_num_groups": 32,
-        "norm_eps": 1e-5,
-        "flip_sin_to_cos": True,  # CompVis features: [cos, sin], frequencies exp(-ln(1e4) * i / half)
-        "freq_shift": 0,
-    }
+    # attention_head_dim is diffusers' name for the number of heads per level; CompVis' timestep features
+    # are [cos, sin] with frequencies exp(-ln(1e4) * i / half): flip_sin_to_cos, freq_shift 0.
+    return dict(
+        sample_size=sample_size, in_channels=in_channels, out_channels=out_channels, down_block_types=down,
+        up_block_types=[d.replace("Down", "Up") for d in reversed(down)], block_out_channels=channels,
+        layers_per_block=len(levels[0]), cross_attention_dim=context_dim, attention_head_dim=heads,
+        transformer_layers_per_block=depth, norm_num_groups=32, norm_eps=1e-5, flip_sin_to_cos=True, freq_shift=0,
+        use_linear_projection=len(_shape(sd, f"{attn}.proj_in.weight", where)) == 2,
+        resnet_time_scale_shift="scale_shift" if scale_shift else "default",
+    )
 
 
 def _expected_unet_keys(sd: Mapping[str, torch.Tensor], config: Mapping[str, Any]) -> list[str]:
@@ -323,11 +267,8 @@ def _expected_unet_keys(sd: Mapping[str, torch.Tensor], config: Mapping[str, Any
         return [f"{name}.weight", f"{name}.bias"]
 
     def resblock(name: str, in_ch: int, out_ch: int) -> list[str]:
-        keys = [
-            k
-            for part in ("in_layers.0", "in_layers.2", "emb_layers.1", "out_layers.0", "out_layers.3")
-            for k in wb(f"{name}.{part}")
-        ]
+        parts = ("in_layers.0", "in_layers.2", "emb_layers.1", "out_layers.0", "out_layers.3")
+        keys = [k for part in parts for k in wb(f"{name}.{part}")]
         return keys + (wb(f"{name}.skip_connection") if in_ch != out_ch else [])
 
     def transformer(name: str) -> list[str]:
@@ -346,9 +287,8 @@ def _expected_unet_keys(sd: Mapping[str, torch.Tensor], config: Mapping[str, Any
     index, skips, ch = 1, [channels[0]], channels[0]
     for level, width in enumerate(channels):
         for _ in range(n):
-            keys += resblock(f"input_blocks.{index}.0", ch, width) + (
-                transformer(f"input_blocks.{index}.1") if attention[level] else []
-            )
+            keys += resblock(f"input_blocks.{index}.0", ch, width)
+            keys += transformer(f"input_blocks.{index}.1") if attention[level] else []
             ch = width
             skips.append(ch)
             index += 1
@@ -377,9 +317,8 @@ def _some(keys: list[str], limit: int = 6) -> str:
     return ", ".join(keys[:limit]) + (f" ... ({len(keys)} in all)" if len(keys) > limit else "")
 
 
-def convert_ldm_unet_state_dict(
-    sd: Mapping[str, torch.Tensor], config: Mapping[str, Any], *, where: str = "U-Net"
-) -> dict[str, torch.Tensor]:
+def convert_ldm_unet_state_dict(sd: Mapping[str, torch.Tensor], config: Mapping[str, Any], *,
+                                where: str = "U-Net") -> dict[str, torch.Tensor]:
     """CompVis U-Net weights (no prefix) -> ``UNet2DConditionModel`` weights, with diffusers' renaming.
 
     Raises ``ValueError`` naming missing keys, unexpected keys and wrong shapes.
@@ -387,11 +326,9 @@ def convert_ldm_unet_state_dict(
     from diffusers.loaders.single_file_utils import convert_ldm_unet_checkpoint
 
     expected = _expected_unet_keys(sd, config)
-    missing = [k for k in expected if k not in sd]
-    if missing:
+    if missing := [k for k in expected if k not in sd]:
         raise ValueError(f"{where}: missing keys of the CompVis U-Net layout: {_some(missing)}")
-    unexpected = sorted(set(sd) - set(expected))
-    if unexpected:
+    if unexpected := sorted(set(sd) - set(expected)):
         raise ValueError(f"{where}: unexpected keys for this CompVis U-Net: {_some(unexpected)}")
     prefixed = {UNET_PREFIX + k: v for k, v in sd.items()}
     converted = convert_ldm_unet_checkpoint(prefixed, dict(config))
@@ -402,19 +339,14 @@ def _build(cls: Any, config: Mapping[str, Any], sd: Mapping[str, torch.Tensor], 
     with torch.random.fork_rng(devices=[]):  # building must not move the caller's random state
         model = cls(**config)
     expected = model.state_dict()
-    wrong = [
-        f"{k} {tuple(v.shape)} (expected {tuple(expected[k].shape)})"
-        for k, v in sd.items()
-        if k in expected and v.shape != expected[k].shape
-    ]
+    wrong = [f"{k} {tuple(v.shape)} (expected {tuple(expected[k].shape)})"
+             for k, v in sd.items() if k in expected and v.shape != expected[k].shape]
     if wrong:
         raise ValueError(f"{where}: wrong shapes: {_some(wrong, 4)}")
     result = model.load_state_dict(dict(sd), strict=False)
     if result.missing_keys or result.unexpected_keys:
-        raise ValueError(
-            f"{where}: weights do not fit a {cls.__name__} (missing {_some(result.missing_keys)}; "
-            f"unexpected {_some(result.unexpected_keys)})"
-        )
+        raise ValueError(f"{where}: weights do not fit a {cls.__name__} (missing {_some(result.missing_keys)}; "
+                         f"unexpected {_some(result.unexpected_keys)})")
     return model.eval()
 
 
@@ -434,24 +366,16 @@ def infer_vq_config(sd: Mapping[str, torch.Tensor], *, where: str = "first stage
         raise ValueError(f"{where}: ch_mult must start with 1 for diffusers ({widths[0]} != {ch})")
     down = ["AttnDownEncoderBlock2D" if a else "DownEncoderBlock2D" for a in attention]
     up = ["AttnUpDecoderBlock2D" if a else "UpDecoderBlock2D" for a in reversed(attention)]
-    return {
-        "in_channels": in_channels,
-        "out_channels": _shape(sd, "decoder.conv_out.weight", where)[0],
-        "down_block_types": down,
-        "up_block_types": up,
-        "block_out_channels": widths,
-        "layers_per_block": len(_indices(sd, "encoder.down.0.block.")),
-        "latent_channels": _shape(sd, "decoder.conv_in.weight", where)[1],
-        "num_vq_embeddings": n_embed,
-        "vq_embed_dim": embed_dim,
-        "norm_num_groups": 32,
-        "scaling_factor": 1.0,  # the LDM latents are the first stage's own (scale_factor 1.0)
-    }
+    return dict(  # scaling_factor 1.0: the LDM latents are the first stage's own (scale_factor 1.0)
+        in_channels=in_channels, out_channels=_shape(sd, "decoder.conv_out.weight", where)[0],
+        down_block_types=down, up_block_types=up, block_out_channels=widths, norm_num_groups=32,
+        layers_per_block=len(_indices(sd, "encoder.down.0.block.")), num_vq_embeddings=n_embed,
+        latent_channels=_shape(sd, "decoder.conv_in.weight", where)[1], vq_embed_dim=embed_dim, scaling_factor=1.0,
+    )
 
 
-def convert_vq_state_dict(
-    sd: Mapping[str, torch.Tensor], config: Mapping[str, Any], *, where: str = "first stage"
-) -> dict[str, torch.Tensor]:
+def convert_vq_state_dict(sd: Mapping[str, torch.Tensor], config: Mapping[str, Any], *,
+                          where: str = "first stage") -> dict[str, torch.Tensor]:
     """CompVis ``VQModel`` weights -> diffusers ``VQModel`` weights (``loss.*`` is ignored)."""
     from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint, update_vae_attentions_ldm_to_diffusers
 
@@ -464,17 +388,12 @@ def convert_vq_state_dict(
         m = level_attn.match(key)
         if not m:
             continue
-        if m.group(1):
-            old, new = (
-                f"encoder.down.{m.group(2)}.attn.{m.group(3)}",
-                f"encoder.down_blocks.{m.group(2)}.attentions.{m.group(3)}",
-            )
-        else:
-            block = levels - 1 - int(m.group(5))
-            old, new = (
-                f"decoder.up.{m.group(5)}.attn.{m.group(6)}",
-                f"decoder.up_blocks.{block}.attentions.{m.group(6)}",
-            )
+        if m.group(1):  # encoder levels keep their order
+            level, j = m.group(2), m.group(3)
+            old, new = f"encoder.down.{level}.attn.{j}", f"encoder.down_blocks.{level}.attentions.{j}"
+        else:  # decoder levels are reversed in diffusers
+            level, j = m.group(5), m.group(6)
+            old, new = f"decoder.up.{level}.attn.{j}", f"decoder.up_blocks.{levels - 1 - int(level)}.attentions.{j}"
         update_vae_attentions_ldm_to_diffusers([key], converted, weights, {"old": old, "new": new})
     if "quantize.embedding.weight" in weights:
         converted["quantize.embedding.weight"] = weights["quantize.embedding.weight"]
@@ -488,42 +407,29 @@ def _vq_from_state_dict(sd: Mapping[str, torch.Tensor], where: str) -> Any:
     converted = convert_vq_state_dict(sd, config, where=where)
     known = {k for k in sd if not k.startswith("loss.")}
     if len(converted) != len(known):
-        raise ValueError(
-            f"{where}: {len(known) - len(converted)} first-stage weights were not converted "
-            "(unexpected keys for a CompVis VQModel)"
-        )
+        raise ValueError(f"{where}: {len(known) - len(converted)} first-stage weights were not converted "
+                         "(unexpected keys for a CompVis VQModel)")
     return _build(VQModel, config, converted, where)
 
 
-def load_vq_first_stage(
-    source: str | os.PathLike | Mapping[str, torch.Tensor],
-    *,
-    device: str | torch.device = "cpu",
-    dtype: torch.dtype = torch.float32,
-) -> Any:
+def load_vq_first_stage(source: str | os.PathLike | Mapping[str, torch.Tensor], *, device: str | torch.device = "cpu",
+                        dtype: torch.dtype = torch.float32) -> Any:
     """A CompVis VQ first stage (``vq-f8/model.ckpt``, or an LDM ``.ckpt``'s ``first_stage_model.*``)
     as a diffusers ``VQModel`` in eval mode. Decode with ``vq.decode(z).sample`` (quantizes first)."""
     where = "first stage" if isinstance(source, Mapping) else str(source)
     sd = dict(source) if isinstance(source, Mapping) else read_lightning_state_dict(source)
     if any(k.startswith(FIRST_STAGE_PREFIX) for k in sd):
         sd = {k[len(FIRST_STAGE_PREFIX) :]: v for k, v in sd.items() if k.startswith(FIRST_STAGE_PREFIX)}
-    return _vq_from_state_dict(sd, where).to(device=device, dtype=dtype)
+    return _place(_vq_from_state_dict(sd, where), device, dtype)
 
 
 # -- public loading ----------------------------------------------------------------------------------------
 
 
 def load_ldm_checkpoint(
-    source: str | os.PathLike,
-    *,
-    ema: bool | None = None,
-    config: str | os.PathLike | Mapping[str, Any] | None = None,
-    num_head_channels: int | None = None,
-    num_heads: int | None = None,
-    sample_size: int = 32,
-    load_first_stage: bool = True,
-    device: str | torch.device = "cpu",
-    dtype: torch.dtype = torch.float32,
+    source: str | os.PathLike, *, ema: bool | None = None, config: str | os.PathLike | Mapping[str, Any] | None = None,
+    num_head_channels: int | None = None, num_heads: int | None = None, sample_size: int = 32,
+    load_first_stage: bool = True, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
 ) -> LDMComponents:
     """Load a CompVis LDM ``.ckpt`` (``ldm.ckpt``, ``ldm_s.ckpt``) as diffusers models.
 
@@ -550,53 +456,44 @@ def load_ldm_checkpoint(
     where = str(source)
     sd = read_lightning_state_dict(source)
     unet_sd, used_ema = extract_unet_state_dict(sd, ema=ema, where=where)
-    unet_config = infer_ldm_unet_config(
-        unet_sd, num_head_channels=num_head_channels, num_heads=num_heads, sample_size=sample_size, where=where
-    )
+    unet_config = infer_ldm_unet_config(unet_sd, num_head_channels=num_head_channels, num_heads=num_heads,
+                                        sample_size=sample_size, where=where)
     if config is not None:
-        _check_against_yaml(unet_config, unet_sd, params, where)
+        _check_against_yaml(unet_config, params, where)
     from diffusers import UNet2DConditionModel
 
-    unet = _build(
-        UNet2DConditionModel, unet_config, convert_ldm_unet_state_dict(unet_sd, unet_config, where=where), where
-    )
+    converted = convert_ldm_unet_state_dict(unet_sd, unet_config, where=where)
+    unet = _place(_build(UNet2DConditionModel, unet_config, converted, where), device, dtype)
     embedder = None
     if EMBEDDER_KEY in sd:
         table = sd[EMBEDDER_KEY]
         if table.ndim != 2 or table.shape[1] != unet_config["cross_attention_dim"]:
-            raise ValueError(
-                f"{where}: {EMBEDDER_KEY} has shape {tuple(table.shape)}; the U-Net's context is "
-                f"{unet_config['cross_attention_dim']} wide"
-            )
+            raise ValueError(f"{where}: {EMBEDDER_KEY} has shape {tuple(table.shape)}; the U-Net's context is "
+                             f"{unet_config['cross_attention_dim']} wide")
         with torch.random.fork_rng(devices=[]):
-            embedder = ClassEmbedder(table.shape[0], table.shape[1])
+            embedder = ClassEmbedder(table.shape[0], table.shape[1]).eval()
         embedder.embedding.weight.data.copy_(table)
-        embedder.eval()
+        embedder = embedder.to(device=device, dtype=dtype)
     vq = None
     if load_first_stage and any(k.startswith(FIRST_STAGE_PREFIX) for k in sd):
-        vq = load_vq_first_stage({k: v for k, v in sd.items() if k.startswith(FIRST_STAGE_PREFIX)})
-        vq = vq.to(device=device, dtype=dtype)
-    unet = unet.to(device=device, dtype=dtype)
-    if embedder is not None:
-        embedder = embedder.to(device=device, dtype=dtype)
+        vq = load_vq_first_stage(sd, device=device, dtype=dtype)
     return LDMComponents(unet=unet, embedder=embedder, vq=vq, used_ema=used_ema, unet_config=unet_config)
 
 
-def _check_against_yaml(
-    config: Mapping[str, Any], sd: Mapping[str, torch.Tensor], params: Mapping[str, Any], where: str
-) -> None:
-    model_channels = config["block_out_channels"][0]
-    checks = {
-        "model_channels": model_channels,
-        "in_channels": config["in_channels"],
-        "out_channels": config["out_channels"],
-        "num_res_blocks": config["layers_per_block"],
-        "context_dim": config["cross_attention_dim"],
-        "transformer_depth": config["transformer_layers_per_block"],
-        "channel_mult": [c // model_channels for c in config["block_out_channels"]],
-    }
-    for name, value in checks.items():
-        if name in params and params[name] is not None:
-            given = list(params[name]) if isinstance(params[name], (list, tuple)) else params[name]
-            if given != value:
-                raise ValueError(f"{where}: the config says {name}={given!r}, the weights say {value!r}")
+def _check_against_yaml(config: Mapping[str, Any], params: Mapping[str, Any], where: str) -> None:
+    width = config["block_out_channels"][0]
+    seen = dict(
+        model_channels=width, in_channels=config["in_channels"], out_channels=config["out_channels"],
+        num_res_blocks=config["layers_per_block"], context_dim=config["cross_attention_dim"],
+        transformer_depth=config["transformer_layers_per_block"],
+        channel_mult=[c // width for c in config["block_out_channels"]],
+    )
+    for name, value in seen.items():
+        given = params.get(name)
+        if given is not None and (list(given) if isinstance(given, (list, tuple)) else given) != value:
+            raise ValueError(f"{where}: the config says {name}={given!r}, the weights say {value!r}")
+
+
+def _place(module: Any, device: str | torch.device, dtype: torch.dtype) -> Any:
+    module = module.to(device=device)
+    return module if module.dtype == dtype else module.to(dtype=dtype)
