@@ -33,11 +33,15 @@ class UNetSpec:
 
 
 class _Weights:
-    def __init__(self, seed: int):
+    def __init__(self, seed: int, device: str = "cpu"):
         self.gen = torch.Generator().manual_seed(seed)
         self.sd: dict[str, torch.Tensor] = {}
+        self.meta = device == "meta"
 
     def tensor(self, name: str, *shape: int, scale: float = 1.0) -> None:
+        if self.meta:
+            self.sd[name] = torch.empty(shape, device="meta")
+            return
         fan_in = math.prod(shape[1:]) if len(shape) > 1 else 1
         self.sd[name] = torch.randn(shape, generator=self.gen) * scale / math.sqrt(fan_in)
 
@@ -51,13 +55,18 @@ class _Weights:
             self.tensor(f"{name}.bias", out_f, scale=0.1)
 
     def norm(self, name: str, ch: int) -> None:
+        if self.meta:
+            self.tensor(f"{name}.weight", ch)
+            self.tensor(f"{name}.bias", ch)
+            return
         self.sd[f"{name}.weight"] = 1 + 0.1 * torch.randn(ch, generator=self.gen)
         self.sd[f"{name}.bias"] = 0.1 * torch.randn(ch, generator=self.gen)
 
 
-def random_unet_state_dict(spec: UNetSpec, seed: int = 0) -> dict[str, torch.Tensor]:
-    """CompVis U-Net weights (names without the ``model.diffusion_model.`` prefix), random, non-zero."""
-    w = _Weights(seed)
+def random_unet_state_dict(spec: UNetSpec, seed: int = 0, device: str = "cpu") -> dict[str, torch.Tensor]:
+    """CompVis U-Net weights (names without the ``model.diffusion_model.`` prefix), random, non-zero;
+    ``device="meta"`` for shapes only."""
+    w = _Weights(seed, device)
     mc, emb = spec.model_channels, 4 * spec.model_channels
     w.linear("time_embed.0", emb, mc)
     w.linear("time_embed.2", emb, emb)

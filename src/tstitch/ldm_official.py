@@ -74,7 +74,11 @@ def ddim_timesteps(num_steps: int, num_train_timesteps: int = 1000) -> list[int]
     """CompVis "uniform" DDIM timesteps, ascending: ``range(0, T, T // S) + 1``."""
     if not 1 <= num_steps <= num_train_timesteps:
         raise ValueError(f"num_steps must be in [1, {num_train_timesteps}], got {num_steps}")
-    return [t + 1 for t in range(0, num_train_timesteps, num_train_timesteps // num_steps)]
+    selected = [t + 1 for t in range(0, num_train_timesteps, num_train_timesteps // num_steps)]
+    if selected[-1] >= num_train_timesteps:  # T // S divides T - 1: CompVis would index past its schedule too
+        raise ValueError(f"num_steps={num_steps} selects timestep {selected[-1]}, past the {num_train_timesteps}-step "
+                         "schedule (the uniform discretisation fails when T // S divides T - 1); choose another")
+    return selected
 
 
 @dataclass(frozen=True)
