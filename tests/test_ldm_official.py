@@ -218,6 +218,8 @@ def test_errors():
         sample_ldm_official(models, embedders, [1, 2], 0.4, noise=noise, num_steps=5, step_noise=[noise] * 3)
     with pytest.raises(ValueError, match=r"unconditional\[1\] has shape"):
         sample_ldm_official(models, embedders, [1, 2], 0.4, noise=noise, unconditional=[torch.zeros(2, 1, 8)] * 2)
+    with pytest.raises(ValueError, match="unconditional must be"):
+        sample_ldm_official(models, embedders, [1, 2], 0.4, noise=noise, unconditional="null")
     with pytest.raises(ValueError, match="2 models but 4 fractions"):
         sample_ldm_official(models, embedders, [1, 2], (0.2, 0.3, 0.1), noise=noise)
     with pytest.raises(ValueError, match="sum to 1"):

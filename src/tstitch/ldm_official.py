@@ -189,6 +189,8 @@ def _randn(shape: tuple[int, ...], generator: torch.Generator | None, device: to
 def _unconditional_contexts(contexts: list[torch.Tensor], unconditional: Unconditional | Sequence[torch.Tensor],
                             generator: torch.Generator | None) -> list[torch.Tensor]:
     if isinstance(unconditional, str):
+        if unconditional not in ("random", "zeros"):
+            raise ValueError(f"unconditional must be 'random', 'zeros' or one tensor per model, got {unconditional!r}")
         if unconditional == "zeros":
             return [torch.zeros_like(c) for c in contexts]
         if generator is None:  # published: torch.rand_like(c), from the global generator
@@ -262,9 +264,7 @@ def sample_ldm_official(
         device = noise.device if noise is not None else next(models[-1].parameters()).device
     labels = torch.as_tensor(class_labels, device=device).long().reshape(-1)
     batch = labels.numel()
-    if noise is None:
-        noise = _randn((batch, *latent_shape), generator, torch.device(device))
-    if noise.ndim != 4 or noise.shape[0] != batch:
+    if noise is not None and (noise.ndim != 4 or noise.shape[0] != batch):
         raise ValueError(f"noise must be ({batch}, C, H, W) for {batch} labels, got shape {tuple(noise.shape)}")
     if step_noise is not None and len(step_noise) != schedule.num_steps:
         raise ValueError(f"step_noise has {len(step_noise)} tensors for {schedule.num_steps} steps")
@@ -274,7 +274,12 @@ def sample_ldm_official(
         if width is not None and context.shape[-1] != width:
             raise ValueError(f"embedders[{i}] gives {context.shape[-1]}-wide contexts; models[{i}] expects {width}")
     guided = guidance_scale != 1.0
-    uncond = _unconditional_contexts(contexts, unconditional, generator) if guided else []
+    drawn = isinstance(unconditional, str) and unconditional == "random"
+    uncond = _unconditional_contexts(contexts, unconditional, generator) if guided and not drawn else []
+    if noise is None:  # the published order: initial noise, then the random unconditional contexts
+        noise = _randn((batch, *latent_shape), generator, torch.device(device))
+    if guided and drawn:
+        uncond = _unconditional_contexts(contexts, unconditional, generator)
     inputs = [torch.cat([u, c]) for u, c in zip(uncond, contexts)] if guided else contexts
 
     x = noise.float().to(device)
