@@ -88,7 +88,9 @@ def build_app(state: ServeState, default: str):
             with gr.Column(scale=1, min_width=300):
                 model = gr.Dropdown(state.choices, value=default, label="models", elem_id="model",
                                     allow_custom_value=True)  # an API call naming a missing preset gets its reason
-                gr.Markdown(_missing_text(state), elem_id="missing")
+                with gr.Accordion(f"not offered: {len(state.missing)} presets without their weights", open=False,
+                                  visible=bool(state.missing)):
+                    gr.Markdown(_missing_text(state), elem_id="missing")
                 fractions = gr.CheckboxGroup(settings["fractions"], value=settings["chosen"], elem_id="fractions",
                                              label="fractions of the steps on the small model(s)")
                 with gr.Row():
@@ -107,7 +109,7 @@ def build_app(state: ServeState, default: str):
                     run_button = gr.Button("Generate", variant="primary", elem_id="generate")
                     cancel_button = gr.Button("Cancel", elem_id="cancel")
             with gr.Column(scale=2):
-                gallery = gr.Gallery(label="same seeds at each fraction", columns=1, format="png",
+                gallery = gr.Gallery(label="same seeds at each fraction", columns=2, format="png",
                                      object_fit="contain", elem_id="gallery", height="auto")
                 legend = gr.HTML(core.legend(settings["names"]), elem_id="legend")
                 table = gr.Markdown(elem_id="table")
@@ -145,10 +147,10 @@ def build_app(state: ServeState, default: str):
                     if runs is None:
                         return
                     for run in runs[len(tiles):]:
-                        tiles.append((core.tile(run, len(loaded.names)), core.caption(run)))
+                        tiles.append((core.tile(run, loaded.names), core.caption(run)))
                     done = len(runs) == len(request.allocations) + 1
-                    yield (list(tiles), core.summary_table(runs), _frontier(state, loaded.names, runs) if done
-                           else None, [run.as_dict() for run in runs])
+                    plot = _frontier(state, loaded.names, runs) if done else None
+                    yield list(tiles), core.summary_table(runs, loaded.names), plot, [run.as_dict() for run in runs]
             except (ValueError, OSError) as error:
                 raise gr.Error(str(error)) from None
 

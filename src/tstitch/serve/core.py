@@ -204,8 +204,12 @@ class PageRun:
             return f"{names[-1]} alone"
         return " + ".join(f"{n} {f:g}" for n, f in zip(names, self.result.fractions, strict=True) if f > 0) or names[-1]
 
+    def step_models(self) -> list[str]:
+        """The name of the model that ran each denoising step, in order."""
+        return [self.result.model_names[i] for i in self.result.model_per_step]
+
     def as_dict(self) -> dict[str, Any]:
-        return {**self.result.as_dict(), "label": self.label,
+        return {**self.result.as_dict(), "label": self.label, "step_models": self.step_models(),
                 "allocation": None if self.allocation is None else list(self.allocation), "speedup": self.speedup}
 
 
@@ -272,7 +276,7 @@ def _picture(image: torch.Tensor) -> Image.Image:
     return pil
 
 
-def tile(run: PageRun, num_models: int, columns: int = 8) -> Image.Image:
+def tile(run: PageRun, names: Sequence[str], columns: int = 4) -> Image.Image:
     """The run's images (same seeds in the same places in every tile) above a strip with one cell per
     denoising step, coloured by the model that ran it (the large model's colour is the last of
     :data:`MODEL_COLOURS`)."""
@@ -287,11 +291,10 @@ def tile(run: PageRun, num_models: int, columns: int = 8) -> Image.Image:
     per_step = run.result.model_per_step
     draw = ImageDraw.Draw(canvas)
     top = rows * (height + gap)
-    for step, model in enumerate(per_step):
+    for step, name in enumerate(run.step_models()):
         left = round(step * canvas.width / len(per_step))
         right = round((step + 1) * canvas.width / len(per_step)) - 1
-        index = num_models - 1 if run.allocation is None else model
-        draw.rectangle((left, top, max(left, right - 1), top + strip - 1), fill=_colour(index, num_models))
+        draw.rectangle((left, top, max(left, right - 1), top + strip - 1), fill=_colour(names.index(name), len(names)))
     return canvas
 
 
@@ -306,15 +309,16 @@ def legend(names: Sequence[str]) -> str:
         " ".join(cells)
 
 
-def summary_table(runs: Sequence[PageRun]) -> str:
-    """A Markdown table of the runs: steps per model, time, speed-up and the model of every step."""
+def summary_table(runs: Sequence[PageRun], names: Sequence[str]) -> str:
+    """A Markdown table of the runs: steps per model, time, speed-up and the model of every step (its index
+    in ``names``, the loaded models smallest first)."""
     lines = ["| run | steps per model | time (single run) | speed-up | model per step |", "|---|---|---|---|---|"]
     for run in runs:
         result = run.result
         steps = ", ".join(f"{n} {s}" for n, s in zip(result.model_names, result.steps_per_model, strict=True) if s)
         speed = "1.00x (reference)" if run.allocation is None else (
             f"{run.speedup:.2f}x" if run.speedup is not None else "-")
-        sequence = "".join(str(m) for m in result.model_per_step)
+        sequence = "".join(str(names.index(name)) for name in run.step_models())
         lines.append(f"| {run.label} | {steps} | {result.seconds:.3f} s | {speed} | `{sequence}` |")
     return "\n".join(lines)
 
