@@ -13,8 +13,8 @@ import os
 import socket
 from pathlib import Path
 
-__all__ = ["CHROMIUM", "CHROMEDRIVER", "missing_browser", "open_driver", "free_port", "set_fractions", "set_number",
-           "generate", "captions", "error_messages"]
+__all__ = ["CHROMIUM", "CHROMEDRIVER", "missing_browser", "open_driver", "free_port", "load", "set_fractions",
+           "set_number", "generate", "captions", "error_messages"]
 
 CHROMIUM = os.environ.get("TSTITCH_CHROMIUM", "/usr/bin/chromium")
 CHROMEDRIVER = os.environ.get("TSTITCH_CHROMEDRIVER", "/usr/bin/chromedriver")
@@ -52,11 +52,25 @@ def open_driver(width: int = 1400, height: int = 1500):
     return webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
 
 
+def load(driver, url: str, timeout: float = 30.0) -> None:
+    """Open the page and wait until Gradio has rendered its controls."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    driver.get(url)
+    WebDriverWait(driver, timeout, poll_frequency=0.2).until(
+        lambda d: d.find_elements(By.CSS_SELECTOR, "#fractions label") and d.find_elements(By.ID, "generate"))
+
+
 def set_fractions(driver, values: list[str]) -> None:
     """Tick exactly ``values`` in the fractions checkbox group."""
     from selenium.webdriver.common.by import By
 
-    for label in driver.find_elements(By.CSS_SELECTOR, "#fractions label"):
+    labels = driver.find_elements(By.CSS_SELECTOR, "#fractions label")
+    offered = [label.find_element(By.TAG_NAME, "input").get_attribute("name") for label in labels]
+    if not set(values) <= set(offered):
+        raise ValueError(f"fractions {values} are not all offered; the page offers {offered}")
+    for label in labels:
         box = label.find_element(By.TAG_NAME, "input")
         if box.is_selected() != (box.get_attribute("name") in values):
             label.click()
@@ -80,7 +94,8 @@ def captions(driver) -> list[str]:
 def error_messages(driver) -> list[str]:
     from selenium.webdriver.common.by import By
 
-    return [element.text for element in driver.find_elements(By.CSS_SELECTOR, "[data-testid='toast-text']")]
+    texts = [element.text for element in driver.find_elements(By.CSS_SELECTOR, "[data-testid='toast-text']")]
+    return [text for text in texts if text]  # a toast's text is empty while it slides in
 
 
 def generate(driver, expected_tiles: int, timeout: float = 60.0) -> list[str]:
@@ -120,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     app, url = start(state, default, port=free_port())
     driver = open_driver()
     try:
-        driver.get(url)
+        load(driver, url)
         set_fractions(driver, ["0.3", "0.5", "0.7"])
         set_number(driver, "steps", "20")
         generate(driver, expected_tiles=4)
