@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import re
 import threading
+import time
 
 import pytest
 import torch
@@ -91,13 +92,12 @@ class OneAtATime:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    import os
-
     from tstitch.serve.app import make_state, start
     from tstitch.serve.browser import free_port
 
     folder = tmp_path_factory.mktemp("serve")
-    os.environ["GRADIO_TEMP_DIR"] = str(folder / "gradio")  # the page's image files go here
+    patch = pytest.MonkeyPatch()
+    patch.setenv("GRADIO_TEMP_DIR", str(folder / "gradio"))  # the page's image files go here
     frontier = folder / "results.json"
     rows = [{"models": ["digits-s", "digits-xl"], "fractions": [r, 1 - r], "fid": 5 + 10 * r ** 2, "speedup": 1 + r,
              "num_samples": 600} for r in (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)]
@@ -107,6 +107,7 @@ def server(tmp_path_factory):
     app, url = start(state, default, port=free_port())
     yield url, state, watch
     app.close()
+    patch.undo()
 
 
 def call(url, **changes):
@@ -201,3 +202,21 @@ def test_plot_frontier_marks_the_fractions_of_the_page(tmp_path):
     assert core.plot_frontier(rows, path, [run], ["a", "b"]).size == (640, 360)
     strip = core.tile(run, ["a", "b"]).crop((0, 64 + 2, 130, 64 + 3)).getcolors()
     assert {colour for _, colour in strip} == {core.MODEL_COLOURS[0], core.MODEL_COLOURS[-1], (255, 255, 255)}
+
+
+def test_cancel_stops_a_request_between_runs_and_frees_the_models(server):
+    from gradio_client import Client
+
+    url, _, _ = server
+    client = Client(url, verbose=False)
+    fractions = [f"{i / 10:g}" for i in range(11)]
+    job = client.submit("digits", fractions, 50, "", 1.0, 0, 16, "", "", api_name="/generate")
+    while not job.outputs():  # the first runs are on the page
+        time.sleep(0.05)
+    job.cancel()
+    while not job.done():
+        time.sleep(0.05)
+    assert job.status().code.name == "CANCELLED"
+    assert len(job.outputs()) < len(fractions)  # one output per run after the first two
+    done = call(url, fractions=["0.5"], num_images=1, labels="1", steps=2)  # the lock was released
+    assert [r["label"] for r in done[3]] == ["digits-xl alone", "digits-s 0.5 + digits-xl 0.5"]

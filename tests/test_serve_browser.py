@@ -4,7 +4,6 @@ Selenium. One server and one browser for the module; skipped, with the reason, w
 
 from __future__ import annotations
 
-import os
 import re
 
 import pytest
@@ -27,16 +26,17 @@ CAPTION = re.compile(r"^digits-s (0\.3|0\.5) \+ digits-xl 0\.[57]: \d+\.\d{3} s 
 def page(tmp_path_factory):
     from tstitch.serve.app import make_state, start
 
-    os.environ["GRADIO_TEMP_DIR"] = str(tmp_path_factory.mktemp("gradio"))
-    state, default = make_state(frontier=None)
-    app, url = start(state, default, port=browser.free_port())
-    driver = browser.open_driver()
-    try:
-        browser.load(driver, url)
-        yield driver
-    finally:
-        driver.quit()
-        app.close()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("GRADIO_TEMP_DIR", str(tmp_path_factory.mktemp("gradio")))
+        state, default = make_state(frontier=None)
+        app, url = start(state, default, port=browser.free_port())
+        driver = browser.open_driver()
+        try:
+            browser.load(driver, url)
+            yield driver
+        finally:
+            driver.quit()
+            app.close()
 
 
 def test_generate_two_fractions_shows_times_and_speedups(page, tmp_path):
