@@ -99,8 +99,8 @@ def server(tmp_path_factory):
     patch = pytest.MonkeyPatch()
     patch.setenv("GRADIO_TEMP_DIR", str(folder / "gradio"))  # the page's image files go here
     frontier = folder / "results.json"
-    rows = [{"models": ["digits-s", "digits-xl"], "fractions": [r, 1 - r], "fid": 5 + 10 * r ** 2, "speedup": 1 + r,
-             "num_samples": 600} for r in (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)]
+    rows = [{"models": ["digits-s", "digits-xl"], "fractions": [r], "fid": 5 + 10 * r ** 2, "speedup": 1 + r,
+             "num_samples": 600} for r in (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)]  # as the demo writes them
     frontier.write_text(json.dumps({"rows": rows}))
     state, default = make_state(frontier=str(frontier))
     watch = OneAtATime(state.models(default).large)
@@ -199,6 +199,11 @@ def test_plot_frontier_marks_the_fractions_of_the_page(tmp_path):
     result = RunResult("stitched", torch.zeros(2, 1, 8, 8), 0.5, ["a", "b"], (0.5, 0.5), [2, 2], [0, 0, 1, 1],
                        [0.2, 0.3])
     run = core.PageRun((0.5,), result, 1.5)
+    alone = core.PageRun(None, result, 1.0)
+    other = core.PageRun((0.25,), result, 1.2)
+    assert core.marked_rows(rows, [alone, run, other], ["a", "b"]) == [None, rows[1], None]
+    demo_rows = [dict(row, fractions=row["fractions"][:1]) for row in rows]  # the demo gives the small share only
+    assert core.marked_rows(demo_rows, [run], ["a", "b"]) == [demo_rows[1]]
     assert core.plot_frontier(rows, path, [run], ["a", "b"]).size == (640, 360)
     strip = core.tile(run, ["a", "b"]).crop((0, 64 + 2, 130, 64 + 3)).getcolors()
     assert {colour for _, colour in strip} == {core.MODEL_COLOURS[0], core.MODEL_COLOURS[-1], (255, 255, 255)}

@@ -38,6 +38,7 @@ __all__ = [
     "tile",
     "load_frontier",
     "plot_frontier",
+    "marked_rows",
     "scheduler_names",
 ]
 
@@ -362,15 +363,12 @@ def plot_frontier(rows: Sequence[dict[str, Any]], source: Path, runs: Sequence[P
         ordered = sorted(rows, key=lambda row: row["speedup"])
         axes.plot([r["speedup"] for r in ordered], [r["fid"] for r in ordered], "o-", color="0.55", ms=4,
                   label=f"measured ({ordered[0].get('num_samples', '?')} samples per point)")
-        for run in runs:
-            if run.allocation is None:
-                continue
-            match = [r for r in rows if _same(r["fractions"][:-1], run.allocation)]
-            if match:
-                axes.plot(match[0]["speedup"], match[0]["fid"], "*", color="crimson", ms=14, zorder=3)
-                axes.annotate(", ".join(f"{f:g}" for f in run.allocation), (match[0]["speedup"], match[0]["fid"]),
+        for run, row in zip(runs, marked_rows(rows, runs, names), strict=True):
+            if row is not None:
+                axes.plot(row["speedup"], row["fid"], "*", color="crimson", ms=14, zorder=3)
+                axes.annotate(", ".join(f"{f:g}" for f in run.allocation), (row["speedup"], row["fid"]),
                               textcoords="offset points", xytext=(6, 6), color="crimson")
-            if run.speedup is not None:
+            if run.allocation is not None and run.speedup is not None:
                 axes.axvline(run.speedup, color="crimson", alpha=0.25, lw=1)
         axes.plot([], [], "*", color="crimson", ms=10, label="this page's fractions (lines: speed-up measured here)")
         axes.set_xlabel(f"speed-up vs {names[-1]} alone")
@@ -385,6 +383,23 @@ def plot_frontier(rows: Sequence[dict[str, Any]], source: Path, runs: Sequence[P
         plt.close(figure)
     buffer.seek(0)
     return Image.open(buffer).convert("RGB")
+
+
+def marked_rows(rows: Sequence[dict[str, Any]], runs: Sequence[PageRun],
+                names: Sequence[str]) -> list[dict[str, Any] | None]:
+    """For each stitched run of the page, the frontier row measured at its allocation (``None`` if none is,
+    and for the large model alone)."""
+    found = []
+    for run in runs:
+        match = [] if run.allocation is None else [
+            row for row in rows if _same(_small_shares(row["fractions"], len(names)), run.allocation)]
+        found.append(match[0] if match else None)
+    return found
+
+
+def _small_shares(fractions: Sequence[float], num_models: int) -> Sequence[float]:
+    """The small models' shares of a frontier row, which gives them alone (the demo) or with the large one's."""
+    return fractions[: num_models - 1]
 
 
 def _same(a: Sequence[float], b: Sequence[float]) -> bool:
