@@ -132,11 +132,9 @@ def test_page_runs_every_fraction_and_the_large_model_alone(server):
         assert record["step_models"] == [("digits-s", "digits-xl")[i] for i in plan]
         assert record["speedup"] == records[0]["seconds"] / record["seconds"]
     assert len(gallery) == 3
-    for item, record in zip(gallery, records, strict=True):
-        expected = f"{record['label']}: {record['seconds']:.3f} s for 8 images (single warm run)"
-        assert item["caption"].startswith(expected)
-    assert gallery[0]["caption"].endswith("the reference")
-    assert re.search(r", \d+\.\d\dx vs digits-xl alone$", gallery[1]["caption"])
+    assert gallery[0]["caption"] == f"digits-xl alone: {records[0]['seconds']:.3f} s (reference)"
+    for item, record, r in zip(gallery[1:], records[1:], ("0.2", "0.6"), strict=True):
+        assert item["caption"] == f"r {r}: {record['seconds']:.3f} s, {record['speedup']:.2f}x speed-up"
     from PIL import Image
 
     tile = Image.open(gallery[1]["image"])
@@ -215,7 +213,7 @@ def test_cancel_stops_a_request_between_runs_and_frees_the_models(server):
     url, _, _ = server
     client = Client(url, verbose=False)
     fractions = [f"{i / 10:g}" for i in range(11)]
-    job = client.submit("digits", fractions, 50, "", 1.0, 0, 16, "", "", api_name="/generate")
+    job = client.submit("digits", fractions, 20, "", 1.0, 0, 8, "", "", api_name="/generate")  # short runs
     while not job.outputs():  # the first runs are on the page
         time.sleep(0.05)
     job.cancel()

@@ -6,9 +6,6 @@ from __future__ import annotations
 import argparse
 import logging
 
-#: Models with fewer parameters than this run on one CPU thread (as ``tstitch sample`` does).
-TINY = 10_000_000
-
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
@@ -37,15 +34,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     if not 0 < args.port < 65536:
         raise ValueError(f"--port must be in [1, 65535], got {args.port}")
-    import torch
-
-    from ..serve.app import make_state, start
+    from ..serve.app import make_state, start, use_one_thread_for_tiny_models
 
     state, default = make_state(args.preset, args.model, device=args.device, checkpoint_dir=args.checkpoint_dir,
                                 frontier=args.frontier)
-    large = state.models(default).large
-    if torch.device(args.device).type == "cpu" and sum(p.numel() for p in large.parameters()) < TINY:
-        torch.set_num_threads(1)  # tiny models gain nothing from threads
+    use_one_thread_for_tiny_models(state, default)
     logging.getLogger("httpx").setLevel(logging.WARNING)  # Gradio polls its own server at start-up
     app, url = start(state, default, args.host, args.port)
     print(f"tstitch serve: {url} ({default}; Ctrl-C stops it)", flush=True)

@@ -16,7 +16,12 @@ from .core import CUSTOM, PageRun, ServeState
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["build_app", "make_state", "start"]
+__all__ = ["build_app", "make_state", "start", "use_one_thread_for_tiny_models"]
+
+GALLERY_LABEL = ("the same seeds at each fraction r of the steps on the small model; times: single warm runs of "
+                 "all the images; speed-up: against the large model alone")
+#: Models with fewer parameters than this run on one CPU thread (as in ``tstitch sample``).
+TINY = 10_000_000
 
 #: The API name of the generate event: gradio_client calls it with ``client.predict(..., api_name="/generate")``.
 GENERATE_API = "generate"
@@ -109,8 +114,8 @@ def build_app(state: ServeState, default: str):
                     run_button = gr.Button("Generate", variant="primary", elem_id="generate")
                     cancel_button = gr.Button("Cancel", elem_id="cancel")
             with gr.Column(scale=2):
-                gallery = gr.Gallery(label="same seeds at each fraction", columns=2, format="png",
-                                     object_fit="contain", elem_id="gallery", height="auto")
+                gallery = gr.Gallery(label=GALLERY_LABEL, columns=2, format="png", object_fit="contain",
+                                     elem_id="gallery", height="auto")
                 legend = gr.HTML(core.legend(settings["names"]), elem_id="legend")
                 table = gr.Markdown(elem_id="table")
                 frontier = gr.Image(label="speed/quality frontier", type="pil", elem_id="frontier",
@@ -163,6 +168,16 @@ def build_app(state: ServeState, default: str):
         )
         cancel_button.click(None, None, None, cancels=[event], api_name="cancel")
     return app
+
+
+def use_one_thread_for_tiny_models(state: ServeState, default: str) -> None:
+    """One torch thread on a CPU for models under 10M parameters, as ``tstitch sample`` does (threads only add
+    overhead there, and a shared machine's cores thrash)."""
+    import torch
+
+    large = state.models(default).large
+    if large.device.type == "cpu" and sum(p.numel() for p in large.parameters()) < TINY:
+        torch.set_num_threads(1)
 
 
 def _frontier(state: ServeState, names: Sequence[str], runs: Sequence[PageRun]):

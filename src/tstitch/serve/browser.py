@@ -85,17 +85,25 @@ def set_number(driver, elem_id: str, value: str) -> None:
     field.send_keys(value, Keys.TAB)
 
 
-def captions(driver) -> list[str]:
+def _texts(driver, selector: str, tries: int = 20) -> list[str]:
+    """The texts of the elements matching ``selector``, read again when the page replaces them meanwhile."""
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.common.by import By
 
-    return [element.text for element in driver.find_elements(By.CSS_SELECTOR, "#gallery .caption-label")]
+    for _ in range(tries - 1):
+        try:
+            return [element.text for element in driver.find_elements(By.CSS_SELECTOR, selector)]
+        except StaleElementReferenceException:
+            continue
+    return [element.text for element in driver.find_elements(By.CSS_SELECTOR, selector)]
+
+
+def captions(driver) -> list[str]:
+    return _texts(driver, "#gallery .caption-label")
 
 
 def error_messages(driver) -> list[str]:
-    from selenium.webdriver.common.by import By
-
-    texts = [element.text for element in driver.find_elements(By.CSS_SELECTOR, "[data-testid='toast-text']")]
-    return [text for text in texts if text]  # a toast's text is empty while it slides in
+    return [text for text in _texts(driver, "[data-testid='toast-text']") if text]  # empty while it slides in
 
 
 def generate(driver, expected_tiles: int, timeout: float = 60.0) -> list[str]:
@@ -129,11 +137,12 @@ def main(argv: list[str] | None = None) -> int:
     if reason:
         raise SystemExit(f"cannot take the screenshot: {reason}")
     from ..utils import atomic_write
-    from .app import make_state, start
+    from .app import make_state, start, use_one_thread_for_tiny_models
 
     state, default = make_state(frontier=args.frontier)
+    use_one_thread_for_tiny_models(state, default)
     app, url = start(state, default, port=free_port())
-    driver = open_driver()
+    driver = open_driver(height=1900)
     try:
         load(driver, url)
         set_fractions(driver, ["0.3", "0.5", "0.7"])

@@ -256,13 +256,13 @@ def _with(options: SampleOptions, **changes: Any) -> SampleOptions:
 
 
 def caption(run: PageRun) -> str:
-    """``digits-s 0.4 + digits-xl 0.6: 0.084 s for 8 images (single warm run), 1.52x vs digits-xl alone``."""
-    result = run.result
-    count = len(result.images)
-    speed = "the reference" if run.allocation is None else (
-        f"{run.speedup:.2f}x vs {result.model_names[-1]} alone" if run.speedup is not None else "no speed-up")
-    return (f"{run.label}: {result.seconds:.3f} s for {count} image{'s' * (count != 1)} (single warm run), "
-            f"{speed}")
+    """Short enough for a gallery tile: ``r 0.4: 0.084 s, 1.52x speed-up`` (``r``: the small models' shares),
+    or ``digits-xl alone: 0.128 s (reference)``."""
+    seconds = f"{run.result.seconds:.3f} s"
+    if run.allocation is None:
+        return f"{run.label}: {seconds} (reference)"
+    speed = f"{run.speedup:.2f}x speed-up" if run.speedup is not None else "no speed-up"
+    return f"r {','.join(f'{f:g}' for f in run.allocation)}: {seconds}, {speed}"
 
 
 def _picture(image: torch.Tensor) -> Image.Image:
