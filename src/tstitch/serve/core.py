@@ -12,7 +12,7 @@ import math
 import os
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -231,25 +231,19 @@ def run_request(loaded: LoadedModels, request: PageRequest,
     if on_progress:
         on_progress(0, total, f"warm-up, the large model alone, {len(request.allocations)} stitched runs")
     # The first request carries the warm-up and the large model alone (generate's ``compare``).
-    result = generate(loaded, _with(options, fractions=list(first)), compare=True)
+    result = generate(loaded, replace(options, fractions=list(first)), compare=True)
     baseline = PageRun(None, result.baseline, 1.0)
     runs += [baseline, PageRun(first, result.stitched, result.speedup)]
     if on_progress:
         on_progress(2, total, "sampled " + runs[-1].label)
     yield list(runs)
     for done, allocation in enumerate(request.allocations[1:], start=3):
-        result = generate(loaded, _with(options, fractions=list(allocation), warmup=False))
+        result = generate(loaded, replace(options, fractions=list(allocation), warmup=False))
         speedup = baseline.result.seconds / result.stitched.seconds if result.stitched.seconds > 0 else None
         runs.append(PageRun(allocation, result.stitched, speedup))
         if on_progress:
             on_progress(done, total, "sampled " + runs[-1].label)
         yield list(runs)
-
-
-def _with(options: SampleOptions, **changes: Any) -> SampleOptions:
-    from dataclasses import replace
-
-    return replace(options, **changes)
 
 
 # -- what the page shows ------------------------------------------------------------------------------------
