@@ -223,3 +223,46 @@ def test_cancel_stops_a_request_between_runs_and_frees_the_models(server):
     assert len(job.outputs()) < len(fractions)  # one output per run after the first two
     done = call(url, fractions=["0.5"], num_images=1, labels="1", steps=2)  # the lock was released
     assert [r["label"] for r in done[3]] == ["digits-xl alone", "digits-s 0.5 + digits-xl 0.5"]
+
+
+# -- the command ----------------------------------------------------------------------------------------------
+
+
+def test_command_refuses_a_preset_without_its_weights(capsys, monkeypatch):
+    from tstitch.cli import main
+
+    monkeypatch.delenv(core.CHECKPOINT_DIR_ENV, raising=False)
+    assert main(["serve", "--preset", "dit-s-xl", "--port", "7860"]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("tstitch serve: error: model choice 'dit-s-xl' is not available: DiT-S/2")
+    assert main(["serve", "--port", "70000"]) == 2
+    assert "--port must be in [1, 65535], got 70000" in capsys.readouterr().err
+
+
+def test_command_serves_on_localhost_and_stops_on_ctrl_c(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import urllib.request
+
+    from tstitch.serve.browser import free_port
+
+    port = free_port()
+    env = dict(os.environ, GRADIO_TEMP_DIR=str(tmp_path), GRADIO_ANALYTICS_ENABLED="False",
+               PYTHONPATH=os.pathsep.join(sys.path))
+    log = (tmp_path / "stderr.txt").open("w")  # the log lines ("loading digits")
+    process = subprocess.Popen([sys.executable, "-m", "tstitch.cli", "serve", "--port", str(port)], env=env,
+                               stdout=subprocess.PIPE, stderr=log, text=True)
+    try:
+        first = process.stdout.readline()
+        assert first.strip() == f"tstitch serve: http://127.0.0.1:{port}/ (digits; Ctrl-C stops it)"
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=30) as response:
+            assert response.status == 200
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=60) == 0
+        assert process.stdout.read().rstrip().endswith("tstitch serve: stopped")
+    finally:
+        if process.poll() is None:
+            process.kill()
+        log.close()
