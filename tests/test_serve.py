@@ -122,7 +122,7 @@ def call(url, **changes):
 def test_page_runs_every_fraction_and_the_large_model_alone(server):
     url, _, _ = server
     assert url.startswith("http://127.0.0.1:")
-    gallery, table, frontier, records = call(url)
+    gallery, table, frontier, records, note = call(url)
     assert [r["label"] for r in records] == ["digits-xl alone", "digits-s 0.2 + digits-xl 0.8",
                                              "digits-s 0.6 + digits-xl 0.4"]
     assert records[0]["step_models"] == ["digits-xl"] * STEPS
@@ -141,6 +141,7 @@ def test_page_runs_every_fraction_and_the_large_model_alone(server):
     assert tile.width == 4 * 64 + 3 * 2  # 4 columns of the enlarged 8x8 digits
     assert "| digits-s 0.2 + digits-xl 0.8 | digits-s 2, digits-xl 8 |" in table
     assert frontier is not None  # the rows of the frontier file match the loaded pair
+    assert note.startswith("Frontier measured in `") and note.endswith("results.json`.")
 
 
 def test_same_noise_gives_the_same_large_model_images(server):

@@ -27,7 +27,9 @@ def page(tmp_path_factory):
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("GRADIO_TEMP_DIR", str(tmp_path_factory.mktemp("gradio")))
-        state, default = make_state(frontier=None)
+        absent = tmp_path_factory.mktemp("frontier") / "none.json"
+        state, default = make_state()
+        state.frontier_files = (str(absent),)  # the page without a measured frontier
         app, url = start(state, default, port=browser.free_port())
         driver = browser.open_driver()
         try:
@@ -39,12 +41,16 @@ def page(tmp_path_factory):
 
 
 def test_generate_two_fractions_shows_times_and_speedups(page, tmp_path):
+    from selenium.webdriver.common.by import By
+
     browser.set_fractions(page, ["0.3", "0.5"])
     browser.set_number(page, "steps", "10")
     captions = browser.generate(page, expected_tiles=3)
     assert re.match(r"^digits-xl alone: \d+\.\d{3} s \(reference\)$", captions[0]), captions
     assert all(CAPTION.match(text) for text in captions[1:]), captions
     assert [text.split(":")[0] for text in captions[1:]] == ["r 0.3", "r 0.5"]
+    note = page.find_element(By.ID, "frontier-note").text
+    assert note.startswith("No measured frontier of digits-s -> digits-xl in /"), note  # the fixture gives none
     shot = tmp_path / "page.png"
     assert page.save_screenshot(str(shot)) and shot.stat().st_size > 10_000
 

@@ -120,6 +120,7 @@ def build_app(state: ServeState, default: str):
                 table = gr.Markdown(elem_id="table")
                 frontier = gr.Image(label="speed/quality frontier", type="pil", elem_id="frontier",
                                     interactive=False)
+                frontier_note = gr.Markdown(elem_id="frontier-note")
                 with gr.Accordion("the runs as JSON", open=False):
                     records = gr.JSON(elem_id="records")
 
@@ -154,8 +155,9 @@ def build_app(state: ServeState, default: str):
                     for run in runs[len(tiles):]:
                         tiles.append((core.tile(run, loaded.names), core.caption(run)))
                     done = len(runs) == len(request.allocations) + 1
-                    plot = _frontier(state, loaded.names, runs) if done else None
-                    yield list(tiles), core.summary_table(runs, loaded.names), plot, [run.as_dict() for run in runs]
+                    plot, note = _frontier(state, loaded.names, runs) if done else (None, "")
+                    yield (list(tiles), core.summary_table(runs, loaded.names), plot, [run.as_dict() for run in runs],
+                           note)
             except (ValueError, OSError) as error:
                 raise gr.Error(str(error)) from None
 
@@ -163,7 +165,7 @@ def build_app(state: ServeState, default: str):
                      concurrency_limit=1, concurrency_id="models", api_name="choose_models")
         event = run_button.click(
             on_generate, [model, fractions, steps, scheduler, guidance, seed, num_images, labels, prompt],
-            [gallery, table, frontier, records], concurrency_limit=1, concurrency_id="models",
+            [gallery, table, frontier, records, frontier_note], concurrency_limit=1, concurrency_id="models",
             api_name=GENERATE_API,
         )
         cancel_button.click(None, None, None, cancels=[event], api_name="cancel")
@@ -183,9 +185,10 @@ def use_one_thread_for_tiny_models(state: ServeState, default: str) -> None:
 def _frontier(state: ServeState, names: Sequence[str], runs: Sequence[PageRun]):
     found = core.load_frontier(state.frontier_files, names)
     if found is None:
-        return None
+        return None, (f"No measured frontier of {' -> '.join(names)} in {', '.join(state.frontier_files)}: "
+                      "`tstitch demo` (the digits family) or `tstitch tune` writes one.")
     rows, source = found
-    return core.plot_frontier(rows, source, runs, names)
+    return core.plot_frontier(rows, source, runs, names), f"Frontier measured in `{source}`."
 
 
 def start(state: ServeState, default: str, host: str = "127.0.0.1", port: int = 7860):
