@@ -4,13 +4,13 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: demo test lint bench train-zoo clean
+.PHONY: demo test lint bench train-zoo screenshot clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	# torch first, the CPU build on this machine: a plain `torch` requirement would pull a CUDA build.
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e ".[dev]"
+	$(PY) -m pip install -q -e ".[dev,web]"
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -25,6 +25,11 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(VENV)/bin/tstitch bench --out benchmarks/results
+
+# The page's screenshot in the README: serves the digits page, generates three fractions in headless Chromium
+# (Debian's chromium + chromium-driver). The frontier is the demo's: `make demo` first to show it.
+screenshot: $(STAMP)
+	GRADIO_ANALYTICS_ENABLED=False $(PY) -m tstitch.serve.browser docs/serve.png --force
 
 train-zoo: $(STAMP)
 	$(VENV)/bin/tstitch train-zoo
