@@ -128,7 +128,7 @@ def test_demo_refuses_an_unwritable_folder_before_work(tmp_path):
 def test_demo_refuses_a_file_as_output_folder(tmp_path):
     target = tmp_path / "file"
     target.write_text("x")
-    with pytest.raises(PermissionError, match="cannot be written"):
+    with pytest.raises(NotADirectoryError, match="is a file, not a folder"):
         run_demo(target, DemoConfig.quick(num_samples=4, num_steps=1), progress=False)
 
 
