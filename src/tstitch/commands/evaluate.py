@@ -119,10 +119,6 @@ def _check_args(args: argparse.Namespace) -> None:
         raise ValueError("--sweep-step applies to --sweep")
     if args.many_schedules and not args.sweep:
         raise ValueError("--many-schedules applies to --sweep")
-    if args.num_samples is not None and args.pr_k >= args.num_samples:
-        raise ValueError(f"--pr-k must be smaller than --samples ({args.num_samples}), got {args.pr_k}")
-    if args.num_samples is not None and args.is_splits > args.num_samples:
-        raise ValueError(f"--is-splits must be at most --samples ({args.num_samples}), got {args.is_splits}")
     if args.metric in ("digits", "none") and args.inception_weights:
         raise ValueError(f"--inception-weights applies to the inception metric, not --metric {args.metric}")
 
