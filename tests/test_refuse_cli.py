@@ -52,6 +52,12 @@ def refused(capsys, *argv: str) -> str:
     return err
 
 
+@pytest.mark.parametrize("command", ["sample", "demo", "evaluate", "train-zoo", "bench"])
+def test_every_command_documents_overwrite(capsys, command):
+    assert cli.main([command, "--help"]) == 0
+    assert "--overwrite" in capsys.readouterr().out
+
+
 # -- case 3: every float flag of every command is finite and in range ---------------------------------------------
 
 FLOAT_FLAGS = [
@@ -141,7 +147,9 @@ BAD = [
     (("bench", "--fractions", "0.2", "0.2"), "argument --fractions: 0.2 is given more than once"),
     (("demo", "--guidance", "1.5", "1.5"), "argument --guidance: 1.5 is given more than once"),
     (("sample", "--preset", "digits-s-b-xl", "--fractions", "0.7", "0.6"), "--fractions sum to 1.3, more than 1"),
+    (("sample", "--preset", "sd15-bksdm-tiny", "--prompt", " "), "argument --prompt: is empty"),
     # combinations that mean nothing, or exclude each other
+    (("sample", "--preset", "digits", "--negative-prompt", "blur"), "--negative-prompt applies with --prompt"),
     (("sample", "--preset", "digits", "--fraction", "0.2", "--fractions", "0.2"), "not allowed with argument"),
     (("sample", "--preset", "digits", "--class-labels", "1", "--prompt", "a"), "--class-labels .* or --prompt"),
     (("sample", "--preset", "digits", "--timestep-embedding", "official"), "--timestep-embedding applies to --model"),

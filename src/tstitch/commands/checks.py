@@ -10,7 +10,7 @@ import math
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
-__all__ = ["integer", "real", "SEED", "SEED_MAX", "device", "out_folder", "existing_folder", "existing_file",
+__all__ = ["integer", "real", "text", "SEED", "SEED_MAX", "device", "out_folder", "existing_folder", "existing_file",
            "existing_path", "unknown_name", "one_of", "Unique", "add_overwrite"]
 
 #: Seeds are 63-bit non-negative integers (torch generators take 64 bits; seed + 1 must still fit).
@@ -91,6 +91,13 @@ def out_folder(text: str) -> str:
     if Path(text).exists() and not Path(text).is_dir():
         raise argparse.ArgumentTypeError(f"{text} is a file, not a folder")
     return text
+
+
+def text(value: str) -> str:
+    """A non-empty text (a prompt)."""
+    if not value.strip():
+        raise argparse.ArgumentTypeError("is empty")
+    return value
 
 
 def existing_folder(text: str) -> str:

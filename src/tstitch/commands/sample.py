@@ -7,7 +7,7 @@ import argparse
 import importlib.util
 import sys
 
-from .checks import SEED, add_overwrite, device, existing_folder, integer, one_of, out_folder, real
+from .checks import SEED, add_overwrite, device, existing_folder, integer, one_of, out_folder, real, text
 
 #: Models with fewer parameters than this run on one CPU thread unless --threads says otherwise.
 TINY = 10_000_000
@@ -35,9 +35,10 @@ examples:
   tstitch sample --list-presets
 
 Files written to --out: grid.png (one row per run, the same noise in each column), sample-000.png ...
-(one per image), large-000.png ... with --compare, and summary.json (settings, steps and seconds per
-model). Models that are not available offline (HF_HUB_OFFLINE=1) are named in the error, with how to get
-them."""
+(one per image), large-000.png ... with --compare, summary.json (settings, steps and seconds per
+model) and tstitch-outputs.json (what tstitch wrote there: other files of those names are refused unless
+--overwrite, and a rerun removes its own stale images; see docs/refused-inputs.md). Models that are
+not available offline (HF_HUB_OFFLINE=1) are named in the error, with how to get them."""
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -98,7 +99,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     what = parser.add_argument_group("what to sample")
     what.add_argument("--class-labels", type=integer(0), nargs="+", metavar="Y",
                       help="class labels, one image each (class-conditional models; default: the preset's)")
-    what.add_argument("--prompt", action="append", metavar="TEXT", help="prompt, repeatable (text-to-image pipelines)")
+    what.add_argument("--prompt", action="append", metavar="TEXT", type=text,
+                      help="prompt, repeatable (text-to-image pipelines)")
     what.add_argument("--negative-prompt", metavar="TEXT", help="negative prompt (text-to-image pipelines)")
     what.add_argument("--num-images", type=integer(1, 10_000), metavar="N",
                       help="images to sample, at most 10,000 (default one per label/prompt; labels and prompts "
@@ -134,6 +136,8 @@ def _check_args(args: argparse.Namespace) -> None:
         raise ValueError("give --class-labels (class-conditional models) or --prompt (text-to-image), not both")
     if args.fractions and sum(args.fractions) > 1.0 + 1e-6:
         raise ValueError(f"--fractions sum to {sum(args.fractions):g}, more than 1")
+    if args.negative_prompt is not None and not args.prompt:
+        raise ValueError("--negative-prompt applies with --prompt (text-to-image pipelines)")
     if args.size is not None and args.size % 8:
         raise ValueError(f"--size must be a multiple of 8, got {args.size}")
     if args.preset and args.timestep_embedding:
