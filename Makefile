@@ -13,8 +13,9 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e ".[dev,web]"
 	touch $(STAMP)
 
+# demo and bench own their folders (--overwrite: also folders made before tstitch-outputs.json existed)
 demo: $(STAMP)
-	$(VENV)/bin/tstitch demo --out outputs/demo
+	$(VENV)/bin/tstitch demo --out outputs/demo --overwrite
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check .
@@ -24,7 +25,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 
 bench: $(STAMP)
-	$(VENV)/bin/tstitch bench --out benchmarks/results
+	$(VENV)/bin/tstitch bench --out benchmarks/results --overwrite
 
 # The page's screenshot in the README: serves the digits page, generates three fractions in headless Chromium
 # (Debian's chromium + chromium-driver). The frontier is the demo's: `make demo` first to show it.

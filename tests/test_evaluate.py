@@ -196,3 +196,63 @@ def test_two_torchrun_processes_with_gloo_give_the_one_process_bytes(baseline, t
     assert "schedule" in result.stdout and result.stdout.count("digits-s:") == 3  # one table, from process 0
     refused = run_cli([*ARGS, "--out", str(tmp_path), "--steps", "4"], torchrun=2)  # both processes stop
     assert refused.returncode != 0 and refused.stderr.count("holds samples made with other settings") == 1
+
+
+# -- refused inputs and the folder's table (issue 14) -------------------------------------------------------------
+
+
+def test_one_more_fraction_into_a_finished_sweep_keeps_the_sweeps_rows(baseline, tmp_path, capsys):
+    import shutil
+
+    from tstitch import cli
+
+    out = tmp_path / "sweep"
+    shutil.copytree(baseline, out)
+    pareto = (out / "pareto.png").read_bytes()
+    code = cli.main(["evaluate", *[a for a in ARGS if a not in ("--sweep", "--sweep-step", "0.5")],
+                     "--fractions", "0.25", "--out", str(out)])
+    printed = capsys.readouterr().out
+    assert code == 0, printed
+    results = json.loads((out / "results.json").read_text())
+    assert [r["fractions"] for r in results["rows"]] == [[0.0], [0.25], [0.5], [1.0]]
+    before = json.loads((baseline / "results.json").read_text())["rows"]
+    assert sorted(results["earlier_schedules"]) == sorted(r["schedule"] for r in before)
+    assert (out / "results.csv").read_text().count("\n") == 5
+    assert (out / "pareto.png").read_bytes() != pareto  # redrawn with the new point
+    assert "the results also list 3 schedule(s) sampled earlier" in printed
+    by_fraction = {tuple(r["fractions"]): r for r in results["rows"]}
+    for row in before:  # the sweep's rows are the same numbers
+        assert by_fraction[tuple(row["fractions"])]["fid"] == row["fid"]
+
+
+def test_a_folder_made_before_the_outputs_list_resumes_and_a_users_file_is_refused(baseline, tmp_path, capsys):
+    import shutil
+
+    from tstitch import cli
+
+    out = tmp_path / "old"
+    shutil.copytree(baseline, out)  # written by the library: no tstitch-outputs.json
+    assert cli.main(["evaluate", *ARGS, "--png", "--out", str(out)]) == 0
+    assert digests(out) == digests(baseline)
+    capsys.readouterr()
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "results.csv").write_text("my table")
+    assert cli.main(["evaluate", *ARGS, "--out", str(mine)]) == 2
+    assert "holds results.csv, which tstitch did not write" in capsys.readouterr().err
+    assert sorted(p.name for p in mine.iterdir()) == ["results.csv"]
+
+
+def test_threads_default_to_one_for_tiny_models_and_follow_the_flag(tmp_path, capsys):
+    from tstitch import cli
+
+    args = ["--preset", "digits", "--fractions", "0.5", "--samples", "4", "--steps", "2", "--batch-size", "4",
+            "--device", "cpu", "--metric", "none", "--no-progress"]
+    torch.set_num_threads(2)
+    try:
+        assert cli.main(["evaluate", *args, "--out", str(tmp_path / "a")]) == 0
+        assert json.loads((tmp_path / "a" / "results.json").read_text())["torch_threads"] == 1
+        assert cli.main(["evaluate", *args, "--threads", "2", "--out", str(tmp_path / "b")]) == 0
+        assert json.loads((tmp_path / "b" / "results.json").read_text())["torch_threads"] == 2
+    finally:
+        torch.set_num_threads(1)

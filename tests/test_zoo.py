@@ -128,7 +128,7 @@ def test_demo_refuses_an_unwritable_folder_before_work(tmp_path):
 def test_demo_refuses_a_file_as_output_folder(tmp_path):
     target = tmp_path / "file"
     target.write_text("x")
-    with pytest.raises(PermissionError, match="cannot be written"):
+    with pytest.raises(NotADirectoryError, match="is a file, not a folder"):
         run_demo(target, DemoConfig.quick(num_samples=4, num_steps=1), progress=False)
 
 
@@ -164,3 +164,41 @@ def test_demo_is_deterministic(tmp_path):
     first = run_demo(tmp_path / "a", config, progress=False)
     second = run_demo(tmp_path / "b", config, progress=False)
     assert [r["fid"] for r in first["rows"]] == [r["fid"] for r in second["rows"]]
+
+
+def test_train_zoo_refuses_bad_steps_before_touching_the_folder(tmp_path, capsys):
+    from tstitch import cli
+
+    for name in ("digits-classifier.safetensors", "manifest.json"):
+        (tmp_path / name).write_bytes(b"the weights and manifest of an earlier run")
+    for steps in (0, -1):
+        with pytest.raises(ValueError, match=f"steps must be >= 1, got {steps}"):
+            train_zoo(tmp_path, steps=steps, progress=False)
+    with pytest.raises(ValueError, match="names is empty"):
+        train_zoo(tmp_path, [], progress=False)
+    assert cli.main(["train-zoo", "--steps", "0", "--out", str(tmp_path)]) == 2
+    assert "argument --steps: must be an integer in [1, 100000], got 0" in capsys.readouterr().err
+    for name in ("digits-classifier.safetensors", "manifest.json"):
+        assert (tmp_path / name).read_bytes() == b"the weights and manifest of an earlier run"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["digits-classifier.safetensors", "manifest.json"]
+
+
+def test_train_zoo_of_one_member_keeps_the_manifest_true_to_the_folder(tmp_path, capsys):
+    from tstitch import cli
+
+    out = tmp_path / "zoo"
+    assert cli.main(["train-zoo", "--steps", "2", "--out", str(out), "--no-progress"]) == 0
+    first = json.loads((out / "manifest.json").read_text())
+    capsys.readouterr()
+    assert cli.main(["train-zoo", "--models", "digits-s", "--steps", "3", "--seed", "1", "--out", str(out),
+                     "--no-progress"]) == 0
+    assert "note: digits-b, digits-xl in" in capsys.readouterr().out
+    second = json.loads((out / "manifest.json").read_text())
+    assert second["models"]["digits-s"]["steps"] == 3 and second["models"]["digits-s"]["seed"] == 1
+    assert second["models"]["digits-b"] == first["models"]["digits-b"]
+    assert second["models"]["digits-xl"] == first["models"]["digits-xl"]
+    assert second["kept_from_earlier_run"] == ["digits-b", "digits-xl"]
+    assert sorted(p.name for p in out.iterdir()) == sorted([
+        "digits-classifier.safetensors", "digits-s.safetensors", "digits-b.safetensors", "digits-xl.safetensors",
+        "manifest.json", "tstitch-outputs.json"])
+    assert load_model("digits-b", out) is not None

@@ -36,15 +36,26 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the command of ``argv``; returns its exit code (0: done or --help, 2: bad input, naming the flag,
+    130: interrupted)."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as stop:  # --help (0) or a flag that failed its check (2, message printed)
+        return stop.code if isinstance(stop.code, int) else 2
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # for messages such as "rerun to resume: ..."
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
     try:
         return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError, PermissionError, OSError) as error:
+    except KeyboardInterrupt:
+        # one line, no traceback; every file is written atomically, so what is there is whole
+        message = getattr(args, "on_interrupt", None) or "nothing half-written was left behind"
+        print(f"\ntstitch {args.command}: interrupted; {message}", file=sys.stderr)
+        return 130
+    except (ValueError, OSError) as error:  # FileNotFoundError, PermissionError, FileExistsError ...
         print(f"tstitch {args.command}: error: {error}", file=sys.stderr)
         return 2
 

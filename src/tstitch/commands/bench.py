@@ -6,6 +6,11 @@ from __future__ import annotations
 import argparse
 import time
 
+from .checks import SEED, Unique, add_overwrite, device, integer, one_of, out_folder, real
+
+#: The files the benchmark writes into --out.
+OUTPUTS = ("bench.json", "bench.png")
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     from ..bench.cases import CASE_BUILDERS
@@ -23,19 +28,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     mode.add_argument("--gpu-paper", action="store_true",
                       help="the paper's table setting on CUDA: DiT-S/2 -> DiT-XL/2 at 256, 100 DDIM steps, "
                       "8 images, guidance 1.5, fractions 0, 0.1, ..., 1")
-    parser.add_argument("--cases", nargs="+", metavar="CASE",
+    parser.add_argument("--cases", nargs="+", metavar="CASE", type=one_of("case", list(CASE_BUILDERS)),
+                        action=Unique,
                         help=f"cases to run (default: all of the CPU suite): {', '.join(CASE_BUILDERS)}")
-    parser.add_argument("--out", default="outputs/bench", help="output folder (default: %(default)s)")
-    parser.add_argument("--device", help="torch device (default: cpu; cuda with --gpu-paper)")
-    parser.add_argument("--threads", type=int,
+    parser.add_argument("--out", default="outputs/bench", type=out_folder,
+                        help="output folder (default: %(default)s)")
+    add_overwrite(parser)
+    parser.add_argument("--device", type=device(), help="torch device (default: cpu; cuda with --gpu-paper)")
+    parser.add_argument("--threads", type=integer(1, 1024),
                         help="torch CPU threads (default: torch's own; 1 with --quick, so that a busy machine "
                         "does not stall it)")
-    parser.add_argument("--reps", type=int, help="timed repetitions per configuration (default: per case)")
-    parser.add_argument("--steps", type=int, help="sampling steps (default: per case)")
-    parser.add_argument("--images", type=int, help="images per run (default: per case)")
-    parser.add_argument("--fractions", type=float, nargs="+", metavar="R",
+    parser.add_argument("--reps", type=integer(1, 1000),
+                        help="timed repetitions per configuration, in [1, 1000] (default: per case)")
+    parser.add_argument("--steps", type=integer(1, 1000), help="sampling steps, in [1, 1000] (default: per case)")
+    parser.add_argument("--images", type=integer(1, 10_000), help="images per run, in [1, 10000] (default: per case)")
+    parser.add_argument("--fractions", type=real(0, 1), nargs="+", metavar="R", action=Unique,
                         help="fractions of the small model (default 0 0.2 0.4 0.6 0.8 1; 0 and 1 are always run)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the noise, labels and weights (default: 0)")
+    parser.add_argument("--seed", type=SEED, default=0, help="seed of the noise, labels and weights (default: 0)")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory runs")
     fast = parser.add_argument_group("fast paths (none changes which model runs at which step)")
     fast.add_argument("--compile", action="store_true", help="torch.compile each model (compile time reported apart)")
@@ -51,26 +60,27 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from ..bench import CASE_BUILDERS, SUITES, BenchSettings, format_report, run_bench
+    from ..bench import SUITES, BenchSettings, format_report, run_bench
     from ..models.fastpaths import FastPaths
+    from ..utils import OutputFolder
 
     preset = "gpu-paper" if args.gpu_paper else "quick" if args.quick else "cpu"
     device = args.device or ("cuda" if args.gpu_paper else "cpu")
     if torch.device(device).type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device} asked for, but torch sees no CUDA device")
-    for value, name in ((args.reps, "--reps"), (args.steps, "--steps"), (args.images, "--images"),
-                        (args.threads, "--threads")):
-        if value is not None and value < 1:
-            raise ValueError(f"{name} must be >= 1, got {value}")
+        raise ValueError("--gpu-paper runs on CUDA, which is not available on this machine; give --device cpu "
+                         "to run its cases on the CPU")
+    if args.compile_mode and not args.compile:
+        raise ValueError("--compile-mode applies with --compile")
+    if args.offload and torch.device(device).type != "cuda":
+        raise ValueError("--offload moves the idle model to the CPU: it needs a CUDA --device")
+    folder = OutputFolder(args.out, "bench", names=OUTPUTS, overwrite=args.overwrite)
+    folder.check()
     threads = args.threads or (1 if args.quick else None)
     if threads:
         torch.set_num_threads(threads)
 
     cases = [(name, dict(options)) for name, options in SUITES[preset]]
     if args.cases:
-        unknown = [name for name in args.cases if name not in CASE_BUILDERS]
-        if unknown:
-            raise ValueError(f"unknown case(s) {', '.join(unknown)}; known: {', '.join(CASE_BUILDERS)}")
         defaults = dict(SUITES["cpu"])
         cases = [(name, dict(defaults.get(name, {}))) for name in args.cases]
     fractions = tuple(args.fractions) if args.fractions else None
@@ -87,7 +97,13 @@ def run(args: argparse.Namespace) -> int:
                        dtype=args.dtype, channels_last=args.channels_last, offload=args.offload),
     )
     start = time.perf_counter()
+    folder.begin()
+    args.on_interrupt = (f"{args.out}/bench.json holds the repetitions measured so far (\"complete\": false)")
     results = run_bench(cases, args.out, settings, device=device, preset=preset)
+    args.on_interrupt = None
+    others = folder.finish([folder.path / name for name in OUTPUTS])
     print(format_report(results))
     print(f"wrote {args.out}/bench.json and bench.png in {time.perf_counter() - start:.0f} s")
+    if others:
+        print(f"note: {args.out} also holds {', '.join(others)}, not from this run")
     return 0

@@ -6,6 +6,11 @@ from __future__ import annotations
 import argparse
 import time
 
+from .checks import SEED, Unique, add_overwrite, device, existing_folder, integer, out_folder, real
+
+#: The files the demo writes into --out.
+OUTPUTS = ("results.json", "results.csv", "pareto.png", "grid.png", "similarity.png")
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
@@ -15,21 +20,26 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "(and a few S -> B -> XL allocations) from the same noise, and writes results.json/.csv, pareto.png, "
         "grid.png and similarity.png with measured digits-FID, accuracy and seconds per image.",
     )
-    parser.add_argument("--out", default="outputs/demo", help="output folder (default: %(default)s)")
+    parser.add_argument("--out", default="outputs/demo", type=out_folder, help="output folder (default: %(default)s)")
+    add_overwrite(parser)
     parser.add_argument("--quick", action="store_true", help="fewer samples and steps: under a minute on a CPU")
-    parser.add_argument("--samples", type=int, help="images per schedule (default 600, quick 300)")
-    parser.add_argument("--steps", type=int, help="DDIM steps (default 20, quick 10)")
-    parser.add_argument("--guidance", type=float, nargs="+", metavar="SCALE",
-                        help="guidance scales to sweep; the large model's best is used (default 1.0 1.5 2.0)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the noise and labels (default: %(default)s)")
-    parser.add_argument("--device", default="cpu", help="torch device (default: %(default)s)")
-    parser.add_argument("--weights", help="folder of the family's weights (default: the shipped ones)")
+    parser.add_argument("--samples", type=integer(2, 1797),
+                        help="images per schedule, in [2, 1797] (the digits set) (default 600, quick 300)")
+    parser.add_argument("--steps", type=integer(1, 1000), help="DDIM steps, in [1, 1000] (default 20, quick 10)")
+    parser.add_argument("--guidance", type=real(1, 100), nargs="+", metavar="SCALE", action=Unique,
+                        help="guidance scales in [1, 100] to sweep; the large model's best is used "
+                        "(default 1.0 1.5 2.0)")
+    parser.add_argument("--seed", type=SEED, default=0, help="seed of the noise and labels (default: %(default)s)")
+    parser.add_argument("--device", default="cpu", type=device(), help="torch device (default: %(default)s)")
+    parser.add_argument("--weights", type=existing_folder,
+                        help="folder of the family's weights (default: the shipped ones)")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from ..experiments.demo import DemoConfig, format_table, run_demo
+    from ..utils import OutputFolder
 
     overrides = {"seed": args.seed, "device": args.device, "weights_dir": args.weights}
     if args.samples is not None:
@@ -39,9 +49,18 @@ def run(args: argparse.Namespace) -> int:
     if args.guidance:
         overrides["guidance_scales"] = tuple(args.guidance)
     config = DemoConfig.quick(**overrides) if args.quick else DemoConfig(**overrides)
+    config.validate()
+    folder = OutputFolder(args.out, "demo", names=OUTPUTS, overwrite=args.overwrite)
+    folder.check()
     start = time.perf_counter()
+    folder.begin()
+    args.on_interrupt = f"{args.out} may hold figures of an earlier run; run the command again"
     results = run_demo(args.out, config, progress=not args.no_progress)
+    args.on_interrupt = None
+    others = folder.finish([folder.path / name for name in OUTPUTS])
     print(format_table(results))
     print(f"wrote {args.out}/results.json, results.csv, pareto.png, grid.png, similarity.png "
           f"in {time.perf_counter() - start:.0f} s on {results['device']}")
+    if others:
+        print(f"note: {args.out} also holds {', '.join(others)}, not from this run")
     return 0

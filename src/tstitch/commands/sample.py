@@ -4,7 +4,10 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import sys
+
+from .checks import SEED, add_overwrite, device, existing_folder, integer, one_of, out_folder, real, text
 
 #: Models with fewer parameters than this run on one CPU thread unless --threads says otherwise.
 TINY = 10_000_000
@@ -32,16 +35,17 @@ examples:
   tstitch sample --list-presets
 
 Files written to --out: grid.png (one row per run, the same noise in each column), sample-000.png ...
-(one per image), large-000.png ... with --compare, and summary.json (settings, steps and seconds per
-model). Models that are not available offline (HF_HUB_OFFLINE=1) are named in the error, with how to get
-them."""
+(one per image), large-000.png ... with --compare, summary.json (settings, steps and seconds per
+model) and tstitch-outputs.json (what tstitch wrote there: other files of those names are refused unless
+--overwrite, and a rerun removes its own stale images; see docs/refused-inputs.md). Models that are
+not available offline (HF_HUB_OFFLINE=1) are named in the error, with how to get them."""
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     from ..models.families import embedded_models
     from ..models.loaded import MODES
     from ..models.presets import PRESETS
-    from ..sampling.schedulers import SCHEDULERS
+    from ..sampling.schedulers import SCHEDULERS, scheduler_name
 
     parser = subparsers.add_parser(
         "sample",
@@ -53,12 +57,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     models = parser.add_argument_group("models")
-    models.add_argument("--preset", help=f"a named model pair: {', '.join(PRESETS)} (see --list-presets)")
+    models.add_argument("--preset", type=one_of("preset", list(PRESETS)),
+                        help=f"a named model pair: {', '.join(PRESETS)} (see --list-presets)")
     models.add_argument("--model", action="append", metavar="PATH_OR_ID",
                         help="a model, repeated smallest first (the last is the large model): an official DiT "
                         f".pt/.safetensors file, a diffusers folder, a hub id, or {'/'.join(embedded_models())}. "
                         "With --preset: replaces the preset's models, one per model")
-    models.add_argument("--checkpoint-dir", metavar="DIR",
+    models.add_argument("--checkpoint-dir", metavar="DIR", type=existing_folder,
                         help="folder with downloaded checkpoint files (dit_s_256.pt, dit_b_256.pt, "
                         "DiT-XL-2-256x256.pt); also searched: $TSTITCH_CHECKPOINT_DIR, ./pretrained_models")
     models.add_argument("--vae", metavar="PATH_OR_ID", help="VAE for DiT latents (default stabilityai/sd-vae-ft-ema)")
@@ -69,46 +74,56 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     schedule = parser.add_argument_group("stitching and sampling")
     fraction = schedule.add_mutually_exclusive_group()
-    fraction.add_argument("--fraction", type=float, metavar="R",
+    fraction.add_argument("--fraction", type=real(0, 1), metavar="R",
                           help="share of the steps run by the small model, two models (default: the preset's, 0.4)")
-    fraction.add_argument("--fractions", type=float, nargs="+", metavar="R",
+    fraction.add_argument("--fractions", type=real(0, 1), nargs="+", metavar="R",
                           help="shares of the small models, smallest first, for three or more models")
-    schedule.add_argument("--steps", type=int, help="sampling steps (default: the preset's; DiT 100, digits 25, "
+    schedule.add_argument("--steps", type=integer(1, 1000),
+                          help="sampling steps, in [1, 1000] (default: the preset's; DiT 100, digits 25, "
                           "Stable Diffusion the pipeline's 50)")
-    schedule.add_argument("--scheduler", help=f"{', '.join(SCHEDULERS)} (default: the preset's or the pipeline's "
+    schedule.add_argument("--scheduler", type=one_of("scheduler", list(SCHEDULERS), scheduler_name),
+                          help=f"{', '.join(SCHEDULERS)} (default: the preset's or the pipeline's "
                           "own)")
     schedule.add_argument("--mode", choices=MODES,
                           help="diffusers: the bare loop with a diffusers scheduler; official: the published DiT "
                           "sampler (ddim/ddpm, respaced timesteps, guidance on 3 channels) to reproduce the paper "
                           "(default: official for the DiT presets, diffusers otherwise)")
-    schedule.add_argument("--guidance", type=float, metavar="SCALE",
-                          help="classifier-free guidance scale (default: DiT 1.5, digits 1.0, SD the pipeline's)")
+    schedule.add_argument("--guidance", type=real(0, 100), metavar="SCALE",
+                          help="classifier-free guidance scale in [0, 100] (default: DiT 1.5, digits 1.0, SD the "
+                          "pipeline's)")
     schedule.add_argument("--compare", action="store_true",
                           help="also sample with the large model alone from the same noise; print both times")
     schedule.add_argument("--no-warmup", action="store_true",
                           help="skip the short untimed run that keeps one-off costs out of the timings")
 
     what = parser.add_argument_group("what to sample")
-    what.add_argument("--class-labels", type=int, nargs="+", metavar="Y",
+    what.add_argument("--class-labels", type=integer(0), nargs="+", metavar="Y",
                       help="class labels, one image each (class-conditional models; default: the preset's)")
-    what.add_argument("--prompt", action="append", metavar="TEXT", help="prompt, repeatable (text-to-image pipelines)")
+    what.add_argument("--prompt", action="append", metavar="TEXT", type=text,
+                      help="prompt, repeatable (text-to-image pipelines)")
     what.add_argument("--negative-prompt", metavar="TEXT", help="negative prompt (text-to-image pipelines)")
-    what.add_argument("--num-images", type=int, metavar="N",
-                      help="images to sample (default one per label/prompt; labels and prompts repeat to fill it)")
-    what.add_argument("--batch-size", type=int, metavar="B", help="images per model call (default: all at once)")
-    what.add_argument("--size", type=int, metavar="PIXELS", help="image height and width (text-to-image pipelines)")
-    what.add_argument("--seed", type=int, default=0, help="seed of the initial noise (default: %(default)s)")
+    what.add_argument("--num-images", type=integer(1, 10_000), metavar="N",
+                      help="images to sample, at most 10,000 (default one per label/prompt; labels and prompts "
+                      "repeat to fill it)")
+    what.add_argument("--batch-size", type=integer(1), metavar="B", help="images per model call (default: all at once)")
+    what.add_argument("--size", type=integer(64, 4096), metavar="PIXELS",
+                      help="image height and width, a multiple of 8 (text-to-image pipelines)")
+    what.add_argument("--seed", type=SEED, default=0, help="seed of the initial noise, in [0, 2**63 - 1] "
+                      "(default: %(default)s)")
 
     run_group = parser.add_argument_group("where")
-    run_group.add_argument("--device", default="auto", help="torch device: cpu, cuda, cuda:1 ... "
+    run_group.add_argument("--device", default="auto", type=device(allow_auto=True),
+                           help="torch device: cpu, cuda, cuda:1 ... "
                            "(default: cuda if available)")
     run_group.add_argument("--dtype", choices=("auto", "float32", "float16", "bfloat16"), default="auto",
                            help="precision (default auto: float16 for pipelines on CUDA, else float32)")
     run_group.add_argument("--offline", action="store_true", help="never use the network (like HF_HUB_OFFLINE=1)")
-    run_group.add_argument("--threads", type=int, metavar="N",
+    run_group.add_argument("--threads", type=integer(1, 1024), metavar="N",
                            help="CPU threads for torch (default: 1 for models under 10M parameters on a CPU, "
                            "where threads only add overhead; torch's own default otherwise)")
-    run_group.add_argument("--out", default="outputs/sample", help="output folder (default: %(default)s)")
+    run_group.add_argument("--out", default="outputs/sample", type=out_folder,
+                           help="output folder (default: %(default)s)")
+    add_overwrite(run_group)
     run_group.add_argument("--no-progress", action="store_true", help="hide progress bars")
     parser.set_defaults(func=run)
 
@@ -119,17 +134,23 @@ def _check_args(args: argparse.Namespace) -> None:
                          "smallest first")
     if args.class_labels and args.prompt:
         raise ValueError("give --class-labels (class-conditional models) or --prompt (text-to-image), not both")
-    if args.fraction is not None and not 0.0 <= args.fraction <= 1.0:
-        raise ValueError(f"--fraction must be in [0, 1], got {args.fraction:g}")
-    for value in args.fractions or ():
-        if not 0.0 <= value <= 1.0:
-            raise ValueError(f"--fractions must be in [0, 1], got {value:g}")
     if args.fractions and sum(args.fractions) > 1.0 + 1e-6:
         raise ValueError(f"--fractions sum to {sum(args.fractions):g}, more than 1")
-    for name in ("steps", "num_images", "batch_size", "size", "threads"):
-        value = getattr(args, name)
-        if value is not None and value < 1:
-            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+    if args.negative_prompt is not None and not args.prompt:
+        raise ValueError("--negative-prompt applies with --prompt (text-to-image pipelines)")
+    if args.size is not None and args.size % 8:
+        raise ValueError(f"--size must be a multiple of 8, got {args.size}")
+    if args.preset and args.timestep_embedding:
+        raise ValueError("--timestep-embedding applies to --model without --preset (presets use the official one)")
+    if not args.preset and args.checkpoint_dir:
+        raise ValueError("--checkpoint-dir applies to presets; give files directly with --model PATH")
+    if args.preset:
+        from ..models.presets import PRESETS
+
+        if PRESETS[args.preset].kind == "pipeline" and importlib.util.find_spec("transformers") is None:
+            raise ValueError(f"preset {args.preset!r} is a Stable Diffusion pipeline: its text encoder needs the "
+                             "transformers package, which is not installed. Install the extra: "
+                             "pip install 'tstitch[sd]'")
 
 
 def _device(name: str):
@@ -168,20 +189,21 @@ def run(args: argparse.Namespace) -> int:
 
     from ..experiments.generate import SampleOptions, generate, save_images
     from ..models.loading import load_models, load_preset
-    from ..utils import ensure_writable_dir
+    from ..utils import OutputFolder
 
-    out = ensure_writable_dir(args.out)  # refuse an unwritable folder before loading anything
+    # refuse an unwritable folder, or files tstitch did not write there, before loading anything
+    folder = OutputFolder(args.out, "sample", names=("grid.png", "summary.json"),
+                          patterns=("sample-[0-9][0-9][0-9]*.png", "large-[0-9][0-9][0-9]*.png"),
+                          overwrite=args.overwrite)
+    folder.check()
+    out = folder.path
     device = _device(args.device)
     dtype = None if args.dtype == "auto" else getattr(torch, args.dtype)
     offline = True if args.offline else None
     if args.preset:
-        if args.timestep_embedding:
-            raise ValueError("--timestep-embedding applies to --model without --preset (presets use the official one)")
         loaded = load_preset(args.preset, device=device, dtype=dtype, local_files_only=offline,
                              checkpoint_dir=args.checkpoint_dir, models=args.model, vae=args.vae)
     else:
-        if args.checkpoint_dir:
-            raise ValueError("--checkpoint-dir applies to presets; give files directly with --model PATH")
         loaded = load_models(args.model, device=device, dtype=dtype, local_files_only=offline, vae=args.vae,
                              timestep_embedding=args.timestep_embedding or "auto")
     threads = args.threads
@@ -196,8 +218,13 @@ def run(args: argparse.Namespace) -> int:
         negative_prompt=args.negative_prompt, num_images=args.num_images, batch_size=args.batch_size,
         seed=args.seed, size=args.size, progress=not args.no_progress, warmup=not args.no_warmup,
     )
+    args.on_interrupt = f"nothing was written to {out}"
     result = generate(loaded, options, compare=args.compare)
+    args.on_interrupt = f"{out} may hold a mix of this run's images and earlier ones; run the command again"
+    folder.begin()
     written = save_images(result, out)
+    args.on_interrupt = None
+    others = folder.finish(written)
 
     settings = result.settings
     shares = ", ".join(f"{n} {f:g}" for n, f in zip(settings["models"], settings["fractions"], strict=True))
@@ -215,6 +242,8 @@ def run(args: argparse.Namespace) -> int:
               f"the time), {result.denoiser_speedup:.2f}x in the denoisers")
     images = [p.name for p in written if p.name.endswith(".png") and p.name != "grid.png"]
     print(f"wrote {out / 'grid.png'}, {len(images)} images ({images[0]} ...) and {out / 'summary.json'}")
+    if others:
+        print(f"note: {out} also holds {', '.join(others)}, not from this run")
     sys.stdout.flush()
     return 0
 

@@ -10,6 +10,7 @@ model its best FID in a short sweep, which is also reported.
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -60,8 +61,10 @@ class DemoConfig:
             raise ValueError(f"num_steps must be >= 1, got {self.num_steps}")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
-        if not self.guidance_scales or any(g < 1.0 for g in self.guidance_scales):
-            raise ValueError(f"guidance_scales must be >= 1, got {self.guidance_scales}")
+        if not self.guidance_scales or any(not math.isfinite(g) or g < 1.0 for g in self.guidance_scales):
+            raise ValueError(f"guidance_scales must be finite and >= 1, got {self.guidance_scales}")
+        if len(set(self.guidance_scales)) != len(self.guidance_scales):
+            raise ValueError(f"guidance_scales repeat a value: {self.guidance_scales}")
 
 
 def run_demo(out_dir: str | Path, config: DemoConfig | None = None, *, progress: bool = True) -> dict[str, Any]:

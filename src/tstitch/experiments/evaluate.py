@@ -51,6 +51,7 @@ from ..metrics import find_inception_weights, images_to_uint8, npz_batches
 from ..sampling import Stopwatch, sample_batches, scheduler_factory, scheduler_name
 from ..sampling.timing import warm_up
 from ..utils import atomic_write, ensure_writable_dir, write_json
+from .evaluation_config import DTYPES, MAX_SCHEDULES, METRICS, EvaluateConfig, schedule_count
 from .evaluation_files import (
     CRASH_ENV,
     fingerprint,
@@ -64,7 +65,7 @@ from .evaluation_files import (
     write_bytes,
     write_samples_npz,
 )
-from .evaluation_report import format_rows, metric_space, result_row, score_schedule, write_report
+from .evaluation_report import earlier_rows, format_rows, metric_space, result_row, score_schedule, write_report
 from .processes import PeerError, Processes
 from .study import Allocation, build_schedules, schedule_slug
 
@@ -83,75 +84,14 @@ __all__ = [
     "format_rows",
     "METRICS",
     "CRASH_ENV",
+    "MAX_SCHEDULES",
+    "schedule_count",
 ]
 
 #: Format of the manifest and the shards; a change refuses to resume older folders.
 FORMAT = 1
-METRICS = ("auto", "digits", "inception", "none")
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-
-
-@dataclass
-class EvaluateConfig:
-    """One ``tstitch evaluate`` run. ``None`` fields take the models' defaults (see :func:`resolve_models`).
-
-    Models: a ``preset`` (see :mod:`tstitch.presets`) or ``models`` (embedded names like ``digits-s``,
-    DiT checkpoint files or folders, hub ids), smallest first; ``models`` with a preset replace its sources.
-    Schedules: ``fractions`` (the small models' shares) for one schedule, or ``sweep`` for every fraction
-    0, 0.1, ..., 1 of two models, or every allocation on that grid for three.
-    """
-
-    out_dir: str | Path
-    preset: str | None = None
-    models: tuple[str, ...] = ()
-    vae: str | None = None
-    checkpoint_dir: str | None = None
-    fractions: tuple[float, ...] | None = None
-    sweep: bool = False
-    sweep_step: float = 0.1
-    num_samples: int | None = None
-    num_steps: int | None = None
-    guidance_scale: float | None = None
-    mode: str | None = None
-    scheduler: str | None = None
-    batch_size: int | None = None
-    seed: int = 0
-    device: str = "auto"
-    dtype: str = "float32"
-    png: bool = False
-    keep_shards: bool = False
-    metric: str = "auto"
-    reference: str | None = None
-    inception_weights: str | None = None
-    pr_k: int = 3
-    is_splits: int = 10
-    metric_batch_size: int = 250
-    dist_timeout_minutes: float = 720.0
-
-    def validate(self) -> None:
-        """Raise ``ValueError`` naming the first bad field (before anything is loaded)."""
-        if not self.preset and not self.models:
-            raise ValueError("give a preset (--preset NAME) or the models, smallest first (--models A B)")
-        if self.fractions is not None and self.sweep:
-            raise ValueError("give either fractions (one schedule) or a sweep, not both")
-        if not 0 < self.sweep_step <= 0.5 or abs(round(1 / self.sweep_step) * self.sweep_step - 1) > 1e-9:
-            raise ValueError(f"sweep_step must divide 1 (0.1, 0.125, 0.2, 0.25, 0.5), got {self.sweep_step}")
-        if self.num_samples is not None and self.num_samples < 2:
-            raise ValueError(f"num_samples must be >= 2, got {self.num_samples}")
-        if self.num_steps is not None and self.num_steps < 1:
-            raise ValueError(f"num_steps must be >= 1, got {self.num_steps}")
-        if self.batch_size is not None and self.batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
-        if self.guidance_scale is not None and self.guidance_scale < 0:
-            raise ValueError(f"guidance_scale must be >= 0, got {self.guidance_scale}")
-        if self.metric not in METRICS:
-            raise ValueError(f"metric must be one of {', '.join(METRICS)}, got {self.metric!r}")
-        if self.dtype not in DTYPES:
-            raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
-        if self.pr_k < 1 or self.is_splits < 1:
-            raise ValueError(f"pr_k and is_splits must be >= 1, got {self.pr_k} and {self.is_splits}")
-        if self.reference is not None and not Path(self.reference).exists():
-            raise FileNotFoundError(f"reference {self.reference} not found")
+#: Models with fewer parameters than this run on one CPU thread unless ``threads`` says otherwise.
+TINY = 10_000_000
 
 
 @dataclass
@@ -163,6 +103,8 @@ class EvaluateResult:
     metric: dict[str, Any] | None
     out_dir: Path
     files: list[Path] = field(default_factory=list)
+    #: schedules in ``rows`` that an earlier run sampled into the same folder with the same settings
+    earlier: list[str] = field(default_factory=list)
 
 # -- models -----------------------------------------------------------------------------------------------------
 
@@ -220,6 +162,11 @@ class EvaluationRun:
             find_inception_weights(config.inception_weights)  # fails now, not after hours of sampling
         if loaded.vae is None and int(loaded.latent_shape[0]) not in (1, 3):
             raise ValueError(f"latents of {loaded.latent_shape[0]} channels need a VAE to become images (--vae)")
+        count = schedule_count(len(loaded.names), sweep=config.sweep, step=config.sweep_step)
+        if config.max_schedules is not None and count > config.max_schedules:
+            raise ValueError(f"a sweep with step {config.sweep_step:g} over {len(loaded.names)} models is {count:,} "
+                             f"schedules, more than {config.max_schedules}; take a larger step, or allow it "
+                             "(--many-schedules)")
         self.schedules = build_schedules(loaded.names, fractions=config.fractions, sweep=config.sweep,
                                          step=config.sweep_step, default_fractions=defaults.fractions)
         self.image_shape = self._image_shape()
@@ -441,6 +388,13 @@ def run_evaluate(config: EvaluateConfig, *, progress: bool = True) -> EvaluateRe
     processes = Processes(config.device, config.dist_timeout_minutes)
     try:
         loaded = resolve_models(config, processes.device)
+        threads = config.threads
+        if threads is None and processes.device.type == "cpu" and sum(
+                p.numel() for p in loaded.large.parameters()) < TINY:
+            threads = 1  # tiny models gain nothing from threads, and lose much on a busy machine
+        if threads:
+            torch.set_num_threads(threads)
+            logger.info("%d CPU thread(s) for torch", threads)
         run = EvaluationRun(config, loaded, processes)
         plan = processes.on_zero(run.prepare)
         mine = plan[processes.rank :: processes.world]
@@ -466,7 +420,12 @@ def run_evaluate(config: EvaluateConfig, *, progress: bool = True) -> EvaluateRe
             run.write_pngs(schedule)
         metrics = score_schedule(run, schedule, space, reference, metric_key) if space is not None else None
         rows.append(result_row(run, schedule, metrics))
-    files = write_report(run, rows, metric_key, processes.world)
-    return EvaluateResult(rows, run.settings, metric_key, run.out, files)
+    earlier = earlier_rows(run, space, reference, metric_key)
+    if earlier:  # the folder's table keeps every schedule sampled there with these settings
+        logger.info("results also list %d schedule(s) sampled earlier in %s with the same settings",
+                    len(earlier), run.out)
+        rows = sorted(rows + earlier, key=lambda row: (len(row["models"]), row["fractions"]))
+    files = write_report(run, rows, metric_key, processes.world, earlier=[row["schedule"] for row in earlier])
+    return EvaluateResult(rows, run.settings, metric_key, run.out, files, [row["schedule"] for row in earlier])
 
 

@@ -24,14 +24,14 @@ from ..metrics import (
     score_features,
 )
 from ..utils import write_csv, write_json
-from .evaluation_files import fingerprint
+from .evaluation_files import fingerprint, samples_ok
 from .plots import plot_pareto
 from .study import Allocation, add_relative_columns
 
 if TYPE_CHECKING:
     from .evaluate import EvaluationRun
 
-__all__ = ["metric_space", "score_schedule", "result_row", "write_report", "format_rows"]
+__all__ = ["metric_space", "score_schedule", "result_row", "earlier_rows", "write_report", "format_rows"]
 
 
 def metric_space(run: EvaluationRun) -> tuple[FeatureSpace, Reference, dict[str, Any]]:
@@ -105,8 +105,33 @@ def result_row(run: EvaluationRun, schedule: Allocation, metrics: dict[str, floa
     return row
 
 
+def earlier_rows(run: EvaluationRun, space: FeatureSpace | None, reference: Reference | None,
+                 key: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """Rows of the schedules that an earlier run finished in ``run.out`` with the same sampling settings but
+    that this run does not include (say, a sweep, then one more fraction): the folder's table keeps them."""
+    current = {run.folder(schedule).name for schedule in run.schedules}
+    rows = []
+    for info_path in sorted(run.out.glob("*/samples.json")):
+        folder = info_path.parent
+        if folder.name in current:
+            continue
+        try:
+            info = json.loads(info_path.read_text())
+            schedule = Allocation(tuple(info["models"]), tuple(float(f) for f in info["fractions"]))
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        if (info.get("settings_hash") != run.settings_hash or run.folder(schedule) != folder
+                or not samples_ok(folder / "samples.npz", run.num_samples, run.image_shape)):
+            continue
+        metrics = score_schedule(run, schedule, space, reference, key) if space is not None else None
+        rows.append(result_row(run, schedule, metrics))
+    return rows
+
+
 def write_report(run: EvaluationRun, rows: list[dict[str, Any]], metric_key: dict[str, Any] | None,
-            world: int) -> list[Path]:
+                 world: int, earlier: Sequence[str] = ()) -> list[Path]:
+    """``results.json`` (with ``earlier_schedules``: the rows of earlier runs), ``results.csv`` and, with a
+    metric and two rows or more, ``pareto.png``."""
     alone = [r for r in rows if not any(r["fractions"])]  # the large model alone
     if alone and "fid" in alone[0]:
         for row in rows:
@@ -114,7 +139,7 @@ def write_report(run: EvaluationRun, rows: list[dict[str, Any]], metric_key: dic
     files = [
         write_json(run.out / "results.json", {
             "settings": run.settings, "metric": metric_key, "device": str(run.device), "processes": world,
-            "torch_threads": torch.get_num_threads(), "rows": rows,
+            "torch_threads": torch.get_num_threads(), "earlier_schedules": list(earlier), "rows": rows,
         }),
         write_csv(run.out / "results.csv", [{k: v for k, v in r.items() if k != "model_per_step"} for r in rows]),
     ]

@@ -9,6 +9,7 @@ weights (diffusers' ``EMAModel``); the EMA weights are the ones saved.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -21,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from ..utils import write_json
+from ..utils import ensure_writable_dir, write_json
 from . import CLASSIFIER_NAME, FAMILY, build_model, save_weights, scheduler_config
 from .classifier import DigitsClassifier
 from .data import NUM_CLASSES, load_digits_tensors
@@ -172,27 +173,65 @@ def train_zoo(
 ) -> dict[str, Any]:
     """Train the classifier and the family into ``out_dir`` (safetensors + ``manifest.json``).
 
-    ``steps`` overrides every model's training length (a smoke run uses a handful).
+    ``steps`` overrides every model's training length (a smoke run uses a handful). Every argument is checked
+    before training, and nothing in ``out_dir`` changes until every model is trained. Members not in
+    ``names`` whose weights are already in ``out_dir`` keep their manifest entry (listed under
+    ``"kept_from_earlier_run"``), so the manifest always describes the files beside it.
     """
     names = list(FAMILY) if names is None else list(names)
+    if not names:
+        raise ValueError(f"names is empty; give members of the family: {', '.join(FAMILY)}")
     for name in names:
         if name not in FAMILY:
             raise ValueError(f"unknown embedded model {name!r}; known: {', '.join(FAMILY)}")
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    if not os.access(out, os.W_OK):
-        raise PermissionError(f"cannot write to {out}")
-    manifest: dict[str, Any] = {"seed": seed, "scheduler": scheduler_config(), "models": {}}
-    classifier, info = train_classifier(classifier_steps if steps is None else max(steps, 10), seed=seed,
-                                        device=device, progress=progress)
-    save_weights(classifier, out / f"{CLASSIFIER_NAME}.safetensors", {"summary": info})
-    manifest["classifier"] = info
-    logger.info("classifier: held-out accuracy %.4f", info["held_out_accuracy"])
+    if len(set(names)) != len(names):
+        raise ValueError(f"names repeat a member: {names}")
+    if steps is not None and steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    if classifier_steps < 1:
+        raise ValueError(f"classifier_steps must be >= 1, got {classifier_steps}")
+    try:
+        device = torch.device(device)
+    except RuntimeError as error:
+        raise ValueError(f"device {device!r} is not a torch device ({error})") from None
+    out = ensure_writable_dir(out_dir)
+    previous = _previous_manifest(out / "manifest.json")
+
+    # train everything first: an error or Ctrl-C part-way leaves the folder as it was
+    classifier, classifier_info = train_classifier(classifier_steps if steps is None else max(steps, 10),
+                                                   seed=seed, device=device, progress=progress)
+    logger.info("classifier: held-out accuracy %.4f", classifier_info["held_out_accuracy"])
+    trained = {}
     for name in names:
         model, info = train_diffusion(name, steps, seed=seed, device=device, progress=progress)
         info["config"] = FAMILY[name].config()
-        save_weights(model, out / f"{name}.safetensors", {"config": FAMILY[name].config(), "summary": info})
-        manifest["models"][name] = info
+        trained[name] = (model, info)
         logger.info("%s: %d steps, %.1f s, loss %.4f", name, info["steps"], info["seconds"], info["final_loss"])
+
+    kept = {name: entry for name, entry in previous.get("models", {}).items()
+            if name in FAMILY and name not in trained and (out / f"{name}.safetensors").is_file()}
+    manifest: dict[str, Any] = {"seed": seed, "scheduler": scheduler_config(), "models": {}}
+    for name in FAMILY:
+        if name in trained:
+            manifest["models"][name] = trained[name][1]
+        elif name in kept:
+            manifest["models"][name] = kept[name]
+    manifest["classifier"] = classifier_info
+    if kept:
+        manifest["kept_from_earlier_run"] = sorted(kept, key=list(FAMILY).index)
+    save_weights(classifier, out / f"{CLASSIFIER_NAME}.safetensors", {"summary": classifier_info})
+    for name, (model, info) in trained.items():
+        save_weights(model, out / f"{name}.safetensors", {"config": FAMILY[name].config(), "summary": info})
     write_json(out / "manifest.json", manifest)
     return manifest
+
+
+def _previous_manifest(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        return {}
+    try:
+        stored = json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        logger.warning("%s is unreadable (%s): it is replaced", path, error)
+        return {}
+    return stored if isinstance(stored, dict) else {}

@@ -1,0 +1,175 @@
+# Copyright 2026 The tstitch authors. Licensed under the Apache License, Version 2.0.
+"""argparse types shared by the subcommands: every value is checked while parsing, so a bad flag ends with
+exit code 2 and a message naming it (``argument --steps: must be an integer >= 1, got 0``) before any work."""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import math
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+
+__all__ = ["integer", "real", "text", "SEED", "SEED_MAX", "device", "out_folder", "existing_folder", "existing_file",
+           "existing_path", "unknown_name", "one_of", "Unique", "add_overwrite"]
+
+#: Seeds are 63-bit non-negative integers (torch generators take 64 bits; seed + 1 must still fit).
+SEED_MAX = 2**63 - 1
+
+
+def integer(low: int, high: int | None = None, *, shown: str | None = None) -> Callable[[str], int]:
+    """An int in ``[low, high]`` (``shown``: how the message writes ``high``)."""
+    allowed = f">= {low}" if high is None else f"in [{low}, {shown or high}]"
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be an integer {allowed}, got {text!r}") from None
+        if value < low or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(f"must be an integer {allowed}, got {text}")
+        return value
+
+    parse.__name__ = "integer"
+    return parse
+
+
+def real(low: float, high: float, *, low_open: bool = False) -> Callable[[str], float]:
+    """A finite float in ``[low, high]`` (``(low, high]`` with ``low_open``): NaN and infinities refused."""
+    allowed = f"{'(' if low_open else '['}{low:g}, {high:g}]"
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be a number in {allowed}, got {text!r}") from None
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"must be a finite number in {allowed}, got {text}")
+        if value < low or value > high or (low_open and value == low):
+            raise argparse.ArgumentTypeError(f"must be in {allowed}, got {text}")
+        return value
+
+    parse.__name__ = "number"
+    return parse
+
+
+SEED = integer(0, SEED_MAX, shown="2**63 - 1")
+
+
+def device(*, allow_auto: bool = False) -> Callable[[str], str]:
+    """A torch device name that this machine has (``cuda`` on a machine without CUDA is refused)."""
+
+    def parse(text: str) -> str:
+        if allow_auto and text == "auto":
+            return text
+        import torch
+
+        try:
+            parsed = torch.device(text)
+        except RuntimeError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a torch device (cpu, cuda, cuda:1, mps ...)") from None
+        if parsed.type == "cuda":
+            if not torch.cuda.is_available():
+                raise argparse.ArgumentTypeError(f"{text}: CUDA is not available on this machine; use --device cpu")
+            if parsed.index is not None and parsed.index >= torch.cuda.device_count():
+                raise argparse.ArgumentTypeError(
+                    f"{text}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+        elif parsed.type == "mps" and not torch.backends.mps.is_available():
+            raise argparse.ArgumentTypeError(f"{text}: MPS is not available on this machine; use --device cpu")
+        elif parsed.type not in ("cpu", "cuda", "mps"):
+            raise argparse.ArgumentTypeError(f"{text}: tstitch runs on cpu, cuda or mps")
+        return text
+
+    parse.__name__ = "device"
+    return parse
+
+
+def out_folder(text: str) -> str:
+    """An output folder: not empty, not an existing file."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("is empty: name a folder (e.g. outputs/run); '.' for this folder")
+    if Path(text).exists() and not Path(text).is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is a file, not a folder")
+    return text
+
+
+def text(value: str) -> str:
+    """A non-empty text (a prompt)."""
+    if not value.strip():
+        raise argparse.ArgumentTypeError("is empty")
+    return value
+
+
+def existing_folder(text: str) -> str:
+    path = Path(text)
+    if not path.exists():
+        raise argparse.ArgumentTypeError(f"{text} does not exist")
+    if not path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is a file; give the folder that holds it")
+    return text
+
+
+def existing_file(text: str) -> str:
+    path = Path(text)
+    if not path.exists():
+        raise argparse.ArgumentTypeError(f"{text} does not exist")
+    if not path.is_file():
+        raise argparse.ArgumentTypeError(f"{text} is a folder; give a file")
+    try:
+        with open(path, "rb"):
+            pass
+    except OSError as error:
+        raise argparse.ArgumentTypeError(f"{text} cannot be read ({error.strerror})") from None
+    return text
+
+
+def existing_path(text: str) -> str:
+    """A file or a folder that exists and can be read."""
+    path = Path(text)
+    if not path.exists():
+        raise argparse.ArgumentTypeError(f"{text} does not exist")
+    return existing_file(text) if path.is_file() else text
+
+
+def unknown_name(what: str, value: str, known: Iterable[str]) -> str:
+    """``unknown scheduler 'ddmi' (did you mean 'ddim'?); known: ...``."""
+    known = list(known)
+    close = difflib.get_close_matches(value, known, n=1, cutoff=0.6)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return f"unknown {what} {value!r}{hint}; known: {', '.join(known)}"
+
+
+def one_of(what: str, known: Sequence[str], normalize: Callable[[str], str] | None = None) -> Callable[[str], str]:
+    """A name from ``known`` (``normalize`` maps aliases to it, raising ``ValueError`` when unknown)."""
+
+    def parse(text: str) -> str:
+        if normalize is not None:
+            try:
+                return normalize(text)
+            except ValueError:
+                pass
+        elif text in known:
+            return text
+        raise argparse.ArgumentTypeError(unknown_name(what, text, known))
+
+    parse.__name__ = what
+    return parse
+
+
+class Unique(argparse.Action):
+    """A list flag (``nargs="+"``) whose values must all differ."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        seen: list = []
+        for value in values:
+            if value in seen:
+                shown = f"{value:g}" if isinstance(value, float) else str(value)
+                parser.error(f"argument {option_string}: {shown} is given more than once")
+            seen.append(value)
+        setattr(namespace, self.dest, values)
+
+
+def add_overwrite(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace files in --out that tstitch did not write (default: refuse them before any work; "
+                        "see docs/refused-inputs.md)")
