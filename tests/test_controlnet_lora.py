@@ -37,8 +37,8 @@ from tiny_models import (
 )
 
 import tstitch
-from tstitch.generate import check_controlnet_layout
-from tstitch.presets import load_models
+from tstitch.experiments.generate import check_controlnet_layout
+from tstitch.models.presets import load_models
 from tstitch.stitcher import suspended
 
 peft = pytest.importorskip("peft")

@@ -193,7 +193,7 @@ def test_plot_frontier_marks_the_fractions_of_the_page(tmp_path):
     found = core.load_frontier([tmp_path / "absent.json", path], ["a", "b"])
     assert found == (rows, path)
     assert core.load_frontier([path], ["a", "c"]) is None
-    from tstitch.generate import RunResult
+    from tstitch.experiments.generate import RunResult
 
     result = RunResult("stitched", torch.zeros(2, 1, 8, 8), 0.5, ["a", "b"], (0.5, 0.5), [2, 2], [0, 0, 1, 1],
                        [0.2, 0.3])
@@ -237,7 +237,9 @@ def test_command_refuses_a_preset_without_its_weights(capsys, monkeypatch):
     error = capsys.readouterr().err
     assert error.startswith("tstitch serve: error: model choice 'dit-s-xl' is not available: DiT-S/2")
     assert main(["serve", "--port", "70000"]) == 2
-    assert "--port must be in [1, 65535], got 70000" in capsys.readouterr().err
+    assert "argument --port: must be an integer in [1, 65535], got 70000" in capsys.readouterr().err
+    assert main(["serve", "--device", "cuda:7"]) == 2  # typed like every command's --device
+    assert "argument --device" in capsys.readouterr().err
 
 
 def test_command_serves_on_localhost_and_stops_on_ctrl_c(tmp_path):

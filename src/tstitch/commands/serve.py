@@ -6,6 +6,9 @@ from __future__ import annotations
 import argparse
 import logging
 
+from ..models.presets import PRESETS
+from .checks import device, existing_file, existing_folder, integer, one_of
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
@@ -16,24 +19,25 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "choices sit on the measured speed/quality frontier. Default: the embedded digits family, offline.",
     )
     models = parser.add_mutually_exclusive_group()
-    models.add_argument("--preset", help="the model set the page opens with (default: digits); every preset "
-                        "whose weights are at hand is offered")
+    models.add_argument("--preset", type=one_of("preset", list(PRESETS)),
+                        help="the model set the page opens with (default: digits); every preset whose weights are "
+                        "at hand is offered")
     models.add_argument("--model", action="append", metavar="PATH_OR_ID",
                         help="your own models instead, repeated smallest first (as in tstitch sample)")
-    parser.add_argument("--checkpoint-dir", metavar="DIR", help="folder with downloaded checkpoint files")
-    parser.add_argument("--frontier", metavar="FILE", help="the measured frontier to show: a tstitch tune "
+    parser.add_argument("--checkpoint-dir", type=existing_folder, metavar="DIR",
+                        help="folder with downloaded checkpoint files")
+    parser.add_argument("--frontier", type=existing_file, metavar="FILE",
+                        help="the measured frontier to show: a tstitch tune "
                         "frontier.json or a tstitch demo results.json (default: outputs/tune/frontier.json, "
                         "then outputs/demo/results.json)")
-    parser.add_argument("--device", default="cpu", help="torch device (default: %(default)s)")
+    parser.add_argument("--device", type=device(), default="cpu", help="torch device (default: %(default)s)")
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: %(default)s, this "
                         "machine only)")
-    parser.add_argument("--port", type=int, default=7860, help="port (default: %(default)s)")
+    parser.add_argument("--port", type=integer(1, 65535), default=7860, help="port (default: %(default)s)")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    if not 0 < args.port < 65536:
-        raise ValueError(f"--port must be in [1, 65535], got {args.port}")
     from ..serve.app import make_state, start, use_one_thread_for_tiny_models
 
     state, default = make_state(args.preset, args.model, device=args.device, checkpoint_dir=args.checkpoint_dir,

@@ -110,8 +110,8 @@ class EvaluateResult:
 
 
 def resolve_models(config: EvaluateConfig, device: torch.device) -> Any:
-    """The models of ``config`` as a :class:`tstitch.generate.ClassConditionalModels`: a preset through
-    :func:`tstitch.presets.load_preset`, explicit models through :func:`tstitch.presets.load_models`
+    """The models of ``config`` as a :class:`tstitch.models.loaded.ClassConditionalModels`: a preset through
+    :func:`tstitch.models.presets.load_preset`, explicit models through :func:`tstitch.models.presets.load_models`
     (embedded names, DiT files through :func:`tstitch.checkpoints.load_dit`, hub ids)."""
     from ..models.loaded import ClassConditionalModels
     from ..models.loading import load_models, load_preset

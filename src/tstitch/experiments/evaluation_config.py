@@ -30,7 +30,7 @@ def schedule_count(num_models: int, *, sweep: bool, step: float) -> int:
 class EvaluateConfig:
     """One ``tstitch evaluate`` run. ``None`` fields take the models' defaults (see :func:`resolve_models`).
 
-    Models: a ``preset`` (see :mod:`tstitch.presets`) or ``models`` (embedded names like ``digits-s``,
+    Models: a ``preset`` (see :mod:`tstitch.models.presets`) or ``models`` (embedded names like ``digits-s``,
     DiT checkpoint files or folders, hub ids), smallest first; ``models`` with a preset replace its sources.
     Schedules: ``fractions`` (the small models' shares) for one schedule, or ``sweep`` for every fraction
     0, 0.1, ..., 1 of two models, or every allocation on that grid for three.

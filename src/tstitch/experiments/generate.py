@@ -1,7 +1,7 @@
 # Copyright 2026 The tstitch authors. Licensed under the Apache License, Version 2.0.
 """Sampling images with loaded, stitchable models: what ``tstitch sample`` runs.
 
-Two kinds of loaded models (both built by :mod:`tstitch.presets`):
+Two kinds of loaded models (both built by :mod:`tstitch.models.presets`):
 
 * :class:`ClassConditionalModels`: class-conditional DiTs (the published DiT pairs, the embedded digits
   family), sampled with the bare loop :func:`tstitch.sample` under any diffusers scheduler, or with the

@@ -1,5 +1,5 @@
 # Copyright 2026 The tstitch authors. Licensed under the Apache License, Version 2.0.
-"""Loaded, stitchable models, as the presets and ``--model`` build them and :func:`tstitch.generate.generate`
+"""Loaded, stitchable models, as the presets and ``--model`` build them and
 samples them.
 
 * :class:`ClassConditionalModels`: class-conditional denoisers (the published DiT pairs, the embedded digits

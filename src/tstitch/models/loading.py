@@ -5,7 +5,7 @@
 named by path or hub id (``tstitch sample --model``). Both return a
 :class:`~tstitch.models.loaded.ClassConditionalModels` (DiTs, the digits family) or a
 :class:`~tstitch.models.loaded.StitchedPipeline` (Stable Diffusion, SDXL), ready for
-:func:`tstitch.generate.generate`. Each model is loaded by its row of
+:func:`tstitch.experiments.generate.generate`. Each model is loaded by its row of
 :data:`~tstitch.models.families.FAMILIES`; every source is checked before anything is loaded.
 """
 
@@ -275,7 +275,7 @@ def load_preset(
     models: Sequence[str] | None = None,
     vae: str | None = None,
 ) -> ClassConditionalModels | StitchedPipeline:
-    """Load preset ``name`` (see :data:`PRESETS`) ready for :func:`tstitch.generate.generate`.
+    """Load preset ``name`` (see :data:`PRESETS`) ready for :func:`tstitch.experiments.generate.generate`.
 
     Args:
         name: a key of :data:`PRESETS`.

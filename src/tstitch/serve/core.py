@@ -20,8 +20,11 @@ import torch
 from PIL import Image, ImageDraw
 
 # -- the tstitch API this page uses: one place, so that a refactor of the library repoints only these lines --
-from tstitch.generate import SCHEDULERS, LoadedModels, RunResult, SampleOptions, generate
-from tstitch.presets import CHECKPOINT_DIR_ENV, DEFAULT_CHECKPOINT_DIRS, PRESETS, load_models, load_preset
+from tstitch.experiments.generate import RunResult, SampleOptions, generate
+from tstitch.models.loaded import LoadedModels
+from tstitch.models.loading import load_models, load_preset
+from tstitch.models.presets import CHECKPOINT_DIR_ENV, DEFAULT_CHECKPOINT_DIRS, PRESETS
+from tstitch.sampling.schedulers import SCHEDULERS
 
 logger = logging.getLogger(__name__)
 
@@ -53,7 +56,7 @@ CUSTOM = "custom"  # the model-choice name of the models given with ``tstitch se
 
 
 def scheduler_names() -> list[str]:
-    """The schedulers the page offers (the ``--scheduler`` table of :mod:`tstitch.generate`)."""
+    """The schedulers the page offers (the ``--scheduler`` table of :mod:`tstitch.sampling.schedulers`)."""
     return list(SCHEDULERS)
 
 
