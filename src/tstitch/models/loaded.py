@@ -1,6 +1,6 @@
 # Copyright 2026 The tstitch authors. Licensed under the Apache License, Version 2.0.
 """Loaded, stitchable models, as the presets and ``--model`` build them and
-samples them.
+:func:`tstitch.experiments.generate.generate` samples them.
 
 * :class:`ClassConditionalModels`: class-conditional denoisers (the published DiT pairs, the embedded digits
   family) with their noise schedule and decoder (their :data:`~tstitch.models.families.FAMILIES` row).
