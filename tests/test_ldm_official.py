@@ -22,13 +22,14 @@ from ldm_reference import (
     unet_forward,
 )
 
-from tstitch.ldm_checkpoints import (
+from tstitch.models.ldm_checkpoints import (
     ClassEmbedder,
     convert_ldm_unet_state_dict,
     infer_ldm_unet_config,
     load_vq_first_stage,
 )
-from tstitch.ldm_official import (
+from tstitch.plan import model_index_for_timestep
+from tstitch.sampling.ldm_official import (
     ClassConditionedUNet,
     LDMDDIMSchedule,
     compvis_alphas_cumprod,
@@ -39,7 +40,6 @@ from tstitch.ldm_official import (
     make_ddim_scheduler,
     sample_ldm_official,
 )
-from tstitch.plan import model_index_for_timestep
 
 # -- the pair: two CompVis U-Nets with their own context widths (8 and 16), converted -----------------------
 

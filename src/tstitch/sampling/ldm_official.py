@@ -44,7 +44,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .plan import Plan
+from ..plan import Plan
 
 __all__ = [
     "LINEAR_START", "LINEAR_END", "compvis_alphas_cumprod", "ddim_timesteps", "LDMDDIMSchedule",
