@@ -118,13 +118,15 @@ def _cast(model: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
 
 
 def _load_class_model(source: ModelSource | str, dirs: list[Path], offline: bool, device: torch.device,
-                      dtype: torch.dtype, timestep_embedding: str) -> tuple[torch.nn.Module, str, Family]:
-    """A class-conditional model, its name and its family (an embedded member, else a DiT)."""
+                      dtype: torch.dtype, timestep_embedding: str, family_name: str | None = None,
+                      ) -> tuple[torch.nn.Module, str, Family]:
+    """A class-conditional model, its name and its family (an embedded member, else ``family_name``'s, else
+    a DiT)."""
     name = source if isinstance(source, str) else source.zoo
     family = family_of_name(name) if name else None
     if family is not None:
         return family.load(name, device=device, dtype=dtype), name, family
-    family = FAMILIES["dit"]
+    family = FAMILIES[family_name if family_name in FAMILIES else "dit"]
     if isinstance(source, str):
         model = family.load(source, device=device, dtype=dtype, offline=offline,
                             timestep_embedding=timestep_embedding)
@@ -140,6 +142,10 @@ def _load_class_model(source: ModelSource | str, dirs: list[Path], offline: bool
 def _load_vae(source: ModelSource | str, offline: bool, device: torch.device, dtype: torch.dtype):
     from diffusers import AutoencoderKL
 
+    if isinstance(source, str) and source.endswith(".ckpt"):  # a CompVis first stage (vq-f8/model.ckpt)
+        from .ldm_checkpoints import load_vq_first_stage
+
+        return load_vq_first_stage(source, device=device, dtype=dtype)
     if isinstance(source, str):
         path = Path(source).expanduser()
         target, subfolder = (str(path), None) if path.exists() else (source, None)
@@ -217,6 +223,7 @@ def _build(
     dtype: torch.dtype | None,
     local_files_only: bool | None,
     checkpoint_dir: str | os.PathLike | None,
+    family_name: str | None = None,
 ):
     device = torch.device(device)
     dtype = _default_dtype(kind, device, dtype)
@@ -233,7 +240,8 @@ def _build(
     if kind == "class":
         models, names, families = [], [], []
         for source in sources:
-            model, name, family = _load_class_model(source, dirs, offline, device, dtype, timestep_embedding)
+            model, name, family = _load_class_model(source, dirs, offline, device, dtype, timestep_embedding,
+                                                    family_name=family_name)
             model.requires_grad_(False)
             models.append(model)
             names.append(name)
@@ -241,6 +249,8 @@ def _build(
         for i, model in enumerate(models[:-1]):
             check_compatible(models[-1], model, f"models[{i}] ({names[i]})")
         family = families[-1]  # the large model's family decodes and gives the noise schedule
+        if isinstance(vae, ModelSource) and _find_file(vae, dirs) is not None:  # a downloaded file (vq-f8)
+            vae = str(_find_file(vae, dirs))
         decoder = None if vae is None else _load_vae(vae, offline, device, dtype)
         return ClassConditionalModels(models, names, family.noise_schedule(), defaults, decoder,
                                       latent_scale if decoder is not None else 1.0, label, family=family.name)
@@ -305,7 +315,7 @@ def load_preset(
         preset.kind, sources, label=f"preset {name!r}", defaults=preset.defaults,
         vae=vae if vae is not None else preset.vae, latent_scale=preset.latent_scale,
         timestep_embedding=preset.timestep_embedding, device=device, dtype=dtype,
-        local_files_only=local_files_only, checkpoint_dir=checkpoint_dir,
+        local_files_only=local_files_only, checkpoint_dir=checkpoint_dir, family_name=preset.family,
     )
 
 
