@@ -22,12 +22,11 @@ from typing import Any, Literal
 import torch
 
 from ..stitcher import check_compatible, stitch
+from .availability import check_available, checkpoint_dirs, find_file
 from .families import FAMILIES, Family, denoiser_of, family_of_class, family_of_name
 from .hub import REPO_FILE, REPO_ID, CheckpointNotAvailableError, download_hint, hub_cached, not_fetched, offline_mode
 from .loaded import ClassConditionalModels, SamplingDefaults, StitchedPipeline, check_controlnet_layout
 from .presets import (
-    CHECKPOINT_DIR_ENV,
-    DEFAULT_CHECKPOINT_DIRS,
     DIT_LATENT_SCALE,
     DIT_VAE_SOURCE,
     PRESETS,
@@ -43,57 +42,8 @@ __all__ = ["load_preset", "load_models", "load_pipeline", "detect_kind", "Checkp
 # -- resolving sources -------------------------------------------------------------------------------------
 
 
-def _checkpoint_dirs(checkpoint_dir: str | os.PathLike | None) -> list[Path]:
-    dirs = [Path(checkpoint_dir).expanduser()] if checkpoint_dir else []
-    if os.environ.get(CHECKPOINT_DIR_ENV):
-        dirs.append(Path(os.environ[CHECKPOINT_DIR_ENV]).expanduser())
-    dirs += [Path(d) for d in DEFAULT_CHECKPOINT_DIRS]
-    return dirs
-
-
-def _find_file(source: ModelSource, dirs: list[Path]) -> Path | None:
-    for folder in dirs:
-        for name in source.files:
-            if (folder / name).is_file():
-                return folder / name
-    return None
-
-
-def _missing_message(source: ModelSource, dirs: list[Path], offline: bool, position: str) -> str:
-    searched = ", ".join(str(d) for d in dirs)
-    ways = []
-    if source.hub:
-        ids = " or ".join(repr(h) for h in source.hub)
-        state = "not in the local Hugging Face cache, and the hub is off (HF_HUB_OFFLINE=1 or local_files_only)"
-        ways.append(f"{ids} is {state}: download it once with network access ({download_hint(source.hub[0])})")
-    if source.files:
-        names = " / ".join(source.files)
-        where = f" from {source.url}" if source.url else ""
-        how = f"pass --checkpoint-dir DIR (or set {CHECKPOINT_DIR_ENV}; searched now: {searched})"
-        if source.hub:
-            ways.append(f"or download the file {names}{where} and {how}")
-        else:
-            note = f" ({source.note})" if source.note else ""
-            ways.append(f"no file {names} was found{note}: download it{where} and {how}")
-    if position == "--vae":
-        ways.append("or pass a local VAE folder with --vae PATH")
-    else:
-        ways.append("or give local copies of all the models with --model PATH, smallest first")
-    return f"{source.label}: " + "; ".join(ways)
-
-
-def _check_available(sources: Sequence[tuple[ModelSource, str]], dirs: list[Path], offline: bool,
-                     what: str) -> None:
-    """Raise :class:`CheckpointNotAvailableError` naming every source that cannot be had, before loading."""
-    missing = []
-    for source, position in sources:
-        if source.zoo or _find_file(source, dirs) is not None:
-            continue
-        if source.hub and (not offline or any(hub_cached(h) for h in source.hub)):
-            continue
-        missing.append(_missing_message(source, dirs, offline, position))
-    if missing:
-        raise CheckpointNotAvailableError(f"{what} cannot be loaded:\n  - " + "\n  - ".join(missing))
+# The availability checks need no torch (``tstitch sample`` runs them before importing it).
+_checkpoint_dirs, _find_file, _check_available = checkpoint_dirs, find_file, check_available
 
 
 def _first_hub(source: ModelSource, offline: bool) -> str:

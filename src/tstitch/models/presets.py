@@ -19,9 +19,11 @@ Where the weights come from:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-from .loaded import SamplingDefaults
+if TYPE_CHECKING:
+    from .loaded import SamplingDefaults
+
 
 __all__ = [
     "ModelSource",
@@ -129,6 +131,8 @@ class Preset:
 
     @property
     def defaults(self) -> SamplingDefaults:
+        from .loaded import SamplingDefaults  # here: the table itself imports no torch
+
         return SamplingDefaults(
             fractions=self.fractions, num_steps=self.num_steps, guidance_scale=self.guidance_scale,
             scheduler=self.scheduler, mode=self.mode, class_labels=self.class_labels, prompt=self.prompt,
