@@ -176,3 +176,19 @@ def test_a_plain_callable_adapter_and_unchanged_models_without_one() -> None:
     second = pipe(class_labels=[3], num_inference_steps=STEPS, output_type="np",
                   generator=torch.Generator().manual_seed(0)).images
     assert (first == second).all()
+
+
+def test_a_model_stitched_in_a_collected_pipeline_still_works_in_another(parts: dict[str, Any]) -> None:
+    import gc
+
+    first = _pipe(parts)
+    tstitch.stitch(first, parts["small"], 0.4,
+                   conditioning=[TextEncoderConditioning(parts["tokenizer"], parts["small_encoder"])])
+    del first
+    gc.collect()
+    second = _pipe(parts)
+    tstitch.stitch(second, parts["small"], 0.4,
+                   conditioning=[TextEncoderConditioning(parts["tokenizer"], parts["small_encoder"])])
+    record = _run(second, parts, guidance_scale=1.0)
+    assert [name for name, _, _ in record.calls] == ["small", "small", "large", "large", "large"]
+    tstitch.unstitch(second)

@@ -40,12 +40,15 @@ def _missing_checkpoints(argv: list[str]) -> str | None:
     cannot be had, found before anything imports torch (the parser's registries do), so that it comes at once."""
     if len(argv) < 2 or argv[0] not in ("sample", "evaluate") or {"-h", "--help", "--list-presets"} & set(argv):
         return None
-    early = argparse.ArgumentParser(add_help=False)
+    early = argparse.ArgumentParser(add_help=False, allow_abbrev=False, exit_on_error=False)
     for flag in ("--preset", "--checkpoint-dir", "--vae"):
         early.add_argument(flag)
     early.add_argument("--model", "--models", nargs="*", action="append")
     early.add_argument("--offline", action="store_true")
-    known, _ = early.parse_known_args(argv[1:])
+    try:
+        known, _ = early.parse_known_args(argv[1:])
+    except (argparse.ArgumentError, SystemExit):
+        return None  # the full parser reports bad arguments
     if not known.preset or known.model:
         return None
     from .models.availability import check_preset_available

@@ -177,7 +177,10 @@ class StitchedDenoiser(nn.Module):
     def _in_run(self) -> bool:
         """Whether a run of the bound scheduler is under way (a hooked stitch routes calls only then)."""
         if self._scheduler_source is not None:
-            self._counter.attach(self._scheduler_source())
+            scheduler = self._scheduler_source()
+            if scheduler is None:  # its pipeline was garbage-collected while stitched
+                return False
+            self._counter.attach(scheduler)
         return self._counter.scheduler is not None and self._counter.in_run
 
     def current_model_index(self) -> tuple[int, int, int]:
@@ -462,7 +465,7 @@ def stitch(
     denoiser = StitchedDenoiser([*resolved, large], plan, sync_timing=sync_timing, conditioning=adapters[:-1])
     capture_prompts(pipe, adapters)
     pipe_ref = weakref.ref(pipe)
-    denoiser.bind(lambda: pipe_ref().scheduler)
+    denoiser.bind(lambda: getattr(pipe_ref(), "scheduler", None))
     if getattr(pipe, "scheduler", None) is not None:
         denoiser._counter.attach(pipe.scheduler)  # now, to see the pipeline's next run begin
         denoiser._counter.in_run = False
