@@ -192,3 +192,12 @@ def test_a_model_stitched_in_a_collected_pipeline_still_works_in_another(parts: 
     record = _run(second, parts, guidance_scale=1.0)
     assert [name for name, _, _ in record.calls] == ["small", "small", "large", "large", "large"]
     tstitch.unstitch(second)
+
+
+def test_a_text_encoder_adapter_on_a_pipeline_without_prompts_is_refused_before_any_change(parts) -> None:
+    large, small = tiny_dit(seed=1), tiny_dit(seed=2)
+    pipe = dit_pipeline(large, DDIMScheduler())
+    with pytest.raises(ValueError, match=r"conditioning\[0\] encodes the prompts itself, but DiTPipeline has no "):
+        tstitch.stitch(pipe, small, 0.4,
+                       conditioning=[TextEncoderConditioning(parts["tokenizer"], parts["small_encoder"])])
+    assert "forward" not in vars(large) and "_tstitch_stitch" not in vars(pipe)

@@ -145,8 +145,10 @@ def release_prompts(pipe: Any) -> None:
         del pipe.__dict__["encode_prompt"]
 
 
-def per_model(conditioning: Sequence[Adapter | None] | Adapter | None, num_models: int) -> list[Adapter | None]:
-    """One adapter (or ``None``) per model, the large model's ``None``, from one per small model."""
+def per_model(conditioning: Sequence[Adapter | None] | Adapter | None, num_models: int,
+              pipe: Any = None) -> list[Adapter | None]:
+    """One adapter (or ``None``) per model, the large model's ``None``, from one per small model; with ``pipe``,
+    ``ValueError`` now if an adapter needs the prompts and the pipeline has no ``encode_prompt`` to give them."""
     if conditioning is None:
         return [None] * num_models
     given = list(conditioning) if isinstance(conditioning, (list, tuple)) else [conditioning]
@@ -157,4 +159,7 @@ def per_model(conditioning: Sequence[Adapter | None] | Adapter | None, num_model
         if adapter is not None and not callable(adapter):
             raise ValueError(f"conditioning[{i}] must be callable (kwargs -> kwargs) or None, got "
                              f"{type(adapter).__name__}")
+        if pipe is not None and hasattr(adapter, "set_prompt") and not callable(getattr(pipe, "encode_prompt", None)):
+            raise ValueError(f"conditioning[{i}] encodes the prompts itself, but {type(pipe).__name__} has no "
+                             "encode_prompt to take them from")
     return [*given, None]

@@ -439,7 +439,7 @@ def stitch(
         large = large.large
     small_list = list(models) if isinstance(models, (list, tuple)) else [models]
     plan = as_plan(plan, len(small_list) + 1)
-    adapters = per_model(conditioning, len(small_list) + 1)
+    adapters = per_model(conditioning, len(small_list) + 1, pipe)
 
     pipe_prediction = getattr(getattr(pipe, "scheduler", None), "config", {}).get("prediction_type")
     resolved = []
