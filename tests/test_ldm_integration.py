@@ -119,5 +119,11 @@ def test_bench_case_builds_with_tiny_widths() -> None:
         for model in (case.small, case.large):
             out = model(x, timestep=torch.tensor([500, 500]), class_labels=torch.tensor([3, 1000])).sample
             assert out.shape == x.shape and torch.isfinite(out).all()
+    from tstitch.bench.harness import BenchSettings, run_case
+
+    result = run_case(build_case("ldm-s-ldm", tiny=True, num_steps=3, num_images=1, repetitions=1,
+                                 guidance_scale=3.0, fractions=(0.4,)), BenchSettings(memory=False, dispatch_calls=10))
+    assert [(row["fraction"], row["small_steps"]) for row in result["rows"]] == [(0.0, 0), (0.4, 1), (1.0, 3)]
+    assert {"pipeline", "pipeline-stitched@0", "stitched@0.4"} <= set(result["runs"])  # DiTPipeline runs it too
     full = build_case("ldm-s-ldm", device="meta", num_steps=5, num_images=1)  # published shapes, not allocated
     assert [sum(p.numel() for p in m.unet.parameters()) // 100_000 for m in (full.small, full.large)] == [253, 3949]
