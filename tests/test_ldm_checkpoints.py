@@ -19,7 +19,7 @@ import torch
 from diffusers import UNet2DConditionModel, VQModel
 from ldm_reference import UNetSpec, VQSpec, random_unet_state_dict, random_vq_state_dict, unet_forward, vq_decode
 
-from tstitch.ldm_checkpoints import (
+from tstitch.models.ldm_checkpoints import (
     ClassEmbedder,
     convert_ldm_unet_state_dict,
     extract_unet_state_dict,
@@ -161,7 +161,7 @@ def test_yaml_config_gives_the_heads_and_is_checked(tmp_path):
 def test_ema_weights_are_preferred_and_logged(tmp_path, spec, unet_sd, caplog):
     zeros = {k: torch.zeros_like(v) for k, v in unet_sd.items()}
     torch.save(lightning_checkpoint(zeros, ema=unet_sd), tmp_path / "ema.ckpt")
-    with caplog.at_level(logging.INFO, logger="tstitch.ldm_checkpoints"):
+    with caplog.at_level(logging.INFO, logger="tstitch.models.ldm_checkpoints"):
         loaded = load_ldm_checkpoint(tmp_path / "ema.ckpt")
     assert loaded.used_ema
     assert any("EMA weights (model_ema.*)" in r.getMessage() for r in caplog.records)

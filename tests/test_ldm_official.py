@@ -22,13 +22,14 @@ from ldm_reference import (
     unet_forward,
 )
 
-from tstitch.ldm_checkpoints import (
+from tstitch.models.ldm_checkpoints import (
     ClassEmbedder,
     convert_ldm_unet_state_dict,
     infer_ldm_unet_config,
     load_vq_first_stage,
 )
-from tstitch.ldm_official import (
+from tstitch.plan import model_index_for_timestep
+from tstitch.sampling.ldm_official import (
     ClassConditionedUNet,
     LDMDDIMSchedule,
     compvis_alphas_cumprod,
@@ -39,7 +40,6 @@ from tstitch.ldm_official import (
     make_ddim_scheduler,
     sample_ldm_official,
 )
-from tstitch.plan import model_index_for_timestep
 
 # -- the pair: two CompVis U-Nets with their own context widths (8 and 16), converted -----------------------
 
@@ -285,7 +285,7 @@ def test_diffusers_ddim_with_the_wrapper_reproduces_the_published_sampler(pair):
 
 def test_wrapper_contexts_and_errors(pair):
     wrapper = ClassConditionedUNet(pair.unets[1], pair.embedders[1])
-    assert wrapper.config is pair.unets[1].config and wrapper.null_class == 10
+    assert dict(wrapper.config) == {**pair.unets[1].config, "num_class_embeds": 10} and wrapper.null_class == 10
     labels = torch.tensor([10, 4, 10])
     zeros = wrapper.contexts(labels)
     assert torch.equal(zeros[0], torch.zeros(1, 16)) and torch.equal(zeros[1], pair.embedders[1](labels[1:2])[0])

@@ -189,10 +189,13 @@ def test_hub_presets_offline_name_every_missing_model(name, empty_hub_cache):
             assert repr(hub_id) in message
         for file_name in source.files:
             assert file_name in message
-    if preset.kind == "class":
+    if preset.family == "dit":
         assert "drive.google.com" in message  # where the T-Stitch DiT-S/B files are published
+    if preset.kind == "class":
         assert "--checkpoint-dir" in message and "TSTITCH_CHECKPOINT_DIR" in message
-    assert "hf download" in message and "--model PATH" in message
+    if any(source.hub for source in preset.models):
+        assert "hf download" in message
+    assert "--model PATH" in message
 
 
 def test_dit_preset_offline_names_only_what_is_missing(empty_hub_cache, folders):

@@ -68,6 +68,10 @@ def family_sources(name: str, tmp_path) -> tuple[str, dict, object]:
         return str(save_dit_safetensors(tiny_dit(2).eval(), tmp_path / "dit.safetensors")), {}, torch.tensor([3])
     if name == "diffusers-pipeline":
         return str(save_sd(tmp_path / "sd")), {}, None
+    if name == "ldm":
+        from write_ldm_checkpoints import write_ldm_checkpoints
+
+        return str(write_ldm_checkpoints(tmp_path, tiny=True)[0]), {}, torch.tensor([3])
     raise AssertionError(f"no test source for the new family {name!r}: add one here")
 
 

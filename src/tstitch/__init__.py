@@ -9,13 +9,16 @@ A small model runs the first, noisy fraction of the denoising steps and the larg
 """
 
 from .plan import Plan, load_plan, model_index_for_timestep, save_plan
-from .sampling import SampleOutput, sample
-from .stitcher import StitchedDenoiser, StitchRecord, get_record, get_stitch, stitch, unstitch
 
 __version__ = "0.1.0"
 
-# Loaded on first use: they import diffusers, which ``import tstitch`` does not need.
+# Loaded on first use: they import torch or diffusers, which ``import tstitch`` (and ``tstitch --help`` or a
+# missing-checkpoint error) does not need.
 _LAZY = {
+    **{name: "stitcher" for name in ("StitchedDenoiser", "StitchRecord", "get_record", "get_stitch", "stitch",
+                                     "unstitch")},
+    "SampleOutput": "sampling",
+    "sample": "sampling",
     "save_stitch": "stitchfile",
     "load_stitch": "stitchfile",
     "load_dit": "models.checkpoints",

@@ -35,9 +35,47 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _missing_checkpoints(argv: list[str]) -> str | None:
+    """For ``sample --preset NAME`` (own --model not given): the error naming every checkpoint that cannot be
+    had, found before anything imports torch (the parser's registries do), so that it comes at once.
+    (``evaluate`` takes class-conditional presets only, which its full parser checks first.)"""
+    if len(argv) < 2 or argv[0] != "sample" or {"-h", "--help", "--list-presets"} & set(argv):
+        return None
+    early = argparse.ArgumentParser(add_help=False, allow_abbrev=False, exit_on_error=False)
+    for flag in ("--preset", "--checkpoint-dir", "--vae"):
+        early.add_argument(flag)
+    early.add_argument("--model", "--models", nargs="*", action="append")
+    early.add_argument("--offline", action="store_true")
+    try:
+        known, _ = early.parse_known_args(argv[1:])
+    except (argparse.ArgumentError, SystemExit):
+        return None  # the full parser reports bad arguments
+    if not known.preset or known.model:
+        return None
+    from .models.availability import check_preset_available
+    from .models.hub import CheckpointNotAvailableError
+    from .models.presets import PRESETS
+
+    if known.preset not in PRESETS or PRESETS[known.preset].family == "diffusers-pipeline":
+        return None  # unknown names, and text-to-image presets (prompt, extras), go through the full parser first
+
+    try:
+        check_preset_available(known.preset, checkpoint_dir=known.checkpoint_dir, vae=known.vae,
+                               local_files_only=True if known.offline else None)
+    except CheckpointNotAvailableError as error:
+        return f"tstitch {argv[0]}: error: {error}"
+    except ValueError:
+        return None  # an unknown preset: the full parser says so, with the known names
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the command of ``argv``; returns its exit code (0: done or --help, 2: bad input, naming the flag,
     130: interrupted)."""
+    message = _missing_checkpoints(sys.argv[1:] if argv is None else list(argv))
+    if message is not None:
+        print(message, file=sys.stderr)
+        return 2
     parser = build_parser()
     try:
         args = parser.parse_args(argv)

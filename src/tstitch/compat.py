@@ -7,7 +7,7 @@ from typing import Any
 
 from torch import nn
 
-__all__ = ["check_compatible", "COMPATIBLE_FIELDS"]
+__all__ = ["check_compatible", "COMPATIBLE_FIELDS", "CONDITIONING_FIELDS"]
 
 _MISSING = object()
 
@@ -30,6 +30,13 @@ COMPATIBLE_FIELDS = (
     ("prediction_type", "prediction type"),
 )
 
+#: The fields that describe the conditioning a model takes: not compared for a model with its own conditioning
+#: (an adapter, or two models that each turn the call's labels into their own contexts).
+CONDITIONING_FIELDS = frozenset({
+    "cross_attention_dim", "joint_attention_dim", "caption_channels", "pooled_projection_dim", "encoder_hid_dim",
+    "addition_embed_type", "addition_time_embed_dim", "projection_class_embeddings_input_dim",
+})
+
 
 def _config_value(model: nn.Module, key: str) -> Any:
     value = getattr(model, "config", {}).get(key, _MISSING) if hasattr(model, "config") else _MISSING
@@ -38,9 +45,20 @@ def _config_value(model: nn.Module, key: str) -> Any:
     return value
 
 
-def check_compatible(large: nn.Module, small: nn.Module, name: str = "small model") -> None:
-    """Raise ``ValueError`` naming the first config field where ``small`` cannot stand in for ``large``."""
+def check_compatible(large: nn.Module, small: nn.Module, name: str = "small model", *,
+                     own_conditioning: bool = False) -> None:
+    """Raise ``ValueError`` naming the first config field where ``small`` cannot stand in for ``large``.
+
+    With ``own_conditioning`` (``small`` has a conditioning adapter), or when both models say they turn the
+    call's conditioning into their own inputs (``owns_conditioning = True``, e.g. an LDM U-Net with its own
+    class embedder), the :data:`CONDITIONING_FIELDS` may differ.
+    """
+    own_conditioning = own_conditioning or (
+        getattr(large, "owns_conditioning", False) is True and getattr(small, "owns_conditioning", False) is True
+    )
     for key, meaning in COMPATIBLE_FIELDS:
+        if own_conditioning and key in CONDITIONING_FIELDS:
+            continue
         want, got = _config_value(large, key), _config_value(small, key)
         if want is _MISSING or got is _MISSING:
             continue

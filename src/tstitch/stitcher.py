@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from .compat import check_compatible
+from .conditioning import Adapter, adapted_call, capture_prompts, per_model, release_prompts
 from .plan import Plan, is_scalar
 from .stepcount import StepCounter, StitchRecord, num_steps_of
 
@@ -82,6 +83,8 @@ class StitchedDenoiser(nn.Module):
         plan: a :class:`Plan` (or the small models' fractions) saying which model runs each step.
         sync_timing: synchronize CUDA around each call so that the per-model times in :attr:`record`
             are real (costs a little speed; off by default).
+        conditioning: one adapter per small model (``None``: it shares the call's conditioning), see
+            :mod:`tstitch.conditioning`.
 
     Called directly, it is a bare denoiser for a sampling loop of your own (:func:`tstitch.sample`); the
     scheduler whose steps are counted is given by :meth:`bind`. In a pipeline, :func:`stitch` makes one and
@@ -89,9 +92,11 @@ class StitchedDenoiser(nn.Module):
     Not thread-safe: a call from a second thread during a run raises ``RuntimeError``.
     """
 
-    def __init__(self, models: Sequence[nn.Module], plan: Plan | float | Sequence[float], sync_timing: bool = False):
+    def __init__(self, models: Sequence[nn.Module], plan: Plan | float | Sequence[float], sync_timing: bool = False,
+                 conditioning: Sequence[Adapter | None] | None = None):
         super().__init__()
         plan = as_plan(plan, len(models))
+        self.conditioning = per_model(conditioning, len(models))
         self.models = nn.ModuleList(models)
         self.plan = plan
         self.sync_timing = sync_timing
@@ -106,7 +111,7 @@ class StitchedDenoiser(nn.Module):
         # Expose the large model's forward signature (pipelines inspect it) on a per-instance forward.
         forward = functools.partial(StitchedDenoiser._dispatch, self)
         forward = functools.update_wrapper(forward, type(models[-1]).forward)
-        forward.__signature__ = inspect.signature(models[-1].forward)
+        forward.__signature__ = self._signature = inspect.signature(models[-1].forward)
         self.forward = forward
 
     @property
@@ -172,7 +177,10 @@ class StitchedDenoiser(nn.Module):
     def _in_run(self) -> bool:
         """Whether a run of the bound scheduler is under way (a hooked stitch routes calls only then)."""
         if self._scheduler_source is not None:
-            self._counter.attach(self._scheduler_source())
+            scheduler = self._scheduler_source()
+            if scheduler is None:  # its pipeline was garbage-collected while stitched
+                return False
+            self._counter.attach(scheduler)
         return self._counter.scheduler is not None and self._counter.in_run
 
     def current_model_index(self) -> tuple[int, int, int]:
@@ -216,6 +224,8 @@ class StitchedDenoiser(nn.Module):
             call = model
             if self._large_forward is not None:
                 _follow(model, self.large, _first_tensor(args, kwargs))
+        if self.conditioning[index] is not None:
+            call = adapted_call(call, self.conditioning[index], self._signature)
         if self.sync_timing and self.large.device.type == "cuda":
             torch.cuda.synchronize()
         self._call_state = (index, step, position, time.perf_counter())
@@ -406,6 +416,7 @@ def stitch(
     plan: Plan | float | Sequence[float],
     *,
     sync_timing: bool = False,
+    conditioning: Sequence[Adapter | None] | Adapter | None = None,
 ) -> Any:
     """Make ``pipe`` sample with trajectory stitching, in place; returns ``pipe``.
 
@@ -417,6 +428,8 @@ def stitch(
             steps: a float for one model, else one per model. With ``N`` steps, the first
             ``floor(fraction * N + 1e-6)`` steps run the first model, and so on (cumulatively).
         sync_timing: see :class:`StitchedDenoiser`.
+        conditioning: one adapter per small model, for models that do not share the pipeline's
+            conditioning (:mod:`tstitch.conditioning`; e.g. ``TextEncoderConditioning``); ``None`` for one that does.
 
     ``pipe.transformer`` (or ``pipe.unet``) stays the same object. Stitching a stitched pipeline replaces
     its stitch. Bad input raises ``ValueError`` before anything is changed.
@@ -426,6 +439,7 @@ def stitch(
         large = large.large
     small_list = list(models) if isinstance(models, (list, tuple)) else [models]
     plan = as_plan(plan, len(small_list) + 1)
+    adapters = per_model(conditioning, len(small_list) + 1, pipe)
 
     pipe_prediction = getattr(getattr(pipe, "scheduler", None), "config", {}).get("prediction_type")
     resolved = []
@@ -434,7 +448,7 @@ def stitch(
         model, scheduler = _as_model(candidate, label)
         if model is large:
             raise ValueError(f"{label} is the pipeline's own {name}; pass the small models only")
-        check_compatible(large, model, label)
+        check_compatible(large, model, label, own_conditioning=adapters[i] is not None)
         small_prediction = getattr(scheduler, "config", {}).get("prediction_type") if scheduler else None
         if pipe_prediction and small_prediction and small_prediction != pipe_prediction:
             raise ValueError(
@@ -448,9 +462,10 @@ def stitch(
     for model in resolved:
         if model.dtype != large.dtype or model.device != large.device:
             model.to(device=large.device, dtype=large.dtype)
-    denoiser = StitchedDenoiser([*resolved, large], plan, sync_timing=sync_timing)
+    denoiser = StitchedDenoiser([*resolved, large], plan, sync_timing=sync_timing, conditioning=adapters[:-1])
+    capture_prompts(pipe, adapters)
     pipe_ref = weakref.ref(pipe)
-    denoiser.bind(lambda: pipe_ref().scheduler)
+    denoiser.bind(lambda: getattr(pipe_ref(), "scheduler", None))
     if getattr(pipe, "scheduler", None) is not None:
         denoiser._counter.attach(pipe.scheduler)  # now, to see the pipeline's next run begin
         denoiser._counter.in_run = False
@@ -471,6 +486,7 @@ def unstitch(pipe: Any) -> Any:
             model._release()
             object.__setattr__(pipe, name, model.large)
     denoiser = vars(pipe).pop(_STITCH_ATTR, None)
+    release_prompts(pipe)
     if denoiser is not None:
         denoiser._release()
         denoiser._large_forward = None

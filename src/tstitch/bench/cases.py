@@ -145,12 +145,30 @@ def _unet_case(device: torch.device, seed: int, latent_size: int = 16, **options
     )
 
 
+def _ldm_case(device: torch.device, seed: int, tiny: bool = False, **options: Any) -> BenchCase:
+    """LDM-S -> LDM U-Nets (each with its own class embedder), random weights; ``tiny``: the layout at the
+    smallest widths and 8x8 latents (tests)."""
+    from ..models.ldm_layouts import LDM_SHAPES, TINY_LDM_SHAPES, random_ldm_model
+    from ..sampling.ldm_official import ddim_scheduler_config
+
+    shapes, size = (TINY_LDM_SHAPES, 8) if tiny else (LDM_SHAPES, 32)
+    small, large = (random_ldm_model(*shapes[name], name=name, sample_size=size, device=device, seed=seed + i)
+                    for i, name in enumerate(("LDM-S", "LDM")))
+    return BenchCase(
+        name="ldm-s-ldm", small=small, large=large, small_name="LDM-S", large_name="LDM",
+        make_scheduler=scheduler_factory("ddim", ddim_scheduler_config()),
+        description=f"LDM-S -> LDM U-Nets of the published shapes{' (tiny widths)' if tiny else ''}, "
+        f"{size}x{size}x4 latents, random weights", **options,
+    )
+
+
 #: Case name -> builder ``(device, seed, **options) -> BenchCase``.
 CASE_BUILDERS: dict[str, Callable[..., BenchCase]] = {
     "digits": _digits_case,
     "dit-s-b": _dit_case("dit-s-b", "DiT-S/2", "DiT-B/2"),
     "dit-s-xl": _dit_case("dit-s-xl", "DiT-S/2", "DiT-XL/2"),
     "sd15-bksdm-tiny": _unet_case,
+    "ldm-s-ldm": _ldm_case,
 }
 
 #: Named settings: the cases and their options. "cpu" is the full run on a 2-core CPU (minutes), "quick"
@@ -165,6 +183,7 @@ SUITES: dict[str, list[tuple[str, dict[str, Any]]]] = {
         ("dit-s-b", dict(num_steps=5, num_images=1, repetitions=3)),
         ("dit-s-xl", dict(num_steps=5, num_images=1, repetitions=3)),
         ("sd15-bksdm-tiny", dict(num_steps=5, num_images=1, repetitions=3, latent_size=16)),
+        ("ldm-s-ldm", dict(num_steps=5, num_images=1, repetitions=2, fractions=(0.4,))),  # LDM: ~10 s a call
     ],
     "gpu-paper": [
         ("dit-s-xl", dict(num_steps=100, num_images=8, guidance_scale=1.5, repetitions=3)),

@@ -176,11 +176,13 @@ class EvaluationRun:
     # -- settings ---------------------------------------------------------------------------------------------
 
     def _check_sampler(self) -> None:
-        from ..models.loaded import MODES
+        from ..models.families import official_sampler
+        from ..models.loaded import MODES, OFFICIAL_MODES
 
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
-        if self.mode == "official":
+        if self.mode in OFFICIAL_MODES:
+            official_sampler(self.loaded.family, self.mode)  # ValueError for a mode the family has not
             if self.scheduler != "ddim":
                 raise ValueError(
                     f"the published DiT sampler (mode official) is supported with ddim only, not "
@@ -296,13 +298,14 @@ class EvaluationRun:
         models = [by_name[name] for name in schedule.models]
         noise = sample_noise(self.config.seed, indices, loaded.latent_shape).to(self.device)
         labels = sample_labels(indices, loaded.num_classes).to(self.device)
-        if self.mode == "official":
-            from ..sampling.official import sample_official
+        if self.mode in ("official", "official-zeros"):
+            from ..models.families import official_sampler
 
+            sampler = official_sampler(loaded.family, self.mode)
             with Stopwatch(self.device) as watch:
-                out = sample_official(models, schedule.small_fractions or None, noise=noise, class_labels=labels,
-                                      num_steps=self.num_steps, sampler="ddim", guidance_scale=self.guidance,
-                                      generator=torch.Generator(self.device).manual_seed(0))
+                out = sampler(models, schedule.small_fractions or None, noise=noise, class_labels=labels,
+                              num_steps=self.num_steps, sampler="ddim", guidance_scale=self.guidance,
+                              generator=torch.Generator(self.device).manual_seed(0))
             seconds, latents, per_step = watch.seconds, out.latents, out.model_per_step
         else:
             new_scheduler = scheduler_factory(self.scheduler, loaded.scheduler_config,

@@ -26,12 +26,11 @@ from typing import Any
 
 import torch
 
-from ..models.families import denoiser_of
-from ..models.loaded import MODES, ClassConditionalModels, LoadedModels, Mode, StitchedPipeline
+from ..models.families import denoiser_of, official_sampler
+from ..models.loaded import MODES, OFFICIAL_MODES, ClassConditionalModels, LoadedModels, Mode, StitchedPipeline
 from ..plan import Plan
 from ..sampling import make_scheduler, sample, scheduler_name
 from ..sampling.official import SAMPLERS as OFFICIAL_SAMPLERS
-from ..sampling.official import sample_official
 from ..sampling.timing import Stopwatch, warm_up, warmup_fractions
 from ..stitcher import get_record, stitch
 from ..utils import atomic_write, ensure_writable_dir, write_json
@@ -185,7 +184,8 @@ def _resolve(loaded: LoadedModels, options: SampleOptions) -> dict[str, Any]:
             )
         if options.size is not None:
             raise ValueError("--size applies to text-to-image pipelines; a DiT samples at its trained size")
-        if mode == "official":
+        if mode in OFFICIAL_MODES:
+            official_sampler(loaded.family, mode)  # ValueError for a mode the family has not
             scheduler = scheduler or "ddim"
             if scheduler not in OFFICIAL_SAMPLERS:
                 raise ValueError(
@@ -206,7 +206,7 @@ def _resolve(loaded: LoadedModels, options: SampleOptions) -> dict[str, Any]:
         count = options.num_images or len(labels)
         settings["class_labels"] = [int(y) for y in _cycle(labels, count)]
     else:
-        if mode == "official":
+        if mode in OFFICIAL_MODES:
             raise ValueError("--mode official is the published DiT sampler, for class-conditional DiTs only")
         if options.class_labels:
             raise ValueError(f"{loaded.label or 'this pipeline'} is a text-to-image pipeline: give --prompt, "
@@ -258,8 +258,8 @@ def _class_run(
         for begin in range(0, count, batch_size):
             batch_noise = noise[begin : begin + batch_size].to(device)
             batch_labels = labels[begin : begin + batch_size].to(device)
-            if settings["mode"] == "official":
-                out = sample_official(
+            if settings["mode"] in OFFICIAL_MODES:
+                out = official_sampler(loaded.family, settings["mode"])(
                     models, full if k > 1 else None, noise=batch_noise, class_labels=batch_labels,
                     num_steps=settings["num_steps"], sampler=settings["scheduler"],
                     guidance_scale=settings["guidance_scale"], generator=generator, progress=progress,

@@ -18,7 +18,7 @@ from torch import nn
 from ..sampling.guidance import unwrap_output
 
 __all__ = ["Family", "FAMILIES", "family_of_name", "family_of_class", "embedded_models", "denoiser_of",
-           "class_call", "text_call", "decode_pixels", "decode_with_vae"]
+           "class_call", "text_call", "decode_pixels", "decode_with_vae", "decode_vq", "official_sampler"]
 
 
 def class_call(model: Any, x: torch.Tensor, timestep: torch.Tensor, condition: Any) -> torch.Tensor:
@@ -51,6 +51,13 @@ def decode_with_vae(latents: torch.Tensor, vae: Any, latent_scale: float, batch_
         chunk = latents[start : start + batch_size].to(vae.device, vae.dtype) / latent_scale
         images.append(_unit(vae.decode(chunk).sample))
     return torch.cat(images)
+
+
+@torch.no_grad()
+def decode_vq(latents: torch.Tensor, vae: Any, latent_scale: float, batch_size: int) -> torch.Tensor:
+    """A VQ first stage's ``decode`` (quantizing first; the LDM latents are unscaled): images in ``[0, 1]``."""
+    return torch.cat([_unit(vae.decode(latents[i : i + batch_size].to(vae.device, vae.dtype)).sample)
+                      for i in range(0, len(latents), batch_size)])
 
 
 def denoiser_of(pipe: Any) -> tuple[str, nn.Module]:
@@ -94,6 +101,31 @@ def _pipeline_load(source: str, *, device: torch.device, dtype: torch.dtype, off
     return load_pipeline(source, offline, device, dtype)
 
 
+def _ldm_load(source: str, *, device: torch.device, dtype: torch.dtype, **_: Any) -> nn.Module:
+    from ..sampling.ldm_official import ClassConditionedUNet
+    from .ldm_checkpoints import load_ldm_checkpoint
+
+    parts = load_ldm_checkpoint(source, load_first_stage=False, device=device, dtype=dtype)
+    if parts.embedder is None:
+        raise ValueError(f"{source}: no class embedder (cond_stage_model.embedding.weight): not a class-conditional "
+                         "LDM")
+    return ClassConditionedUNet(parts.unet, parts.embedder).eval()
+
+
+def _ldm_schedule() -> dict[str, Any]:
+    from ..sampling.ldm_official import ddim_scheduler_config
+
+    return ddim_scheduler_config()  # CompVis "linear" betas, as diffusers' scaled_linear
+
+
+def _ldm_official(unconditional: str) -> Callable[..., Any]:
+    import functools
+
+    from ..sampling.ldm_official import sample_ldm_wrapped
+
+    return functools.partial(sample_ldm_wrapped, unconditional=unconditional)
+
+
 def _linear_schedule() -> dict[str, Any]:
     from ..zoo import scheduler_config
 
@@ -114,6 +146,8 @@ class Family:
         members: names loaded with no file at all (embedded models).
         class_names: the diffusers ``_class_name`` values of configs that belong to the family.
         noise_schedule: the scheduler config the family was trained with (None: the pipeline's own).
+        official: ``mode -> sampler`` for the published sampler of the family (``--mode official``), called
+            like :func:`tstitch.sampling.official.sample_official`; ``None``: the published DiT sampler.
     """
 
     name: str
@@ -125,6 +159,7 @@ class Family:
     members: Callable[[], Collection[str]] = tuple
     class_names: tuple[str, ...] = field(default_factory=tuple)
     noise_schedule: Callable[[], dict[str, Any]] | None = None
+    official: Callable[[str], Callable[..., Any]] | None = None
 
 
 FAMILIES: dict[str, Family] = {
@@ -137,6 +172,9 @@ FAMILIES: dict[str, Family] = {
                "class", load=_dit_load, call=class_call, decode=decode_with_vae,
                class_names=("DiTPipeline", "DiTTransformer2DModel", "Transformer2DModel"),
                noise_schedule=_linear_schedule),
+        Family("ldm", "CompVis class-conditional LDMs (.ckpt: U-Net + own class embedder; a VQ first stage)",
+               "class", load=_ldm_load, call=class_call, decode=decode_vq, noise_schedule=_ldm_schedule,
+               official=_ldm_official),
         Family("diffusers-pipeline", "diffusers text-to-image pipelines (U-Net or transformer denoisers)",
                "pipeline", load=_pipeline_load, call=text_call, decode=decode_with_vae),
     )
@@ -156,3 +194,16 @@ def family_of_class(class_name: str) -> Family | None:
 def embedded_models() -> list[str]:
     """Every embedded model name of every family (loaded with no file)."""
     return [name for family in FAMILIES.values() for name in family.members()]
+
+
+def official_sampler(family: str, mode: str) -> Callable[..., Any]:
+    """The published sampler of ``family`` for ``mode`` (``official``; ``official-zeros``: the LDM sampler with
+    zero unconditional contexts), called like :func:`tstitch.sampling.official.sample_official`."""
+    row = FAMILIES[family]
+    if row.official is not None:
+        return row.official("zeros" if mode == "official-zeros" else "random")
+    if mode != "official":
+        raise ValueError(f"mode {mode!r} is for the LDM family; the {family} family has mode official")
+    from ..sampling.official import sample_official
+
+    return sample_official

@@ -20,12 +20,14 @@ from torch import nn
 from ..sampling import num_classes_of
 from .families import FAMILIES, denoiser_of
 
-__all__ = ["MODES", "Mode", "SamplingDefaults", "ClassConditionalModels", "StitchedPipeline", "LoadedModels",
-           "check_controlnet_layout"]
+__all__ = ["MODES", "OFFICIAL_MODES", "Mode", "SamplingDefaults", "ClassConditionalModels", "StitchedPipeline",
+           "LoadedModels", "check_controlnet_layout"]
 
-Mode = Literal["diffusers", "official"]
-#: ``diffusers``: the one loop under any diffusers scheduler; ``official``: the published DiT sampler.
-MODES = ("diffusers", "official")
+Mode = Literal["diffusers", "official", "official-zeros"]
+#: ``diffusers``: the one loop under any diffusers scheduler; ``official``: the family's published sampler (DiT,
+#: LDM); ``official-zeros``: the published LDM sampler with zeros as the unconditional contexts.
+MODES = ("diffusers", "official", "official-zeros")
+OFFICIAL_MODES = ("official", "official-zeros")
 
 
 @dataclass(frozen=True)

@@ -22,12 +22,11 @@ from typing import Any, Literal
 import torch
 
 from ..stitcher import check_compatible, stitch
+from .availability import check_available, checkpoint_dirs, find_file
 from .families import FAMILIES, Family, denoiser_of, family_of_class, family_of_name
 from .hub import REPO_FILE, REPO_ID, CheckpointNotAvailableError, download_hint, hub_cached, not_fetched, offline_mode
 from .loaded import ClassConditionalModels, SamplingDefaults, StitchedPipeline, check_controlnet_layout
 from .presets import (
-    CHECKPOINT_DIR_ENV,
-    DEFAULT_CHECKPOINT_DIRS,
     DIT_LATENT_SCALE,
     DIT_VAE_SOURCE,
     PRESETS,
@@ -43,57 +42,8 @@ __all__ = ["load_preset", "load_models", "load_pipeline", "detect_kind", "Checkp
 # -- resolving sources -------------------------------------------------------------------------------------
 
 
-def _checkpoint_dirs(checkpoint_dir: str | os.PathLike | None) -> list[Path]:
-    dirs = [Path(checkpoint_dir).expanduser()] if checkpoint_dir else []
-    if os.environ.get(CHECKPOINT_DIR_ENV):
-        dirs.append(Path(os.environ[CHECKPOINT_DIR_ENV]).expanduser())
-    dirs += [Path(d) for d in DEFAULT_CHECKPOINT_DIRS]
-    return dirs
-
-
-def _find_file(source: ModelSource, dirs: list[Path]) -> Path | None:
-    for folder in dirs:
-        for name in source.files:
-            if (folder / name).is_file():
-                return folder / name
-    return None
-
-
-def _missing_message(source: ModelSource, dirs: list[Path], offline: bool, position: str) -> str:
-    searched = ", ".join(str(d) for d in dirs)
-    ways = []
-    if source.hub:
-        ids = " or ".join(repr(h) for h in source.hub)
-        state = "not in the local Hugging Face cache, and the hub is off (HF_HUB_OFFLINE=1 or local_files_only)"
-        ways.append(f"{ids} is {state}: download it once with network access ({download_hint(source.hub[0])})")
-    if source.files:
-        names = " / ".join(source.files)
-        where = f" from {source.url}" if source.url else ""
-        how = f"pass --checkpoint-dir DIR (or set {CHECKPOINT_DIR_ENV}; searched now: {searched})"
-        if source.hub:
-            ways.append(f"or download the file {names}{where} and {how}")
-        else:
-            note = f" ({source.note})" if source.note else ""
-            ways.append(f"no file {names} was found{note}: download it{where} and {how}")
-    if position == "--vae":
-        ways.append("or pass a local VAE folder with --vae PATH")
-    else:
-        ways.append("or give local copies of all the models with --model PATH, smallest first")
-    return f"{source.label}: " + "; ".join(ways)
-
-
-def _check_available(sources: Sequence[tuple[ModelSource, str]], dirs: list[Path], offline: bool,
-                     what: str) -> None:
-    """Raise :class:`CheckpointNotAvailableError` naming every source that cannot be had, before loading."""
-    missing = []
-    for source, position in sources:
-        if source.zoo or _find_file(source, dirs) is not None:
-            continue
-        if source.hub and (not offline or any(hub_cached(h) for h in source.hub)):
-            continue
-        missing.append(_missing_message(source, dirs, offline, position))
-    if missing:
-        raise CheckpointNotAvailableError(f"{what} cannot be loaded:\n  - " + "\n  - ".join(missing))
+# The availability checks need no torch (``tstitch sample`` runs them before importing it).
+_checkpoint_dirs, _find_file, _check_available = checkpoint_dirs, find_file, check_available
 
 
 def _first_hub(source: ModelSource, offline: bool) -> str:
@@ -118,13 +68,15 @@ def _cast(model: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
 
 
 def _load_class_model(source: ModelSource | str, dirs: list[Path], offline: bool, device: torch.device,
-                      dtype: torch.dtype, timestep_embedding: str) -> tuple[torch.nn.Module, str, Family]:
-    """A class-conditional model, its name and its family (an embedded member, else a DiT)."""
+                      dtype: torch.dtype, timestep_embedding: str, family_name: str | None = None,
+                      ) -> tuple[torch.nn.Module, str, Family]:
+    """A class-conditional model, its name and its family (an embedded member, else ``family_name``'s, else
+    a DiT)."""
     name = source if isinstance(source, str) else source.zoo
     family = family_of_name(name) if name else None
     if family is not None:
         return family.load(name, device=device, dtype=dtype), name, family
-    family = FAMILIES["dit"]
+    family = FAMILIES[family_name if family_name in FAMILIES else "dit"]
     if isinstance(source, str):
         model = family.load(source, device=device, dtype=dtype, offline=offline,
                             timestep_embedding=timestep_embedding)
@@ -140,6 +92,10 @@ def _load_class_model(source: ModelSource | str, dirs: list[Path], offline: bool
 def _load_vae(source: ModelSource | str, offline: bool, device: torch.device, dtype: torch.dtype):
     from diffusers import AutoencoderKL
 
+    if isinstance(source, str) and source.endswith(".ckpt"):  # a CompVis first stage (vq-f8/model.ckpt)
+        from .ldm_checkpoints import load_vq_first_stage
+
+        return load_vq_first_stage(source, device=device, dtype=dtype)
     if isinstance(source, str):
         path = Path(source).expanduser()
         target, subfolder = (str(path), None) if path.exists() else (source, None)
@@ -217,6 +173,7 @@ def _build(
     dtype: torch.dtype | None,
     local_files_only: bool | None,
     checkpoint_dir: str | os.PathLike | None,
+    family_name: str | None = None,
 ):
     device = torch.device(device)
     dtype = _default_dtype(kind, device, dtype)
@@ -233,7 +190,8 @@ def _build(
     if kind == "class":
         models, names, families = [], [], []
         for source in sources:
-            model, name, family = _load_class_model(source, dirs, offline, device, dtype, timestep_embedding)
+            model, name, family = _load_class_model(source, dirs, offline, device, dtype, timestep_embedding,
+                                                    family_name=family_name)
             model.requires_grad_(False)
             models.append(model)
             names.append(name)
@@ -241,6 +199,8 @@ def _build(
         for i, model in enumerate(models[:-1]):
             check_compatible(models[-1], model, f"models[{i}] ({names[i]})")
         family = families[-1]  # the large model's family decodes and gives the noise schedule
+        if isinstance(vae, ModelSource) and _find_file(vae, dirs) is not None:  # a downloaded file (vq-f8)
+            vae = str(_find_file(vae, dirs))
         decoder = None if vae is None else _load_vae(vae, offline, device, dtype)
         return ClassConditionalModels(models, names, family.noise_schedule(), defaults, decoder,
                                       latent_scale if decoder is not None else 1.0, label, family=family.name)
@@ -305,7 +265,7 @@ def load_preset(
         preset.kind, sources, label=f"preset {name!r}", defaults=preset.defaults,
         vae=vae if vae is not None else preset.vae, latent_scale=preset.latent_scale,
         timestep_embedding=preset.timestep_embedding, device=device, dtype=dtype,
-        local_files_only=local_files_only, checkpoint_dir=checkpoint_dir,
+        local_files_only=local_files_only, checkpoint_dir=checkpoint_dir, family_name=preset.family,
     )
 
 

@@ -44,12 +44,12 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .plan import Plan
+from ..plan import Plan
 
 __all__ = [
     "LINEAR_START", "LINEAR_END", "compvis_alphas_cumprod", "ddim_timesteps", "LDMDDIMSchedule",
     "ldm_model_index", "sample_ldm_official", "LDMSampleOutput", "decode_ldm_latents", "ClassConditionedUNet",
-    "ddim_scheduler_config", "make_ddim_scheduler",
+    "ddim_scheduler_config", "make_ddim_scheduler", "sample_ldm_wrapped",
 ]
 
 logger = logging.getLogger(__name__)
@@ -314,7 +314,13 @@ class ClassConditionedUNet(nn.Module):
     get the unconditional context instead: zeros by default, or what :meth:`set_unconditional` stored: one
     ``(d,)`` vector for every null row, or ``(k, 1, d)`` rows for exactly ``k`` null rows, in batch order
     (the published random-uniform contexts). An explicit ``encoder_hidden_states`` is passed through.
+
+    Its ``config`` is the U-Net's with ``num_class_embeds`` set to the class count (so that guidance finds
+    the null label); ``owns_conditioning`` tells :func:`tstitch.compat.check_compatible` that two such models
+    may have different context widths (each embeds the labels itself).
     """
+
+    owns_conditioning = True
 
     def __init__(self, unet: nn.Module, embedder: nn.Module, null_class: int | None = None):
         super().__init__()
@@ -327,7 +333,9 @@ class ClassConditionedUNet(nn.Module):
 
     @property
     def config(self) -> Any:
-        return self.unet.config
+        from diffusers.configuration_utils import FrozenDict
+
+        return FrozenDict({**self.unet.config, "num_class_embeds": self.null_class})
 
     @property
     def dtype(self) -> torch.dtype:
@@ -389,3 +397,33 @@ def make_ddim_scheduler(num_train_timesteps: int = 1000) -> Any:
     from diffusers import DDIMScheduler
 
     return DDIMScheduler.from_config(ddim_scheduler_config(num_train_timesteps))
+
+
+def sample_ldm_wrapped(
+    models: Sequence[ClassConditionedUNet],
+    fractions: float | Sequence[float] | Plan | None,
+    *,
+    noise: torch.Tensor,
+    class_labels: torch.Tensor | Sequence[int],
+    num_steps: int = 100,
+    sampler: str = "ddim",
+    guidance_scale: float = 3.0,
+    eta: float = 1.0,
+    unconditional: Unconditional = "random",
+    generator: torch.Generator | None = None,
+    progress: bool = False,
+    vq: Any | None = None,
+) -> LDMSampleOutput:
+    """:func:`sample_ldm_official` for :class:`ClassConditionedUNet` models (each one's U-Net and embedder),
+    called like :func:`tstitch.sampling.official.sample_official` (``sampler`` must be ``"ddim"``)."""
+    if sampler != "ddim":
+        raise ValueError(f"the published LDM sampler is DDIM (eta {eta:g}); got sampler {sampler!r}")
+    models = list(models)
+    for i, model in enumerate(models):
+        if not isinstance(model, ClassConditionedUNet):
+            raise ValueError(f"models[{i}] is a {type(model).__name__}, not a ClassConditionedUNet (U-Net + embedder)")
+    return sample_ldm_official(
+        [m.unet for m in models], [m.embedder for m in models], class_labels, fractions, num_steps=num_steps,
+        eta=eta, guidance_scale=guidance_scale, noise=noise, generator=generator, unconditional=unconditional,
+        vq=vq, progress=progress, latent_shape=tuple(noise.shape[1:]),
+    )
