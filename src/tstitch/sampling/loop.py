@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 
 from ..plan import Plan
 from ..stitcher import StitchedDenoiser, StitchRecord
+from .checks import check_class_labels, check_guidance_scale, check_noise, check_num_steps, check_positive_int
 from .guidance import Guidance, num_classes_of
 from .timing import Stopwatch
 
@@ -42,13 +43,18 @@ class SampleOutput:
     record: StitchRecord
 
 
-def _labels(class_labels: Any, batch: int, device: torch.device) -> torch.Tensor | None:
-    if class_labels is None:
-        return None
-    labels = torch.as_tensor(class_labels, device=device).long().reshape(-1)
-    if labels.numel() != batch:
-        raise ValueError(f"got {labels.numel()} class labels for a batch of {batch}")
-    return labels
+def _config_int(model: Any, key: str) -> int | None:
+    config = getattr(model, "config", None)
+    value = config.get(key) if hasattr(config, "get") else getattr(config, key, None)
+    return int(value) if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _model_dtype(model: Any) -> torch.dtype | None:
+    dtype = getattr(model, "dtype", None)
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    parameter = next(model.parameters(), None) if isinstance(model, nn.Module) else None
+    return parameter.dtype if parameter is not None else None
 
 
 @torch.no_grad()
@@ -79,13 +85,13 @@ def denoise(
 
     Returns the final latents.
     """
-    if noise.ndim != 4:
-        raise ValueError(f"noise must be (batch, channels, height, width), got shape {tuple(noise.shape)}")
+    check_noise(noise)
     if not hasattr(scheduler, "init_noise_sigma"):
         raise ValueError(f"scheduler {type(scheduler).__name__} is for flow-matching pipelines (velocity models "
                          "such as SD3, stitched with tstitch.stitch); the bare loop samples noise-prediction models")
+    num_inference_steps = check_num_steps(num_inference_steps, scheduler)
     guidance = guidance or Guidance()
-    labels = _labels(class_labels, noise.shape[0], noise.device)
+    labels = check_class_labels(class_labels, noise.shape[0], None, noise.device)
     keep_variance = scheduler.config.get("variance_type") in ("learned", "learned_range")
     step_kwargs = {}
     if generator is not None and "generator" in inspect.signature(scheduler.step).parameters:
@@ -141,16 +147,25 @@ def sample(
         denoiser = models
     else:
         model_list = [models] if isinstance(models, nn.Module) else list(models)
+        if not model_list:
+            raise ValueError("models is empty: give the denoisers, smallest first")
+        if fractions is None and len(model_list) > 1:
+            raise ValueError(f"fractions is None for {len(model_list)} models: give the small models' shares "
+                             "(a float for two models) or a Plan")
         if not isinstance(fractions, Plan):
             fractions = Plan.from_small_fractions(fractions if len(model_list) > 1 else [])
         denoiser = StitchedDenoiser(model_list, fractions)
-    if noise.ndim != 4:
-        raise ValueError(f"noise must be (batch, channels, height, width), got shape {tuple(noise.shape)}")
-    labels = _labels(class_labels, noise.shape[0], noise.device)
+    large = denoiser.large
+    channels = _config_int(large, "in_channels")
+    check_noise(noise, channels=channels, size=_config_int(large, "sample_size"), dtype=_model_dtype(large))
+    check_num_steps(num_inference_steps, scheduler)
+    guidance_scale = check_guidance_scale(guidance_scale)
+    num_classes = num_classes_of(large)
+    labels = check_class_labels(class_labels, noise.shape[0], num_classes, noise.device)
     # every model gets the large model's null label
-    null = null_class if null_class is not None else num_classes_of(denoiser.large)
+    null = null_class if null_class is not None else num_classes
     guidance = Guidance(guidance_scale, null_class=null, guided_channels=guided_channels)
-    guidance.check(denoiser.large, labels)
+    guidance.check(large, labels, channels=noise.shape[1])
 
     denoiser.bind(scheduler)
     try:
@@ -183,6 +198,12 @@ def sample_batches(
     Returns the latents, the wall-clock seconds of the sampling (model calls and scheduler steps), and
     the model index of each step.
     """
+    batch_size = check_positive_int(batch_size, "batch_size")
+    check_noise(noise)
+    if len(labels) != len(noise):
+        raise ValueError(f"got {len(labels)} labels for {len(noise)} noise samples")
+    if generators is not None and len(generators) != len(noise):
+        raise ValueError(f"got {len(generators)} generators for {len(noise)} noise samples (one per sample)")
     outputs, watch, per_step = [], Stopwatch(noise.device), []
     plan = fractions if isinstance(fractions, Plan) else list(fractions)
     for start in range(0, len(noise), batch_size):
