@@ -22,6 +22,7 @@ from typing import Any, Literal
 import torch
 
 from ..stitcher import check_compatible, stitch
+from .checks import check_device, check_dtype, check_finite_weights
 from .families import FAMILIES, Family, denoiser_of, family_of_class, family_of_name
 from .hub import REPO_FILE, REPO_ID, CheckpointNotAvailableError, download_hint, hub_cached, not_fetched, offline_mode
 from .loaded import ClassConditionalModels, SamplingDefaults, StitchedPipeline, check_controlnet_layout
@@ -123,7 +124,9 @@ def _load_class_model(source: ModelSource | str, dirs: list[Path], offline: bool
     name = source if isinstance(source, str) else source.zoo
     family = family_of_name(name) if name else None
     if family is not None:
-        return family.load(name, device=device, dtype=dtype), name, family
+        model = family.load(name, device=device, dtype=dtype)
+        check_finite_weights(model, name)
+        return model, name, family
     family = FAMILIES["dit"]
     if isinstance(source, str):
         model = family.load(source, device=device, dtype=dtype, offline=offline,
@@ -218,7 +221,9 @@ def _build(
     local_files_only: bool | None,
     checkpoint_dir: str | os.PathLike | None,
 ):
-    device = torch.device(device)
+    device = check_device(device)
+    if dtype is not None:
+        check_dtype(dtype)
     dtype = _default_dtype(kind, device, dtype)
     offline = offline_mode(local_files_only)
     dirs = _checkpoint_dirs(checkpoint_dir)
@@ -242,6 +247,8 @@ def _build(
             check_compatible(models[-1], model, f"models[{i}] ({names[i]})")
         family = families[-1]  # the large model's family decodes and gives the noise schedule
         decoder = None if vae is None else _load_vae(vae, offline, device, dtype)
+        if decoder is not None:
+            check_finite_weights(decoder, f"the VAE ({vae if isinstance(vae, str) else vae.label})")
         return ClassConditionalModels(models, names, family.noise_schedule(), defaults, decoder,
                                       latent_scale if decoder is not None else 1.0, label, family=family.name)
 
@@ -259,6 +266,10 @@ def _build(
         smalls.append(_load_denoiser(small_target, subfolder, large, attr, offline, device, dtype))
     check_controlnet_layout(pipe, smalls)
     names = [_source_name(s) for s in sources]
+    for model, name in zip([*smalls, large], names, strict=True):
+        check_finite_weights(model, name)
+    if getattr(pipe, "vae", None) is not None:
+        check_finite_weights(pipe.vae, f"{names[-1]} (its VAE)")
     for model, name in zip([*smalls, large], names, strict=True):
         model._tstitch_name = name
     stitch(pipe, smalls, list(defaults.fractions))  # checks every small model against the pipeline's
@@ -293,6 +304,9 @@ def load_preset(
             provide it (checked for every model before anything is loaded).
     """
     preset = get_preset(name)
+    check_device(device)
+    if dtype is not None:
+        check_dtype(dtype)
     sources: Sequence[ModelSource | str] = preset.models
     if models:
         if len(models) != len(preset.models):
@@ -390,8 +404,11 @@ def load_models(
     diffusers pipeline (folder or hub id) is stitched with the other models' denoisers (pipeline or model
     folders). ``defaults``: sampling settings (default: the DiT paper's, or the pipeline's own).
     """
-    if len(sources) < 2:
-        raise ValueError(f"stitching needs at least two --model values (smallest first), got {len(sources)}")
+    if isinstance(sources, str) or len(sources) < 2:
+        raise ValueError(f"stitching needs at least two --model values (smallest first), got {sources!r}")
+    check_device(device)
+    if dtype is not None:
+        check_dtype(dtype)
     kinds = [detect_kind(s, local_files_only=local_files_only) for s in sources]
     if kinds[-1] == "denoiser":
         raise ValueError(
