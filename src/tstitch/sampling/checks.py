@@ -87,7 +87,7 @@ def check_class_labels(
     if tensor.is_floating_point():
         bad = [v for v in tensor.tolist() if not math.isfinite(v) or v != int(v)]
         if bad:
-            raise ValueError(f"{name} must be whole numbers, got {bad[:8]}")
+            raise ValueError(f"{name} must be whole numbers, got [{', '.join(f'{v:g}' for v in bad[:8])}]")
     top = f"{num_classes - 1}" if num_classes is not None else "the model's class count - 1"
     values = tensor.long()
     bad = [int(v) for v in values.tolist() if v < 0 or (num_classes is not None and v >= num_classes)]

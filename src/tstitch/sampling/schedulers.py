@@ -35,7 +35,9 @@ def is_flow_matching(noise_schedule: Any) -> bool:
     """Whether ``noise_schedule`` (a scheduler, a scheduler config or a dict) is a flow-matching schedule
     (SD3, Flux: velocity models) rather than a diffusion (beta) schedule of a noise-prediction model."""
     config = dict(getattr(noise_schedule, "config", noise_schedule))
-    return _schedule_name(noise_schedule).startswith("FlowMatch") or config.get("prediction_type") == "flow_prediction"
+    if _schedule_name(noise_schedule).startswith("FlowMatch") or config.get("prediction_type") == "flow_prediction":
+        return True
+    return "shift" in config and "beta_start" not in config  # a FlowMatch* config (a fresh one has no class name)
 
 
 @dataclass(frozen=True)
@@ -61,8 +63,9 @@ class SchedulerKind:
     def check(self, noise_schedule: Any, name: str | None = None) -> None:
         """``ValueError`` naming why this scheduler cannot sample a model trained on ``noise_schedule``."""
         label = repr(name or self.class_name)
-        source = _schedule_name(noise_schedule) or "a diffusion (beta) schedule"
         flow = is_flow_matching(noise_schedule)
+        source = _schedule_name(noise_schedule) or ("a flow-matching schedule" if flow
+                                                    else "a diffusion (beta) schedule")
         if self.flow_matching and not flow:
             others = ", ".join(k for k, v in SCHEDULERS.items() if not v.flow_matching)
             raise ValueError(f"scheduler {label} is a flow-matching scheduler: it needs a flow-matching model "
