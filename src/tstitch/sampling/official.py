@@ -357,9 +357,9 @@ def sample_official(
     guidance_scale = check_guidance_scale(guidance_scale)
     if isinstance(eta, bool) or not isinstance(eta, (int, float)) or not 0.0 <= float(eta) <= 1.0:
         raise ValueError(f"eta must be a number in [0, 1], got {eta!r}")
-    if isinstance(guided_channels, bool) or not isinstance(guided_channels, int) \
-            or not 0 <= guided_channels <= noise.shape[1]:
-        raise ValueError(f"guided_channels must be an integer in [0, {noise.shape[1]}], got {guided_channels!r}")
+    # more guided channels than the latents have (the default 3 on 1-channel latents) guide them all
+    if isinstance(guided_channels, bool) or not isinstance(guided_channels, int) or guided_channels < 0:
+        raise ValueError(f"guided_channels must be an integer >= 0, got {guided_channels!r}")
     diffusion = RespacedDiffusion.create(num_steps, num_train_timesteps)
     if sampler == "ddpm" and diffusion.num_steps < 2:
         raise ValueError("DDPM sampling needs at least 2 steps")

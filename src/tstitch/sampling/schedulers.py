@@ -18,6 +18,7 @@ __all__ = [
     "scheduler_name",
     "make_scheduler",
     "scheduler_factory",
+    "check_scheduler",
     "is_flow_matching",
     "DIT_NOISE_SCHEDULE",
     "SD_NOISE_SCHEDULE",
@@ -127,6 +128,14 @@ def scheduler_name(name: str) -> str:
     return key
 
 
+def check_scheduler(name: str, noise_schedule: Any) -> str:
+    """The canonical name of scheduler ``name``, checked now against the model's ``noise_schedule``:
+    ``ValueError`` for an unknown name or a scheduler of the wrong kind (flow matching vs diffusion)."""
+    key = scheduler_name(name)
+    SCHEDULERS[key].check(noise_schedule, key)
+    return key
+
+
 def make_scheduler(name: str, noise_schedule: Any, *, learned_variance: bool = False) -> Any:
     """A diffusers scheduler of kind ``name`` (a row of :data:`SCHEDULERS`) on ``noise_schedule`` (a
     scheduler config or a scheduler).
@@ -134,14 +143,11 @@ def make_scheduler(name: str, noise_schedule: Any, *, learned_variance: bool = F
     ``learned_variance``: the model predicts a variance (DiT's learned sigma); DDPM then samples with it
     (``variance_type="learned_range"``), the other schedulers ignore those channels.
     """
-    key = scheduler_name(name)
-    SCHEDULERS[key].check(noise_schedule, key)
+    key = check_scheduler(name, noise_schedule)
     return SCHEDULERS[key].build(noise_schedule, learned_variance=learned_variance)
 
 
 def scheduler_factory(name: str, noise_schedule: Any, *, learned_variance: bool = False) -> Callable[[], Any]:
     """A function making a fresh scheduler of kind ``name`` per run (the name is checked now)."""
-    key = scheduler_name(name)
-    kind = SCHEDULERS[key]
-    kind.check(noise_schedule, key)
+    kind = SCHEDULERS[check_scheduler(name, noise_schedule)]
     return lambda: kind.build(noise_schedule, learned_variance=learned_variance)
