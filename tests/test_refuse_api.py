@@ -488,3 +488,25 @@ def test_non_finite_weights_of_any_family_are_refused(monkeypatch):
     monkeypatch.setitem(FAMILIES, "digits", dataclasses.replace(FAMILIES["digits"], load=damaged))
     with pytest.raises(ValueError, match=r"digits-s: non-finite weights \(NaN or inf\) in "):
         load_preset("digits")
+
+
+@pytest.mark.parametrize("generator, match", [
+    (5, "generator must be a torch.Generator \\(not a seed"),
+    ([torch.Generator()], r"one torch.Generator per sample \(2\), got 1 items"),
+    ([1, 2], r"one torch.Generator per sample \(2\), got 2 items of types \['int'\]"),
+])
+def test_generators(ten_class, generator, match):
+    refused(run_sample, ten_class, match, generator=generator)
+    refused(run_official, ten_class, "generator must be one torch.Generator or None", generator=generator)
+
+
+@pytest.mark.parametrize("scheduler", ["ddim", DIT_NOISE_SCHEDULE, type(make_scheduler("ddim", DIT_NOISE_SCHEDULE))])
+def test_scheduler_must_be_a_scheduler_object(ten_class, scheduler):
+    refused(run_sample, ten_class, "scheduler must be a diffusers scheduler object.*make_scheduler",
+            scheduler=scheduler)
+
+
+def test_noise_on_another_device_than_the_models():
+    models = [tiny_dit(0).to("meta"), tiny_dit(1).to("meta")]
+    with pytest.raises(ValueError, match="noise is on cpu but the models are on meta"):
+        run_sample(models)

@@ -22,6 +22,8 @@ __all__ = [
     "check_class_labels",
     "check_noise",
     "check_device",
+    "check_generator",
+    "check_scheduler_object",
 ]
 
 
@@ -148,3 +150,23 @@ def check_device(device: Any, name: str = "device") -> torch.device:
         if available is None or not available():
             raise ValueError(f"{name} {device!r} is not available on this machine; use 'cpu'")
     return resolved
+
+
+def check_generator(generator: Any, batch: int, name: str = "generator") -> None:
+    """``generator`` is None, a ``torch.Generator``, or one ``torch.Generator`` per sample."""
+    if generator is None or isinstance(generator, torch.Generator):
+        return
+    if isinstance(generator, (list, tuple)):
+        if len(generator) != batch or not all(isinstance(g, torch.Generator) for g in generator):
+            raise ValueError(f"{name} must be one torch.Generator per sample ({batch}), got {len(generator)} "
+                             f"items of types {sorted({type(g).__name__ for g in generator})}")
+        return
+    raise ValueError(f"{name} must be a torch.Generator (not a seed: torch.Generator().manual_seed(seed)), "
+                     f"a list of them or None, got {generator!r}")
+
+
+def check_scheduler_object(scheduler: Any, name: str = "scheduler") -> None:
+    """``scheduler`` is a diffusers scheduler object (a name or a class is refused, saying how to build one)."""
+    if isinstance(scheduler, type) or not (hasattr(scheduler, "set_timesteps") and hasattr(scheduler, "step")):
+        raise ValueError(f"{name} must be a diffusers scheduler object, got {scheduler!r}; build one with "
+                         "tstitch.sampling.make_scheduler(name, noise_schedule)")

@@ -25,7 +25,15 @@ from tqdm.auto import tqdm
 
 from ..plan import Plan
 from ..stitcher import StitchedDenoiser, StitchRecord
-from .checks import check_class_labels, check_guidance_scale, check_noise, check_num_steps, check_positive_int
+from .checks import (
+    check_class_labels,
+    check_generator,
+    check_guidance_scale,
+    check_noise,
+    check_num_steps,
+    check_positive_int,
+    check_scheduler_object,
+)
 from .guidance import Guidance, num_classes_of
 from .timing import Stopwatch
 
@@ -47,6 +55,11 @@ def _config_int(model: Any, key: str) -> int | None:
     config = getattr(model, "config", None)
     value = config.get(key) if hasattr(config, "get") else getattr(config, key, None)
     return int(value) if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _model_device(model: Any) -> torch.device | None:
+    parameter = next(model.parameters(), None) if isinstance(model, nn.Module) else None
+    return parameter.device if parameter is not None else None
 
 
 def _model_dtype(model: Any) -> torch.dtype | None:
@@ -86,6 +99,8 @@ def denoise(
     Returns the final latents.
     """
     check_noise(noise)
+    check_scheduler_object(scheduler)
+    check_generator(generator, noise.shape[0])
     if not hasattr(scheduler, "init_noise_sigma"):
         raise ValueError(f"scheduler {type(scheduler).__name__} is for flow-matching pipelines (velocity models "
                          "such as SD3, stitched with tstitch.stitch); the bare loop samples noise-prediction models")
@@ -158,7 +173,12 @@ def sample(
     large = denoiser.large
     channels = _config_int(large, "in_channels")
     check_noise(noise, channels=channels, size=_config_int(large, "sample_size"), dtype=_model_dtype(large))
+    model_device = _model_device(large)
+    if model_device is not None and model_device.type != noise.device.type:
+        raise ValueError(f"noise is on {noise.device} but the models are on {model_device}: move one to the other")
+    check_scheduler_object(scheduler)
     check_num_steps(num_inference_steps, scheduler)
+    check_generator(generator, noise.shape[0])
     guidance_scale = check_guidance_scale(guidance_scale)
     num_classes = num_classes_of(large)
     labels = check_class_labels(class_labels, noise.shape[0], num_classes, noise.device)

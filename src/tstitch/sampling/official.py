@@ -355,6 +355,9 @@ def sample_official(
     num_train_timesteps = check_positive_int(num_train_timesteps, "num_train_timesteps")
     num_steps = check_positive_int(num_steps, "num_steps", num_train_timesteps)
     guidance_scale = check_guidance_scale(guidance_scale)
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise ValueError("generator must be one torch.Generator or None (the published sampler draws the whole "
+                         f"batch's noise from one), got {generator!r}")
     if isinstance(eta, bool) or not isinstance(eta, (int, float)) or not 0.0 <= float(eta) <= 1.0:
         raise ValueError(f"eta must be a number in [0, 1], got {eta!r}")
     # more guided channels than the latents have (the default 3 on 1-channel latents) guide them all
