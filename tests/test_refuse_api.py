@@ -510,3 +510,11 @@ def test_noise_on_another_device_than_the_models():
     models = [tiny_dit(0).to("meta"), tiny_dit(1).to("meta")]
     with pytest.raises(ValueError, match="noise is on cpu but the models are on meta"):
         run_sample(models)
+
+
+def test_checkpoint_dir_that_is_not_a_folder(tmp_path):
+    (tmp_path / "a-file").write_text("x")
+    with pytest.raises(FileNotFoundError, match=r"checkpoint_dir '.*nowhere' is no such folder.*dit_s_256.pt"):
+        load_preset("dit-s-xl", checkpoint_dir=tmp_path / "nowhere")
+    with pytest.raises(FileNotFoundError, match="checkpoint_dir '.*a-file' is a file, not a folder"):
+        load_preset("digits", checkpoint_dir=tmp_path / "a-file")

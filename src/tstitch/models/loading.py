@@ -304,6 +304,11 @@ def load_preset(
             provide it (checked for every model before anything is loaded).
     """
     preset = get_preset(name)
+    if checkpoint_dir is not None and not Path(checkpoint_dir).expanduser().is_dir():
+        what = "a file, not a folder" if Path(checkpoint_dir).expanduser().exists() else "no such folder"
+        files = ", ".join(f for m in preset.models for f in m.files) or "none needed"
+        raise FileNotFoundError(f"checkpoint_dir {os.fspath(checkpoint_dir)!r} is {what}: give the folder that holds "
+                                f"the downloaded checkpoint files ({files})")
     check_device(device)
     if dtype is not None:
         check_dtype(dtype)
