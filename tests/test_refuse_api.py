@@ -518,3 +518,21 @@ def test_checkpoint_dir_that_is_not_a_folder(tmp_path):
         load_preset("dit-s-xl", checkpoint_dir=tmp_path / "nowhere")
     with pytest.raises(FileNotFoundError, match="checkpoint_dir '.*a-file' is a file, not a folder"):
         load_preset("digits", checkpoint_dir=tmp_path / "a-file")
+
+
+@pytest.mark.parametrize("sampler", ["sample", "sample_official"])
+@pytest.mark.parametrize("scale", [1.0, 2.0])
+def test_no_labels_for_class_conditional_models(ten_class, sampler, scale):
+    match = r"class_labels is None, but the models are class-conditional \(10 classes\)|guidance needs class_labels"
+    refused(SAMPLERS[sampler], ten_class, match, class_labels=None, guidance_scale=scale)
+
+
+def test_models_that_are_not_modules(ten_class):
+    with pytest.raises(ValueError, match=r"models\[0\] must be a denoiser \(a torch.nn.Module\), got 'a'"):
+        run_sample(["a", ten_class[1]])
+
+
+def test_models_in_training_mode_warn(ten_class):
+    training = [tiny_dit(0, num_embeds_ada_norm=10).train(), ten_class[1]]
+    with pytest.warns(UserWarning, match="a model is in training mode"):
+        run_sample(training, guidance_scale=1.0)

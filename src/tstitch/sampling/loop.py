@@ -15,6 +15,7 @@ class_labels=y)``, returning a tensor or an object with ``.sample``.
 from __future__ import annotations
 
 import inspect
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -164,12 +165,18 @@ def sample(
         model_list = [models] if isinstance(models, nn.Module) else list(models)
         if not model_list:
             raise ValueError("models is empty: give the denoisers, smallest first")
+        for i, model in enumerate(model_list):
+            if not isinstance(model, nn.Module):
+                raise ValueError(f"models[{i}] must be a denoiser (a torch.nn.Module), got {model!r}")
         if fractions is None and len(model_list) > 1:
             raise ValueError(f"fractions is None for {len(model_list)} models: give the small models' shares "
                              "(a float for two models) or a Plan")
         if not isinstance(fractions, Plan):
             fractions = Plan.from_small_fractions(fractions if len(model_list) > 1 else [])
         denoiser = StitchedDenoiser(model_list, fractions)
+        if any(model.training for model in model_list):
+            warnings.warn("tstitch.sample: a model is in training mode (DiT's label embedding then drops labels at "
+                          "random); call .eval() first", stacklevel=2)
     large = denoiser.large
     channels = _config_int(large, "in_channels")
     check_noise(noise, channels=channels, size=_config_int(large, "sample_size"), dtype=_model_dtype(large))
@@ -182,6 +189,9 @@ def sample(
     guidance_scale = check_guidance_scale(guidance_scale)
     num_classes = num_classes_of(large)
     labels = check_class_labels(class_labels, noise.shape[0], num_classes, noise.device)
+    if labels is None and num_classes is not None:
+        raise ValueError(f"class_labels is None, but the models are class-conditional ({num_classes} classes): "
+                         "give one label per sample")
     # every model gets the large model's null label
     null = null_class if null_class is not None else num_classes
     guidance = Guidance(guidance_scale, null_class=null, guided_channels=guided_channels)

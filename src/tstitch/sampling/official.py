@@ -369,7 +369,11 @@ def sample_official(
 
     n = noise.shape[0]
     device = noise.device
-    labels = check_class_labels(class_labels, n, num_classes_of(large), device)
+    num_classes = num_classes_of(large)
+    labels = check_class_labels(class_labels, n, num_classes, device)
+    if labels is None and num_classes is not None:
+        raise ValueError(f"class_labels is None, but the models are class-conditional ({num_classes} classes): "
+                         "give one label per sample")
     # The label doubling and the null label are the shared guidance's; the guided step is this sampler's.
     guidance = Guidance(guidance_scale, null_class=null_class, guided_channels=guided_channels)
     use_cfg = guidance.enabled
