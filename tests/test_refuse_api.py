@@ -536,3 +536,17 @@ def test_models_in_training_mode_warn(ten_class):
     training = [tiny_dit(0, num_embeds_ada_norm=10).train(), ten_class[1]]
     with pytest.warns(UserWarning, match="a model is in training mode"):
         run_sample(training, guidance_scale=1.0)
+
+
+@pytest.mark.parametrize("schedule", [None, 3, "linear"])
+def test_noise_schedules_that_are_not_schedules(schedule):
+    with pytest.raises(ValueError, match="noise_schedule must be a diffusers scheduler, a scheduler config or a dict"):
+        make_scheduler("ddim", schedule)
+
+
+@pytest.mark.parametrize("batch_size", [0, -2, 1.5])
+def test_decoding_batch_size(batch_size):
+    from tiny_models import tiny_vae
+
+    with pytest.raises(ValueError, match=f"batch_size must be an integer >= 1, got {batch_size}"):
+        FAMILIES["dit"].decode(torch.zeros(2, 4, 4, 4), tiny_vae(), 0.18215, batch_size)

@@ -27,6 +27,9 @@ __all__ = [
 
 def _schedule_name(noise_schedule: Any) -> str:
     """The scheduler class a noise schedule comes from (a scheduler, its config, or '' for a plain dict)."""
+    if not isinstance(getattr(noise_schedule, "config", noise_schedule), Mapping):
+        raise ValueError(f"noise_schedule must be a diffusers scheduler, a scheduler config or a dict, got "
+                         f"{noise_schedule!r}")
     if hasattr(noise_schedule, "config") and hasattr(noise_schedule, "set_timesteps"):
         return type(noise_schedule).__name__
     return str(dict(getattr(noise_schedule, "config", noise_schedule)).get("_class_name", ""))
@@ -35,8 +38,9 @@ def _schedule_name(noise_schedule: Any) -> str:
 def is_flow_matching(noise_schedule: Any) -> bool:
     """Whether ``noise_schedule`` (a scheduler, a scheduler config or a dict) is a flow-matching schedule
     (SD3, Flux: velocity models) rather than a diffusion (beta) schedule of a noise-prediction model."""
+    name = _schedule_name(noise_schedule)  # checks that it is a schedule at all
     config = dict(getattr(noise_schedule, "config", noise_schedule))
-    if _schedule_name(noise_schedule).startswith("FlowMatch") or config.get("prediction_type") == "flow_prediction":
+    if name.startswith("FlowMatch") or config.get("prediction_type") == "flow_prediction":
         return True
     return "shift" in config and "beta_start" not in config  # a FlowMatch* config (a fresh one has no class name)
 
