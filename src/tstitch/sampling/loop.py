@@ -158,6 +158,14 @@ def sample(
         generator: for stochastic schedulers (DDPM, ancestral samplers).
         callback: called after every step (see :func:`denoise`).
         progress: show a tqdm bar over the steps.
+
+    Raises:
+        ValueError: before any model call, naming the argument: noise that is not a finite floating tensor of
+            the large model's channels, size and dtype (or on another device); labels that are not whole
+            numbers in ``[0, classes - 1]`` (the null class included), one per sample; a step count that is not
+            an integer in ``[1, num_train_timesteps]``; a guidance scale that is NaN, inf or negative; a
+            generator that is not a ``torch.Generator`` (or one per sample); a scheduler that is not a
+            scheduler object; bad fractions.
     """
     if isinstance(models, StitchedDenoiser):
         denoiser = models

@@ -331,6 +331,11 @@ def sample_official(
         :class:`OfficialSampleOutput` with the latents ``(n, C, H, W)`` (conditional half under guidance),
         the training timestep and model index of every step, and wall-clock seconds spent in each model
         (not CUDA-synchronized).
+
+    Raises:
+        ValueError: before any model call, for the same bad inputs as :func:`tstitch.sample` (noise, labels,
+            step counts, guidance scale, generator), ``eta`` outside ``[0, 1]`` and a negative
+            ``guided_channels``.
     """
     if sampler not in SAMPLERS:
         raise ValueError(f"sampler must be one of {', '.join(SAMPLERS)}, got {sampler!r}")
