@@ -398,6 +398,7 @@ def test_non_finite_weights_are_refused_naming_the_tensor(saved, tmp_path, value
         load_dit(target)
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
 def test_files_of_the_wrong_kind(tmp_path, saved):
     (tmp_path / "empty.pt").write_bytes(b"")
     (tmp_path / "empty.safetensors").write_bytes(b"")

@@ -182,7 +182,7 @@ def sample(
         if not isinstance(fractions, Plan):
             fractions = Plan.from_small_fractions(fractions if len(model_list) > 1 else [])
         denoiser = StitchedDenoiser(model_list, fractions)
-        if any(model.training for model in model_list):
+        if any(model.training and hasattr(model, "config") for model in model_list):  # diffusers models
             warnings.warn("tstitch.sample: a model is in training mode (DiT's label embedding then drops labels at "
                           "random); call .eval() first", stacklevel=2)
     large = denoiser.large
@@ -197,13 +197,13 @@ def sample(
     guidance_scale = check_guidance_scale(guidance_scale)
     num_classes = num_classes_of(large)
     labels = check_class_labels(class_labels, noise.shape[0], num_classes, noise.device)
-    if labels is None and num_classes is not None:
-        raise ValueError(f"class_labels is None, but the models are class-conditional ({num_classes} classes): "
-                         "give one label per sample")
     # every model gets the large model's null label
     null = null_class if null_class is not None else num_classes
     guidance = Guidance(guidance_scale, null_class=null, guided_channels=guided_channels)
     guidance.check(large, labels, channels=noise.shape[1])
+    if labels is None and num_classes is not None:
+        raise ValueError(f"class_labels is None, but the models are class-conditional ({num_classes} classes): "
+                         "give one label per sample")
 
     denoiser.bind(scheduler)
     try:
