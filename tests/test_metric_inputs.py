@@ -310,3 +310,24 @@ def test_missing_weights_file_names_the_environment_variable(tmp_path, monkeypat
     (tmp_path / "junk.pth").write_bytes(b"junk")
     with pytest.raises(ValueError, match="cannot read Inception weights .*junk.pth"):
         load_inception(tmp_path / "junk.pth")
+
+
+@pytest.mark.parametrize("value", [NAN, float("inf"), -float("inf")])
+def test_non_finite_samples_reaching_a_metric_are_refused(value):
+    """Samples of a diverged run (NaN or inf) are refused where they enter a metric, rather than being
+    clamped to black images and scored."""
+    images = torch.zeros(3, 1, 2, 2)
+    images[1, 0, 0, 1] = value
+    with pytest.raises(ValueError, match="images hold NaN or inf values"):
+        images_to_uint8(images)
+    classifier = TinyClassifier()
+    calls = []
+    classifier.register_forward_pre_hook(lambda *args: calls.append(1))
+    with pytest.raises(ValueError, match="images hold NaN or inf values"):
+        classifier_accuracy(classifier, images, torch.zeros(3, dtype=torch.long))
+    extractor = nn.Sequential(nn.Flatten(), classifier.body)
+    extractor.register_forward_pre_hook(lambda *args: calls.append(1))
+    fid = FeatureFID(extractor, features=torch.randn(4, 3, generator=torch.Generator().manual_seed(0)))
+    with pytest.raises(ValueError, match="images hold NaN or inf values"):
+        fid.score(images)
+    assert calls == []

@@ -26,6 +26,8 @@ def images_to_uint8(images: torch.Tensor) -> torch.Tensor:
     DiT / ADM sampling scripts store them."""
     if images.ndim != 4:
         raise ValueError(f"images must be (N, C, H, W), got shape {tuple(images.shape)}")
+    if not bool(torch.isfinite(images).all()):
+        raise ValueError("images hold NaN or inf values (the sampler diverged?); they would be scored as black")
     return (127.5 * images.float() + 128.0).clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous()
 
 

@@ -133,6 +133,8 @@ class FeatureFID:
         """``extractor``'s features of ``images``, in batches."""
         if self.extractor is None:
             raise ValueError("this FeatureFID has no extractor: score features with score_features()")
+        if images.is_floating_point() and not bool(torch.isfinite(images).all()):
+            raise ValueError("images hold NaN or inf values (the sampler diverged?)")
         return torch.cat([self.extractor(batch.to(self.device)) for batch in iterate_batches(images, self.batch_size)])
 
     @torch.no_grad()
@@ -177,6 +179,8 @@ def classifier_accuracy(classifier: nn.Module, images: torch.Tensor, labels: tor
     if len(images) < 1 or tuple(labels.shape) != (len(images),):
         raise ValueError(f"need at least one image and one label per image, got {len(images)} images and labels "
                          f"of shape {tuple(labels.shape)}")
+    if images.is_floating_point() and not bool(torch.isfinite(images).all()):
+        raise ValueError("images hold NaN or inf values (the sampler diverged?)")
     batches = iterate_batches(images, batch_size)
     device = _device_of(classifier)
     logits = [classifier.logits(batch.to(device)).cpu() for batch in batches]

@@ -42,7 +42,9 @@ from typing import Any, Literal
 
 import torch
 
+from ..sampling.checks import check_device, check_positive_int
 from ..utils import atomic_write
+from .checks import check_dtype, check_finite_weights
 from .dit_layout import (
     OFFICIAL_HEADS,
     convert_official_dit_state_dict,
@@ -133,8 +135,11 @@ def _read_torch(path: Path) -> dict[str, torch.Tensor]:
             f"{path}: not a readable PyTorch checkpoint (truncated or corrupt?): {error}"
         ) from error
     except Exception as error:  # zip, EOF and unpickling errors all mean the same here
+        with path.open("rb") as handle:
+            start = handle.read(16)
+        kind = "" if start[:2] in (b"PK", b"\x80\x02") or start[:1] == b"\x80" else f" (it starts with {start!r})"
         raise ValueError(
-            f"{path}: not a readable PyTorch checkpoint (truncated or corrupt?): {error}"
+            f"{path}: not a readable PyTorch checkpoint (truncated or corrupt?){kind}: {type(error).__name__}: {error}"
         ) from error
     return _unnest(obj, str(path))
 
@@ -193,6 +198,12 @@ def _build(config: Mapping[str, Any], sd: Mapping[str, torch.Tensor], where: str
 
     with torch.random.fork_rng(devices=[]):  # building must not move the caller's random state
         model = DiTTransformer2DModel(**_init_args(config))
+    expected = model.state_dict()
+    wrong = [f"{key} is {tuple(value.shape)} in the file, {tuple(expected[key].shape)} in the model"
+             for key, value in sd.items() if key in expected and tuple(value.shape) != tuple(expected[key].shape)]
+    if wrong:
+        raise ValueError(f"{where}: {len(wrong)} tensor(s) have the wrong shape for the architecture read from the "
+                         f"file: {'; '.join(wrong[:4])}")
     result = model.load_state_dict(dict(sd), strict=False)
     if result.missing_keys or result.unexpected_keys:
         parts = []
@@ -330,6 +341,8 @@ def _load_file(
     num_attention_heads: int | None,
 ):
     suffix = path.suffix.lower()
+    if path.stat().st_size == 0:
+        raise ValueError(f"{path}: the checkpoint file is empty (0 bytes; an interrupted download?)")
     config: dict[str, Any] | None = None
     mode_hint: str | None = None
     if suffix in SAFETENSORS_SUFFIXES:
@@ -349,6 +362,9 @@ def _load_file(
         config = {**config, "sample_size": sample_size}
     if config is not None and num_attention_heads is not None:
         hidden = config["num_attention_heads"] * config["attention_head_dim"]
+        if hidden % num_attention_heads:
+            raise ValueError(f"{path}: num_attention_heads={num_attention_heads} does not divide the hidden size "
+                             f"{hidden}")
         config = {
             **config,
             "num_attention_heads": num_attention_heads,
@@ -393,13 +409,21 @@ def load_dit(
     Raises:
         FileNotFoundError: a local path that does not exist (:class:`CheckpointNotAvailableError`, a
             subclass, for hub sources not available offline or not on the hub).
-        ValueError: unreadable, truncated or corrupt files, unknown layouts, missing or unexpected keys,
-            architectures diffusers' DiT cannot express.
+        ValueError: unreadable, truncated, empty or corrupt files, pickles holding code, unknown layouts,
+            missing or unexpected keys, tensors of the wrong shape, non-finite (NaN / inf) weights,
+            architectures diffusers' DiT cannot express, a device this machine does not have, a dtype that is
+            not floating point.
     """
     if timestep_embedding not in ("auto", "official", "diffusers"):
         raise ValueError(
             f"timestep_embedding must be 'auto', 'official' or 'diffusers', got {timestep_embedding!r}"
         )
+    device = check_device(device)
+    dtype = check_dtype(dtype)
+    if sample_size is not None:
+        check_positive_int(sample_size, "sample_size")
+    if num_attention_heads is not None:
+        check_positive_int(num_attention_heads, "num_attention_heads")
     text = os.fspath(source)
     path = Path(text).expanduser()
     offline = offline_mode(local_files_only)
@@ -417,6 +441,10 @@ def load_dit(
         raise FileNotFoundError(
             f"DiT checkpoint {text!r} not found: no such file or folder (and not a hub id 'owner/name')"
         )
+    check_finite_weights(model, text)
+    patch, size = model.config.get("patch_size"), model.config.get("sample_size")
+    if patch and size and size % patch:
+        raise ValueError(f"{text}: sample_size {size} is not a multiple of the patch size {patch}")
     set_timestep_embedding(model, mode if timestep_embedding == "auto" else timestep_embedding)
     if model.dtype != dtype:
         model = model.to(dtype=dtype)

@@ -15,6 +15,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from ..sampling.checks import check_positive_int
 from ..sampling.guidance import unwrap_output
 
 __all__ = ["Family", "FAMILIES", "family_of_name", "family_of_class", "embedded_models", "denoiser_of",
@@ -46,6 +47,7 @@ def decode_with_vae(latents: torch.Tensor, vae: Any, latent_scale: float, batch_
     latents are the pixels when there is no VAE)."""
     if vae is None:
         return _unit(latents)
+    batch_size = check_positive_int(batch_size, "batch_size")
     images = []
     for start in range(0, len(latents), batch_size):
         chunk = latents[start : start + batch_size].to(vae.device, vae.dtype) / latent_scale

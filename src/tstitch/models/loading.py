@@ -23,6 +23,7 @@ import torch
 
 from ..stitcher import check_compatible, stitch
 from .availability import check_available, checkpoint_dirs, find_file
+from .checks import check_device, check_dtype, check_finite_weights
 from .families import FAMILIES, Family, denoiser_of, family_of_class, family_of_name
 from .hub import REPO_FILE, REPO_ID, CheckpointNotAvailableError, download_hint, hub_cached, not_fetched, offline_mode
 from .loaded import ClassConditionalModels, SamplingDefaults, StitchedPipeline, check_controlnet_layout
@@ -75,7 +76,9 @@ def _load_class_model(source: ModelSource | str, dirs: list[Path], offline: bool
     name = source if isinstance(source, str) else source.zoo
     family = family_of_name(name) if name else None
     if family is not None:
-        return family.load(name, device=device, dtype=dtype), name, family
+        model = family.load(name, device=device, dtype=dtype)
+        check_finite_weights(model, name)
+        return model, name, family
     family = FAMILIES[family_name if family_name in FAMILIES else "dit"]
     if isinstance(source, str):
         model = family.load(source, device=device, dtype=dtype, offline=offline,
@@ -175,7 +178,9 @@ def _build(
     checkpoint_dir: str | os.PathLike | None,
     family_name: str | None = None,
 ):
-    device = torch.device(device)
+    device = check_device(device)
+    if dtype is not None:
+        check_dtype(dtype)
     dtype = _default_dtype(kind, device, dtype)
     offline = offline_mode(local_files_only)
     dirs = _checkpoint_dirs(checkpoint_dir)
@@ -202,6 +207,8 @@ def _build(
         if isinstance(vae, ModelSource) and _find_file(vae, dirs) is not None:  # a downloaded file (vq-f8)
             vae = str(_find_file(vae, dirs))
         decoder = None if vae is None else _load_vae(vae, offline, device, dtype)
+        if decoder is not None:
+            check_finite_weights(decoder, f"the VAE ({vae if isinstance(vae, str) else vae.label})")
         return ClassConditionalModels(models, names, family.noise_schedule(), defaults, decoder,
                                       latent_scale if decoder is not None else 1.0, label, family=family.name)
 
@@ -219,6 +226,10 @@ def _build(
         smalls.append(_load_denoiser(small_target, subfolder, large, attr, offline, device, dtype))
     check_controlnet_layout(pipe, smalls)
     names = [_source_name(s) for s in sources]
+    for model, name in zip([*smalls, large], names, strict=True):
+        check_finite_weights(model, name)
+    if getattr(pipe, "vae", None) is not None:
+        check_finite_weights(pipe.vae, f"{names[-1]} (its VAE)")
     for model, name in zip([*smalls, large], names, strict=True):
         model._tstitch_name = name
     stitch(pipe, smalls, list(defaults.fractions))  # checks every small model against the pipeline's
@@ -253,6 +264,14 @@ def load_preset(
             provide it (checked for every model before anything is loaded).
     """
     preset = get_preset(name)
+    if checkpoint_dir is not None and not Path(checkpoint_dir).expanduser().is_dir():
+        what = "a file, not a folder" if Path(checkpoint_dir).expanduser().exists() else "no such folder"
+        files = ", ".join(f for m in preset.models for f in m.files) or "none needed"
+        raise FileNotFoundError(f"checkpoint_dir {os.fspath(checkpoint_dir)!r} is {what}: give the folder that holds "
+                                f"the downloaded checkpoint files ({files})")
+    check_device(device)
+    if dtype is not None:
+        check_dtype(dtype)
     sources: Sequence[ModelSource | str] = preset.models
     if models:
         if len(models) != len(preset.models):
@@ -350,8 +369,11 @@ def load_models(
     diffusers pipeline (folder or hub id) is stitched with the other models' denoisers (pipeline or model
     folders). ``defaults``: sampling settings (default: the DiT paper's, or the pipeline's own).
     """
-    if len(sources) < 2:
-        raise ValueError(f"stitching needs at least two --model values (smallest first), got {len(sources)}")
+    if isinstance(sources, str) or len(sources) < 2:
+        raise ValueError(f"stitching needs at least two --model values (smallest first), got {sources!r}")
+    check_device(device)
+    if dtype is not None:
+        check_dtype(dtype)
     kinds = [detect_kind(s, local_files_only=local_files_only) for s in sources]
     if kinds[-1] == "denoiser":
         raise ValueError(

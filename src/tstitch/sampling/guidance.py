@@ -15,6 +15,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from .checks import check_guidance_scale
+
 __all__ = ["Guidance", "guided_output", "num_classes_of", "unwrap_output"]
 
 
@@ -52,6 +54,7 @@ def guided_output(
     ``guided_channels`` channels, the conditional output on the rest. Learned-variance channels beyond
     ``channels`` are dropped unless ``keep_variance``.
     """
+    guidance_scale = check_guidance_scale(guidance_scale)
     output = unwrap_output(output)
     eps, rest = output[:, :channels], output[:, channels:]
     if guidance_scale > 1.0:
@@ -84,12 +87,23 @@ class Guidance:
     guided_channels: int | None = None
     unconditional: Unconditional | None = None
 
+    def __post_init__(self) -> None:
+        self.scale = check_guidance_scale(self.scale, "guidance scale")
+        for name in ("null_class", "guided_channels"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+                raise ValueError(f"{name} must be an integer >= 0 or None, got {value!r}")
+
     @property
     def enabled(self) -> bool:
         return self.scale > 1.0
 
-    def check(self, model: Any, labels: torch.Tensor | None) -> None:
-        """Raise ``ValueError`` now (before any sampling) if guidance cannot run with ``model``."""
+    def check(self, model: Any, labels: torch.Tensor | None, channels: int | None = None) -> None:
+        """Raise ``ValueError`` now (before any sampling) if guidance cannot run with ``model`` (on latents
+        of ``channels`` channels, when given)."""
+        if channels is not None and self.guided_channels is not None and self.guided_channels > channels:
+            raise ValueError(f"guided_channels must be in [0, {channels}] for {channels}-channel latents, "
+                             f"got {self.guided_channels}")
         if not self.enabled:
             return
         if labels is None:

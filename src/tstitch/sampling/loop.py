@@ -15,6 +15,7 @@ class_labels=y)``, returning a tensor or an object with ``.sample``.
 from __future__ import annotations
 
 import inspect
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -25,6 +26,15 @@ from tqdm.auto import tqdm
 
 from ..plan import Plan
 from ..stitcher import StitchedDenoiser, StitchRecord
+from .checks import (
+    check_class_labels,
+    check_generator,
+    check_guidance_scale,
+    check_noise,
+    check_num_steps,
+    check_positive_int,
+    check_scheduler_object,
+)
 from .guidance import Guidance, num_classes_of
 from .timing import Stopwatch
 
@@ -42,13 +52,23 @@ class SampleOutput:
     record: StitchRecord
 
 
-def _labels(class_labels: Any, batch: int, device: torch.device) -> torch.Tensor | None:
-    if class_labels is None:
-        return None
-    labels = torch.as_tensor(class_labels, device=device).long().reshape(-1)
-    if labels.numel() != batch:
-        raise ValueError(f"got {labels.numel()} class labels for a batch of {batch}")
-    return labels
+def _config_int(model: Any, key: str) -> int | None:
+    config = getattr(model, "config", None)
+    value = config.get(key) if hasattr(config, "get") else getattr(config, key, None)
+    return int(value) if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _model_device(model: Any) -> torch.device | None:
+    parameter = next(model.parameters(), None) if isinstance(model, nn.Module) else None
+    return parameter.device if parameter is not None else None
+
+
+def _model_dtype(model: Any) -> torch.dtype | None:
+    dtype = getattr(model, "dtype", None)
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    parameter = next(model.parameters(), None) if isinstance(model, nn.Module) else None
+    return parameter.dtype if parameter is not None else None
 
 
 @torch.no_grad()
@@ -79,13 +99,15 @@ def denoise(
 
     Returns the final latents.
     """
-    if noise.ndim != 4:
-        raise ValueError(f"noise must be (batch, channels, height, width), got shape {tuple(noise.shape)}")
+    check_noise(noise)
+    check_scheduler_object(scheduler)
+    check_generator(generator, noise.shape[0])
     if not hasattr(scheduler, "init_noise_sigma"):
         raise ValueError(f"scheduler {type(scheduler).__name__} is for flow-matching pipelines (velocity models "
                          "such as SD3, stitched with tstitch.stitch); the bare loop samples noise-prediction models")
+    num_inference_steps = check_num_steps(num_inference_steps, scheduler)
     guidance = guidance or Guidance()
-    labels = _labels(class_labels, noise.shape[0], noise.device)
+    labels = check_class_labels(class_labels, noise.shape[0], None, noise.device)
     keep_variance = scheduler.config.get("variance_type") in ("learned", "learned_range")
     step_kwargs = {}
     if generator is not None and "generator" in inspect.signature(scheduler.step).parameters:
@@ -136,21 +158,52 @@ def sample(
         generator: for stochastic schedulers (DDPM, ancestral samplers).
         callback: called after every step (see :func:`denoise`).
         progress: show a tqdm bar over the steps.
+
+    Raises:
+        ValueError: before any model call, naming the argument: noise that is not a finite floating tensor of
+            the large model's channels, size and dtype (or on another device); labels that are not whole
+            numbers in ``[0, classes - 1]`` (the null class included), one per sample; a step count that is not
+            an integer in ``[1, num_train_timesteps]``; a guidance scale that is NaN, inf or negative; a
+            generator that is not a ``torch.Generator`` (or one per sample); a scheduler that is not a
+            scheduler object; bad fractions.
     """
     if isinstance(models, StitchedDenoiser):
         denoiser = models
     else:
         model_list = [models] if isinstance(models, nn.Module) else list(models)
+        if not model_list:
+            raise ValueError("models is empty: give the denoisers, smallest first")
+        for i, model in enumerate(model_list):
+            if not isinstance(model, nn.Module):
+                raise ValueError(f"models[{i}] must be a denoiser (a torch.nn.Module), got {model!r}")
+        if fractions is None and len(model_list) > 1:
+            raise ValueError(f"fractions is None for {len(model_list)} models: give the small models' shares "
+                             "(a float for two models) or a Plan")
         if not isinstance(fractions, Plan):
             fractions = Plan.from_small_fractions(fractions if len(model_list) > 1 else [])
         denoiser = StitchedDenoiser(model_list, fractions)
-    if noise.ndim != 4:
-        raise ValueError(f"noise must be (batch, channels, height, width), got shape {tuple(noise.shape)}")
-    labels = _labels(class_labels, noise.shape[0], noise.device)
+        if any(model.training and hasattr(model, "config") for model in model_list):  # diffusers models
+            warnings.warn("tstitch.sample: a model is in training mode (DiT's label embedding then drops labels at "
+                          "random); call .eval() first", stacklevel=2)
+    large = denoiser.large
+    channels = _config_int(large, "in_channels")
+    check_noise(noise, channels=channels, size=_config_int(large, "sample_size"), dtype=_model_dtype(large))
+    model_device = _model_device(large)
+    if model_device is not None and model_device.type != noise.device.type:
+        raise ValueError(f"noise is on {noise.device} but the models are on {model_device}: move one to the other")
+    check_scheduler_object(scheduler)
+    check_num_steps(num_inference_steps, scheduler)
+    check_generator(generator, noise.shape[0])
+    guidance_scale = check_guidance_scale(guidance_scale)
+    num_classes = num_classes_of(large)
+    labels = check_class_labels(class_labels, noise.shape[0], num_classes, noise.device)
     # every model gets the large model's null label
-    null = null_class if null_class is not None else num_classes_of(denoiser.large)
+    null = null_class if null_class is not None else num_classes
     guidance = Guidance(guidance_scale, null_class=null, guided_channels=guided_channels)
-    guidance.check(denoiser.large, labels)
+    guidance.check(large, labels, channels=noise.shape[1])
+    if labels is None and num_classes is not None:
+        raise ValueError(f"class_labels is None, but the models are class-conditional ({num_classes} classes): "
+                         "give one label per sample")
 
     denoiser.bind(scheduler)
     try:
@@ -183,6 +236,12 @@ def sample_batches(
     Returns the latents, the wall-clock seconds of the sampling (model calls and scheduler steps), and
     the model index of each step.
     """
+    batch_size = check_positive_int(batch_size, "batch_size")
+    check_noise(noise)
+    if len(labels) != len(noise):
+        raise ValueError(f"got {len(labels)} labels for {len(noise)} noise samples")
+    if generators is not None and len(generators) != len(noise):
+        raise ValueError(f"got {len(generators)} generators for {len(noise)} noise samples (one per sample)")
     outputs, watch, per_step = [], Stopwatch(noise.device), []
     plan = fractions if isinstance(fractions, Plan) else list(fractions)
     for start in range(0, len(noise), batch_size):

@@ -47,7 +47,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..plan import Plan, model_index_for_timestep
-from .guidance import Guidance, unwrap_output
+from .checks import check_class_labels, check_guidance_scale, check_noise, check_positive_int
+from .guidance import Guidance, num_classes_of, unwrap_output
 
 __all__ = [
     "SAMPLERS",
@@ -330,6 +331,11 @@ def sample_official(
         :class:`OfficialSampleOutput` with the latents ``(n, C, H, W)`` (conditional half under guidance),
         the training timestep and model index of every step, and wall-clock seconds spent in each model
         (not CUDA-synchronized).
+
+    Raises:
+        ValueError: before any model call, for the same bad inputs as :func:`tstitch.sample` (noise, labels,
+            step counts, guidance scale, generator), ``eta`` outside ``[0, 1]`` and a negative
+            ``guided_channels``.
     """
     if sampler not in SAMPLERS:
         raise ValueError(f"sampler must be one of {', '.join(SAMPLERS)}, got {sampler!r}")
@@ -345,19 +351,34 @@ def sample_official(
             "random); call .eval() first",
             stacklevel=2,
         )
-    if noise.ndim != 4:
-        raise ValueError(f"noise must be (n, channels, height, width), got shape {tuple(noise.shape)}")
+    large = model_list[-1]
+    config = getattr(large, "config", None)
+    channels = config.get("in_channels") if hasattr(config, "get") else None
+    size = config.get("sample_size") if hasattr(config, "get") else None
+    check_noise(noise, channels=channels if isinstance(channels, int) else None,
+                size=size if isinstance(size, int) else None)
+    num_train_timesteps = check_positive_int(num_train_timesteps, "num_train_timesteps")
+    num_steps = check_positive_int(num_steps, "num_steps", num_train_timesteps)
+    guidance_scale = check_guidance_scale(guidance_scale)
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise ValueError("generator must be one torch.Generator or None (the published sampler draws the whole "
+                         f"batch's noise from one), got {generator!r}")
+    if isinstance(eta, bool) or not isinstance(eta, (int, float)) or not 0.0 <= float(eta) <= 1.0:
+        raise ValueError(f"eta must be a number in [0, 1], got {eta!r}")
+    # more guided channels than the latents have (the default 3 on 1-channel latents) guide them all
+    if isinstance(guided_channels, bool) or not isinstance(guided_channels, int) or guided_channels < 0:
+        raise ValueError(f"guided_channels must be an integer >= 0, got {guided_channels!r}")
     diffusion = RespacedDiffusion.create(num_steps, num_train_timesteps)
     if sampler == "ddpm" and diffusion.num_steps < 2:
         raise ValueError("DDPM sampling needs at least 2 steps")
 
     n = noise.shape[0]
     device = noise.device
-    labels = None
-    if class_labels is not None:
-        labels = torch.as_tensor(class_labels, device=device).long().reshape(-1)
-        if labels.numel() != n:
-            raise ValueError(f"got {labels.numel()} class labels for {n} noise samples")
+    num_classes = num_classes_of(large)
+    labels = check_class_labels(class_labels, n, num_classes, device)
+    if labels is None and num_classes is not None:
+        raise ValueError(f"class_labels is None, but the models are class-conditional ({num_classes} classes): "
+                         "give one label per sample")
     # The label doubling and the null label are the shared guidance's; the guided step is this sampler's.
     guidance = Guidance(guidance_scale, null_class=null_class, guided_channels=guided_channels)
     use_cfg = guidance.enabled
