@@ -111,7 +111,7 @@ def tune(
         tolerance, budget = (1.05, None) if has_fid else (None, 0.6)
 
     started, started_cpu = time.perf_counter(), time.process_time()
-    costs = measure_step_costs(workload.models, workload.sample_shape, batch_size=min(batch_size, search_samples),
+    costs = measure_step_costs(workload.models, workload.sample_shape, batch_size=batch_size,
                                num_classes=workload.num_classes, guidance_scale=guidance_scale,
                                repetitions=timing_repetitions, device=workload.device, progress=progress)
     noise, labels = workload.start(search_seed, search_samples)

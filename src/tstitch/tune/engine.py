@@ -3,8 +3,8 @@
 
 DDIM is deterministic and keeps no state between steps, so the latents after the first ``k`` steps depend
 only on those steps' models: plans that begin alike share them. :class:`PrefixSampler` runs a plan one
-segment (a run of one model) at a time with :func:`tstitch.sample` and a DDIM scheduler restricted to the
-segment's steps, and keeps the latents at every segment boundary for the next plan.
+step at a time with :func:`tstitch.sample` and a DDIM scheduler restricted to that step, and keeps the latents
+after every step for the next plan (least recently used dropped first).
 """
 
 from __future__ import annotations
@@ -47,14 +47,14 @@ class PrefixSampler:
         noise, labels: the shared start of every plan.
         batch_size: samples per model call.
         guidance_scale: classifier-free guidance, as in :func:`tstitch.sample`.
-        max_cached: segment-boundary latents kept (least recently used dropped first).
+        max_cached: latents kept, one per plan prefix (least recently used dropped first).
 
     :attr:`model_steps` counts the sample-steps run per model (the work done, in model evaluations).
     """
 
     def __init__(self, models: Sequence[nn.Module], scheduler: Any, noise: torch.Tensor,
                  labels: torch.Tensor | None, *, batch_size: int = 500, guidance_scale: float = 1.0,
-                 max_cached: int = 512):
+                 max_cached: int = 4096):
         if type(scheduler) is not DDIMScheduler and not isinstance(scheduler, WindowDDIMScheduler):
             raise ValueError(f"scheduler must be a DDIMScheduler (the prefix cache needs a stateless solver), "
                              f"got {type(scheduler).__name__}")
@@ -108,14 +108,14 @@ class PrefixSampler:
         if any(not 0 <= i < len(self.models) for i in sequence) or not sequence:
             raise ValueError(f"plan {list(sequence)} must be a non-empty list of model indices < {len(self.models)}")
         num_steps = len(sequence)
-        runs = segments(sequence)
-        latents, first = self.noise * WindowDDIMScheduler.from_config(self.config).init_noise_sigma, 0
-        for i in range(len(runs), 0, -1):
-            cached = self._cached(num_steps, sequence[:runs[i - 1][2]])
+        latents, done = self.noise * WindowDDIMScheduler.from_config(self.config).init_noise_sigma, 0
+        for length in range(num_steps, 0, -1):
+            cached = self._cached(num_steps, sequence[:length])
             if cached is not None:
-                latents, first = cached, i
+                latents, done = cached, length
                 break
-        for model_index, start, stop in runs[first:]:
-            latents = self.run_segment(model_index, start, stop, num_steps, latents)
-            self._store(num_steps, sequence[:stop], latents)
+        for model_index, start, stop in segments(sequence):
+            for step in range(max(start, done), stop):
+                latents = self.run_segment(model_index, step, step + 1, num_steps, latents)
+                self._store(num_steps, sequence[:step + 1], latents)
         return latents

@@ -18,7 +18,7 @@ from .plans import short_names
 from .quality import flat_features
 from .stats import gaussian_statistics
 
-__all__ = ["Workload", "digits_workload"]
+__all__ = ["Workload", "digits_workload", "preset_workload"]
 
 
 @dataclass
@@ -83,3 +83,24 @@ def digits_workload(names: Sequence[str] = ("digits-s", "digits-b", "digits-xl")
         sample_shape=(config.in_channels, config.sample_size, config.sample_size), num_classes=NUM_CLASSES,
         features=features, real_statistics=real_statistics, device=device,
     )
+
+
+def preset_workload(name: str, *, device: str | torch.device = "cpu",
+                    checkpoint_dir: str | None = None) -> Workload:
+    """A class-conditional preset whose weights are present (no download). The digits presets get the digits
+    metric; others are scored in their latent space (the paired distance; no FID, so budgets only)."""
+    from diffusers import DDIMScheduler
+
+    from ..presets import get_preset, load_preset
+
+    preset = get_preset(name)
+    zoo_names = [getattr(source, "zoo", None) for source in preset.models]
+    if all(zoo_names):
+        return digits_workload(zoo_names, device=device)
+    if preset.kind != "class":
+        raise ValueError(f"preset {name!r} is a text-to-image pipeline; tune supports class-conditional presets")
+    loaded = load_preset(name, device=device, local_files_only=True, checkpoint_dir=checkpoint_dir)
+    return Workload(models=list(loaded.models), names=list(loaded.names),
+                    scheduler=DDIMScheduler.from_config(loaded.scheduler_config),
+                    sample_shape=tuple(loaded.latent_shape), num_classes=loaded.num_classes,
+                    device=torch.device(device))
