@@ -40,6 +40,7 @@ def main() -> None:
     parser.add_argument("--cache", default="/tmp/tstitch-tune-verify")
     parser.add_argument("--features-only", action="store_true", help="sample and cache; no timing, no report")
     parser.add_argument("--timing-repetitions", type=int, default=3)
+    parser.add_argument("--timing-batch", type=int, default=500, help="batch of the timing runs and cost model")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", default=str(HERE))
     args = parser.parse_args()
@@ -69,8 +70,10 @@ def main() -> None:
     if args.features_only:
         return
     features = {p: torch.load(path_of(p), weights_only=True) for p in plans}
-    costs = measure_step_costs(work.models, work.sample_shape, batch_size=500, num_classes=work.num_classes)
-    seconds = time_plans(work, plans, batch_size=500, repetitions=args.timing_repetitions, seed=args.seed)
+    costs = measure_step_costs(work.models, work.sample_shape, batch_size=args.timing_batch,
+                               num_classes=work.num_classes)
+    seconds = time_plans(work, plans, batch_size=args.timing_batch, repetitions=args.timing_repetitions,
+                         seed=args.seed)
     rows = summarize(work, features, seconds, reference, costs=costs, seed=args.seed)
     for row in rows:
         row["kind"] = ("reference" if tuple(row["sequence"]) == reference else
@@ -94,9 +97,9 @@ def main() -> None:
     results = {
         "what": "held-out verification, digits family, DDIM 20 steps, reference digits-xl alone; FID ratio with a "
                 "95% paired bootstrap interval (300 resamples); measured cost = median of interleaved whole-loop "
-                "runs on one batch of 500 over digits-xl alone's",
+                "runs on one batch (timing_batch) over digits-xl alone's",
         "seed": args.seed, "num_samples": args.samples, "threads": args.threads,
-        "timing_repetitions": args.timing_repetitions, "cost_model": costs.as_dict(),
+        "timing_repetitions": args.timing_repetitions, "timing_batch": args.timing_batch, "cost_model": costs.as_dict(),
         "targets": targets,
         "moonshot": {"cheapest_at_parity": cheapest["plan"], "measured_cost": cheapest["measured_cost"],
                      "met": cheapest["measured_cost"] <= 0.45},

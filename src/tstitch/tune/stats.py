@@ -72,27 +72,40 @@ def paired_fid_ratio(
     confidence: float = 0.95,
     seed: int = 0,
 ) -> RatioEstimate:
-    """FID of ``features`` over FID of ``reference_features`` (both against ``real_statistics``), with a
-    percentile interval from a paired bootstrap: each resample draws sample indices with replacement and uses
-    them for both sets (row ``i`` of each must come from the same noise and label)."""
+    """FID of ``features`` over FID of ``reference_features`` (both against ``real_statistics``), with an
+    interval from a paired bootstrap: each resample draws sample indices with replacement and uses them for
+    both sets (row ``i`` of each must come from the same noise and label).
+
+    A resample repeats some samples, which raises both FIDs by about the same amount and so pulls their ratio
+    towards 1 (at 300 samples a true ratio of 1.30 resamples around 1.12). Each resampled FID is therefore
+    bias-corrected first (its resamples' mean shifted onto the measured FID) before the ratio is taken; the
+    interval is the percentile interval of the corrected ratios.
+    """
     if features.shape != reference_features.shape:
         raise ValueError(f"paired features must have one shape, got {tuple(features.shape)} and "
                          f"{tuple(reference_features.shape)}")
     if not 0 < confidence < 1:
         raise ValueError(f"confidence must be in (0, 1), got {confidence}")
     real = (real_statistics[0].double(), real_statistics[1].double())
-    ratio = _fid(features, real) / _fid(reference_features, real)
+    fid, reference_fid = _fid(features, real), _fid(reference_features, real)
+    ratio = fid / reference_fid
     if resamples < 1:
         return RatioEstimate(ratio, math.nan, math.nan, confidence, "none", len(features))
     generator = torch.Generator().manual_seed(seed)
-    ratios = []
+    plan_fids, reference_fids = [], []
     for _ in range(resamples):
         index = torch.randint(len(features), (len(features),), generator=generator)
-        ratios.append(_fid(features[index], real) / _fid(reference_features[index], real))
-    values = torch.tensor(ratios, dtype=torch.float64)
+        plan_fids.append(_fid(features[index], real))
+        reference_fids.append(_fid(reference_features[index], real))
+    plan_values = torch.tensor(plan_fids, dtype=torch.float64)
+    reference_values = torch.tensor(reference_fids, dtype=torch.float64)
+    plan_values += fid - plan_values.mean()
+    reference_values += reference_fid - reference_values.mean()
+    values = plan_values / reference_values
     tail = (1 - confidence) / 2
     low, high = torch.quantile(values, torch.tensor([tail, 1 - tail], dtype=torch.float64)).tolist()
-    return RatioEstimate(ratio, low, high, confidence, "paired bootstrap", len(features), resamples)
+    return RatioEstimate(ratio, low, high, confidence, "paired bootstrap, bias-corrected FIDs", len(features),
+                         resamples)
 
 
 def interval_from_sets(ratios: Sequence[float], confidence: float = 0.95) -> RatioEstimate:
