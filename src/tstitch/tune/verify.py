@@ -30,7 +30,7 @@ from ..stitcher import StitchedDenoiser
 from .cost import CostModel
 from .engine import PrefixSampler
 from .plans import SequencePlan, plan_label
-from .stats import paired_fid_ratio
+from .stats import jackknife_fid_ratio, paired_fid_ratio
 from .workload import Workload
 
 logger = logging.getLogger(__name__)
@@ -115,6 +115,10 @@ def summarize(workload: Workload, features: Mapping[Plan, torch.Tensor], seconds
         if workload.real_statistics is not None:
             row["fid_ratio"] = paired_fid_ratio(plan_features, reference_features, workload.real_statistics,
                                                 resamples=resamples, confidence=confidence, seed=seed).as_dict()
+            if len(plan_features) >= 20:
+                row["fid_ratio_jackknife"] = jackknife_fid_ratio(plan_features, reference_features,
+                                                                 workload.real_statistics,
+                                                                 confidence=confidence).as_dict()
         rows.append(row)
     return rows
 
