@@ -203,6 +203,8 @@ def test_greedy_search_descends_from_the_large_model():
     front = result.frontier()
     assert all(a["predicted_cost"] < b["predicted_cost"] and a["distance"] > b["distance"]
                for a, b in zip(front, front[1:], strict=False))
+    with pytest.raises(ValueError, match="rank_by='small_fid_ratio' needs a signal with real statistics"):
+        greedy_search(signal, costs, ["S", "B", "XL"], num_steps=5, rank_by="small_fid_ratio")
     best = result.best_within(0.7)
     assert best["predicted_cost"] <= 0.7
     assert best["distance"] == min(r["distance"] for r in result.scored if r["predicted_cost"] <= 0.7)

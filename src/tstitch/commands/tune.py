@@ -38,6 +38,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--max-segments", type=int, default=4, help="most segments per plan (default: %(default)s)")
     parser.add_argument("--min-cost", type=float, default=0.35,
                         help="the search stops below this predicted cost (default: %(default)s)")
+    parser.add_argument("--rank-by", choices=("distance", "small_fid_ratio"), default="distance",
+                        help="the signal the search judges moves by (default: %(default)s)")
     parser.add_argument("--device", default="cpu", help="torch device (default: %(default)s)")
     parser.add_argument("--weights", help="folder of the embedded family's weights (default: the shipped ones)")
     parser.add_argument("--checkpoint-dir", help="folder of downloaded checkpoints, for --preset")
@@ -61,7 +63,8 @@ def run(args: argparse.Namespace) -> int:
         args.out, workload=workload, num_steps=args.steps, budget=args.budget, tolerance=args.tolerance,
         search_samples=args.search_samples, search_seed=args.seed, verify_samples=args.verify_samples,
         verify_seed=args.verify_seed, batch_size=args.batch_size, guidance_scale=args.guidance,
-        max_segments=args.max_segments, min_cost=args.min_cost, progress=not args.no_progress,
+        max_segments=args.max_segments, min_cost=args.min_cost, rank_by=args.rank_by,
+        progress=not args.no_progress,
     )
     print(format_summary(result))
     print(f"wrote {args.out}/plan.json, frontier.json, frontier.png in {time.perf_counter() - start:.0f} s")

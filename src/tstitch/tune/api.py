@@ -68,6 +68,7 @@ def tune(
     max_segments: int = 4,
     min_cost: float = 0.35,
     timing_repetitions: int = 5,
+    rank_by: str = "distance",
     progress: bool = True,
 ) -> dict[str, Any]:
     """Find the fastest plan for the target on this machine; see ``docs/tune.md``.
@@ -83,7 +84,7 @@ def tune(
         budgets: the budgets of the frontier table.
         search_samples, search_seed: the noise the search scores plans on.
         verify_samples, verify_seed: held-out samples to verify the chosen plan on (0: no verification).
-        max_segments, min_cost: the search's limits (see :func:`greedy_search`).
+        max_segments, min_cost, rank_by: the search's limits and signal (see :func:`greedy_search`).
 
     Returns the contents of ``plan.json`` and ``frontier.json``.
     """
@@ -120,7 +121,7 @@ def tune(
     signal = PairedSignal(sampler, workload.features, real_statistics=workload.real_statistics,
                           reference_steps=num_steps)
     result = greedy_search(signal, costs, workload.short, num_steps=num_steps, reference_steps=num_steps,
-                           max_segments=max_segments, min_cost=min_cost, progress=progress)
+                           max_segments=max_segments, min_cost=min_cost, rank_by=rank_by, progress=progress)
     curve = None
     if has_fid:
         curve = fit_ratio_curve(result.scored)

@@ -43,6 +43,7 @@ class SearchResult:
     baseline: list[tuple[int, ...]] = field(default_factory=list)
     seconds: float = 0.0
     model_steps: list[int] = field(default_factory=list)
+    rank_by: str = "distance"
 
     def row(self, sequence: Sequence[int]) -> dict[str, Any]:
         sequence = tuple(sequence)
@@ -50,7 +51,7 @@ class SearchResult:
 
     def frontier(self) -> list[dict[str, Any]]:
         """Plans no other scored plan beats on both predicted cost and signal, cheapest first."""
-        return [self.scored[i] for i in pareto(self.scored)]
+        return [self.scored[i] for i in pareto(self.scored, y=self.rank_by)]
 
     def baseline_rows(self) -> list[dict[str, Any]]:
         return [self.row(s) for s in self.baseline]
@@ -58,7 +59,7 @@ class SearchResult:
     def best_within(self, budget: float) -> dict[str, Any] | None:
         """The plan with the lowest signal among those predicted to cost at most ``budget``."""
         fitting = [r for r in self.scored if r["predicted_cost"] <= budget + 1e-9]
-        return min(fitting, key=lambda r: (r["distance"], r["predicted_cost"]), default=None)
+        return min(fitting, key=lambda r: (r[self.rank_by], r["predicted_cost"]), default=None)
 
 
 def pareto(rows: Sequence[dict[str, Any]], x: str = "predicted_cost", y: str = "distance") -> list[int]:
@@ -88,7 +89,7 @@ def moves(sequence: tuple[int, ...], step_costs: Sequence[float], max_segments: 
 
 def greedy_search(signal: PairedSignal, costs: CostModel, names: Sequence[str], *, num_steps: int = 20,
                   reference_steps: int = 20, max_segments: int = 4, min_cost: float = 0.35,
-                  baseline: bool = True, max_model_steps: int | None = None,
+                  baseline: bool = True, max_model_steps: int | None = None, rank_by: str = "distance",
                   progress: bool = True) -> SearchResult:
     """Greedy descent from the large model alone (see the module docstring).
 
@@ -102,7 +103,13 @@ def greedy_search(signal: PairedSignal, costs: CostModel, names: Sequence[str], 
         min_cost: stop when the current plan's predicted cost is below this fraction of the reference.
         baseline: also score every single-fraction plan (smallest model first, then the large one).
         max_model_steps: stop when the sampler has run this many sample-steps (all models together).
+        rank_by: the signal the moves are judged by: ``"distance"`` (the paired feature distance) or
+            ``"small_fid_ratio"`` (the paired FID ratio on the search's samples; needs real statistics).
     """
+    if rank_by not in ("distance", "small_fid_ratio"):
+        raise ValueError(f"rank_by must be 'distance' or 'small_fid_ratio', got {rank_by!r}")
+    if rank_by == "small_fid_ratio" and signal.real_statistics is None:
+        raise ValueError("rank_by='small_fid_ratio' needs a signal with real statistics")
     if num_steps < 1:
         raise ValueError(f"num_steps must be >= 1, got {num_steps}")
     if max_segments < 1:
@@ -110,7 +117,7 @@ def greedy_search(signal: PairedSignal, costs: CostModel, names: Sequence[str], 
     if not 0 < min_cost < 1:
         raise ValueError(f"min_cost must be in (0, 1), got {min_cost}")
     begin = time.perf_counter()
-    result = SearchResult(list(names), reference_steps)
+    result = SearchResult(list(names), reference_steps, rank_by=rank_by)
     large = len(costs.seconds_per_step) - 1
     step_costs = costs.seconds_per_step
 
@@ -128,6 +135,7 @@ def greedy_search(signal: PairedSignal, costs: CostModel, names: Sequence[str], 
     def spent() -> bool:
         return max_model_steps is not None and sum(signal.sampler.model_steps) >= max_model_steps
 
+    key = "distance" if rank_by == "distance" else "fid_ratio"
     current = (large,) * num_steps
     current_score = score(current)
     result.path.append(current)
@@ -139,9 +147,9 @@ def greedy_search(signal: PairedSignal, costs: CostModel, names: Sequence[str], 
         saved_before = costs.relative(current, reference_steps)
 
         def efficiency(candidate: tuple[int, ...], before: float = saved_before,
-                       base: float = current_score.distance) -> float:
+                       base: float = getattr(current_score, key)) -> float:
             saved = before - costs.relative(candidate, reference_steps)
-            return (score(candidate).distance - base) / saved
+            return (getattr(score(candidate), key) - base) / saved
 
         current = min(options, key=efficiency)
         current_score = score(current)
