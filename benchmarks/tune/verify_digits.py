@@ -35,7 +35,9 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=3000)
     parser.add_argument("--seed", type=int, default=1000)
     parser.add_argument("--search", help="search.json whose chosen plans to verify")
-    parser.add_argument("--plans", nargs="*", default=[], help="more plans, as labels (S8 > XL12)")
+    parser.add_argument("--plans", nargs="*", default=[], help="more tuned plans, as labels (S8 > XL11 > S1)")
+    parser.add_argument("--study-plans", nargs="*", default=[],
+                        help="hand-picked plans (from the signal study, not the search), as labels")
     parser.add_argument("--singles", type=int, nargs="*", default=list(SINGLE_ORDER))
     parser.add_argument("--cache", default="/tmp/tstitch-tune-verify")
     parser.add_argument("--features-only", action="store_true", help="sample and cache; no timing, no report")
@@ -56,6 +58,8 @@ def main() -> None:
         plans += tuned
     plans += [parse_label(p, names) for p in args.plans]
     tuned += [parse_label(p, names) for p in args.plans]
+    picked = [parse_label(p, names) for p in args.study_plans]
+    plans += picked
     singles = [single_fraction(k, 20, 0, 2, 3) for k in args.singles]
     plans = list(dict.fromkeys(plans + singles))
     cache = Path(args.cache) / f"seed{args.seed}-n{args.samples}"
@@ -77,11 +81,12 @@ def main() -> None:
     rows = summarize(work, features, seconds, reference, costs=costs, seed=args.seed)
     for row in rows:
         row["kind"] = ("reference" if tuple(row["sequence"]) == reference else
-                       "single fraction" if tuple(row["sequence"]) in singles else "tuned")
+                       "single fraction" if tuple(row["sequence"]) in singles else
+                       "study plan" if tuple(row["sequence"]) in picked else "tuned")
     targets = {}
     for tolerance in TOLERANCES:
         best = {}
-        for kind in ("single fraction", "tuned"):
+        for kind in ("single fraction", "tuned", "study plan"):
             fitting = [r for r in rows if r["kind"] in (kind, "reference" if kind == "single fraction" else kind)
                        and meets(r, tolerance)]
             best[kind] = min(fitting, key=lambda r: r["measured_cost"], default=None)
@@ -91,6 +96,9 @@ def main() -> None:
             "tuned": mine and mine["plan"], "tuned_cost": mine and mine["measured_cost"],
             "tuned_over_single": (mine["measured_cost"] / single["measured_cost"]) if mine and single else None,
             "target_0.85_met": bool(mine and single and mine["measured_cost"] <= 0.85 * single["measured_cost"]),
+            "study_plan": best["study plan"] and best["study plan"]["plan"],
+            "study_plan_over_single": (best["study plan"]["measured_cost"] / single["measured_cost"])
+            if best["study plan"] and single else None,
         }
     parity = [r for r in rows if meets(r, 1.02)]
     cheapest = min(parity, key=lambda r: r["measured_cost"])
@@ -117,7 +125,8 @@ def plot(rows: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7.5, 4.8))
-    for kind, color in (("single fraction", "tab:blue"), ("tuned", "tab:orange"), ("reference", "black")):
+    for kind, color in (("single fraction", "tab:blue"), ("tuned", "tab:orange"), ("study plan", "tab:green"),
+                        ("reference", "black")):
         members = sorted((r for r in rows if r["kind"] == kind), key=lambda r: r["measured_cost"])
         x = [r["measured_cost"] for r in members]
         y = [r["fid_ratio"]["ratio"] for r in members]
