@@ -32,7 +32,7 @@ from tstitch.tune import (
 from tstitch.tune.engine import PrefixSampler
 from tstitch.tune.plans import segments, short_names, single_fraction
 from tstitch.tune.search import moves, pareto
-from tstitch.tune.stats import frechet_distance, gaussian_statistics
+from tstitch.tune.stats import frechet_distance, gaussian_statistics, jackknife_fid_ratio
 from tstitch.tune.verify import meets, verify_plans
 
 NUM_CLASSES = 10
@@ -142,6 +142,12 @@ def test_paired_bootstrap_ratio():
     assert paired_fid_ratio(worse, reference, real, resamples=200, seed=3) == estimate
     with pytest.raises(ValueError, match="paired features must have one shape"):
         paired_fid_ratio(worse[:10], reference, real)
+    same = jackknife_fid_ratio(reference, reference, real)
+    assert (same.ratio, same.low, same.high) == (1.0, 1.0, 1.0)
+    jack = jackknife_fid_ratio(worse, reference, real, groups=6)
+    assert jack.ratio == estimate.ratio and jack.low < jack.ratio < jack.high and jack.method == "jackknife, 6 groups"
+    with pytest.raises(ValueError, match=r"groups must be in \[2, 60\], got 1"):
+        jackknife_fid_ratio(worse, reference, real, groups=1)
     assert meets({"fid_ratio": {"high": 1.019}}, 1.02) and not meets({"fid_ratio": {"high": 1.021}}, 1.02)
 
 

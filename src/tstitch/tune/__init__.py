@@ -14,12 +14,13 @@ from .cost import CostModel, measure_step_costs
 from .plans import SequencePlan, parse_label, plan_label
 from .quality import PairedSignal
 from .search import SearchResult, greedy_search
-from .stats import RatioEstimate, interval_from_sets, paired_fid_ratio, spearman
+from .stats import RatioEstimate, interval_from_sets, jackknife_fid_ratio, paired_fid_ratio, spearman
 from .verify import verify_plans
 from .workload import Workload, digits_workload
 
 __all__ = [
     "tune", "CostModel", "measure_step_costs", "SequencePlan", "parse_label", "plan_label", "PairedSignal",
-    "SearchResult", "greedy_search", "RatioEstimate", "interval_from_sets", "paired_fid_ratio", "spearman",
+    "SearchResult", "greedy_search", "RatioEstimate", "interval_from_sets", "jackknife_fid_ratio", "paired_fid_ratio",
+    "spearman",
     "verify_plans", "Workload", "digits_workload",
 ]
