@@ -13,7 +13,7 @@ import logging
 import sys
 
 #: Subcommand modules, in the order ``--help`` lists them.
-COMMANDS = ("demo", "sample", "train_zoo", "evaluate", "bench", "serve")
+COMMANDS = ("demo", "sample", "train_zoo", "evaluate", "bench", "tune", "serve")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,38 @@
+# Copyright 2026 The tstitch authors. Licensed under the Apache License, Version 2.0.
+"""The search on the digits family: ``tstitch.tune`` at 20 DDIM steps on the search seed (no verification).
+
+Writes ``digits/plan.json``, ``digits/frontier.json`` and ``digits/frontier.png`` next to this file (the
+folder must not hold them yet), with the search's wall-clock and CPU seconds and its cost in model
+evaluations.
+
+    PYTHONPATH=src python benchmarks/tune/search_digits.py [--threads 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+
+import torch
+
+from tstitch.tune import tune
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--samples", type=int, default=128)
+    parser.add_argument("--tolerance", type=float, default=1.05)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--out", default=str(Path(__file__).parent / "digits"))
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    result = tune(args.out, tolerance=args.tolerance, search_samples=args.samples, progress=False)
+    print(json.dumps({k: v for k, v in result["frontier"]["search"].items()}, indent=1))
+    print(result["plan"]["plan"], result["plan"]["predicted_cost"], result["plan"]["estimated_fid_ratio"])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,201 @@
+# Copyright 2026 The tstitch authors. Licensed under the Apache License, Version 2.0.
+"""``tstitch.tune(...)``: measure the cost model, search the plans, pick one, optionally verify it, write
+``plan.json``, ``frontier.json`` and ``frontier.png``."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from ..utils import ensure_writable_dir, write_json
+from .cost import measure_step_costs
+from .engine import PrefixSampler
+from .quality import PairedSignal
+from .search import SearchResult, fit_ratio_curve, greedy_search
+from .verify import meets, verify_plans
+from .workload import Workload, digits_workload
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["tune", "OUTPUT_FILES", "DEFAULT_BUDGETS"]
+
+OUTPUT_FILES = ("plan.json", "frontier.json", "frontier.png")
+DEFAULT_BUDGETS = (0.35, 0.4, 0.45, 0.5, 0.55, 0.6, 0.65, 0.7, 0.8, 0.9, 1.0)
+
+
+def _check_fresh(out_dir: str | Path) -> Path:
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"out_dir {str(out)!r} is a file, not a folder")
+    existing = [name for name in OUTPUT_FILES if (out / name).exists()]
+    if existing:
+        raise FileExistsError(f"out_dir {str(out)!r} already holds {', '.join(existing)}: choose a fresh folder "
+                              "(tune never overwrites files)")
+    return out
+
+
+def _check(name: str, value: float, low: float, high: float) -> None:
+    if not low <= value <= high:
+        raise ValueError(f"{name} must be in [{low:g}, {high:g}], got {value!r}")
+
+
+def choose(result: SearchResult, *, budget: float | None, tolerance: float | None) -> dict[str, Any] | None:
+    """The plan for the target: the lowest signal within ``budget``, or the cheapest frontier plan whose
+    estimated FID ratio is within ``tolerance``."""
+    if tolerance is not None:
+        fitting = [r for r in result.frontier() if r["estimated_fid_ratio"] <= tolerance]
+        return min(fitting, key=lambda r: r["predicted_cost"], default=None)
+    return result.best_within(budget)
+
+
+def tune(
+    out_dir: str | Path,
+    *,
+    workload: Workload | None = None,
+    num_steps: int = 20,
+    budget: float | None = None,
+    tolerance: float | None = None,
+    budgets: Sequence[float] = DEFAULT_BUDGETS,
+    search_samples: int = 128,
+    search_seed: int = 0,
+    verify_samples: int = 0,
+    verify_seed: int = 1000,
+    batch_size: int = 500,
+    guidance_scale: float = 1.0,
+    max_segments: int = 4,
+    min_cost: float = 0.35,
+    timing_repetitions: int = 5,
+    rank_by: str = "distance",
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Find the fastest plan for the target on this machine; see ``docs/tune.md``.
+
+    Args:
+        out_dir: a folder without ``plan.json``, ``frontier.json`` or ``frontier.png`` (never overwritten).
+        workload: the models and metric (default: the embedded digits family, offline).
+        num_steps: steps of the reference (the large model alone) and of the searched plans.
+        budget: predicted time as a fraction of the large model alone; the best plan within it is chosen.
+        tolerance: largest FID ratio to the large model alone; the cheapest plan estimated within it is chosen.
+            Give one of ``budget`` and ``tolerance`` (default: tolerance 1.05 when the workload has an FID, else
+            budget 0.6).
+        budgets: the budgets of the frontier table.
+        search_samples, search_seed: the noise the search scores plans on.
+        verify_samples, verify_seed: held-out samples to verify the chosen plan on (0: no verification).
+        max_segments, min_cost, rank_by: the search's limits and signal (see :func:`greedy_search`).
+
+    Returns the contents of ``plan.json`` and ``frontier.json``.
+    """
+    if budget is not None and tolerance is not None:
+        raise ValueError(f"give budget or tolerance, not both (got budget={budget}, tolerance={tolerance})")
+    if budget is not None:
+        _check("budget", budget, 0.01, 1.0)
+    if tolerance is not None:
+        _check("tolerance", tolerance, 1.0, 100.0)
+    if num_steps < 1:
+        raise ValueError(f"num_steps must be >= 1, got {num_steps}")
+    if search_samples < 2:
+        raise ValueError(f"search_samples must be >= 2, got {search_samples}")
+    if verify_samples < 0 or verify_samples == 1:
+        raise ValueError(f"verify_samples must be 0 or >= 2, got {verify_samples}")
+    if search_seed == verify_seed and verify_samples:
+        raise ValueError(f"verify_seed must differ from search_seed (held-out), both are {search_seed}")
+    out = _check_fresh(out_dir)
+    ensure_writable_dir(out)
+    workload = workload or digits_workload()
+    has_fid = workload.real_statistics is not None
+    if tolerance is not None and not has_fid:
+        raise ValueError("tolerance needs a workload with real statistics (an FID); give a budget instead")
+    if budget is None and tolerance is None:
+        tolerance, budget = (1.05, None) if has_fid else (None, 0.6)
+
+    started, started_cpu = time.perf_counter(), time.process_time()
+    costs = measure_step_costs(workload.models, workload.sample_shape, batch_size=batch_size,
+                               num_classes=workload.num_classes, guidance_scale=guidance_scale,
+                               repetitions=timing_repetitions, device=workload.device, progress=progress)
+    noise, labels = workload.start(search_seed, search_samples)
+    sampler = PrefixSampler(workload.models, workload.scheduler, noise, labels, batch_size=batch_size,
+                            guidance_scale=guidance_scale)
+    signal = PairedSignal(sampler, workload.features, real_statistics=workload.real_statistics,
+                          reference_steps=num_steps)
+    result = greedy_search(signal, costs, workload.short, num_steps=num_steps, reference_steps=num_steps,
+                           max_segments=max_segments, min_cost=min_cost, rank_by=rank_by, progress=progress)
+    curve = None
+    if has_fid:
+        curve = fit_ratio_curve(result.scored)
+    for row in result.scored:
+        row["estimated_fid_ratio"] = (1 + curve[0] * row["distance"] + curve[1] * row["distance"] ** 2
+                                      if curve else None)
+    chosen = choose(result, budget=budget, tolerance=tolerance)
+    if chosen is None:
+        raise ValueError(f"no searched plan meets the target (budget={budget}, tolerance={tolerance}); the "
+                         f"cheapest plan searched costs {min(r['predicted_cost'] for r in result.scored):.3f}")
+    search_seconds = time.perf_counter() - started
+    search_cpu_seconds = time.process_time() - started_cpu
+
+    verification = None
+    if verify_samples:
+        single = [r for r in result.baseline_rows()
+                  if tolerance is None or (r["estimated_fid_ratio"] <= tolerance)]
+        compare = min(single, key=lambda r: r["predicted_cost"], default=None) if tolerance else None
+        plans = [tuple(chosen["sequence"])] + ([tuple(compare["sequence"])] if compare else [])
+        verification = verify_plans(workload, plans, seed=verify_seed, num_samples=verify_samples,
+                                    reference_steps=num_steps, batch_size=batch_size,
+                                    guidance_scale=guidance_scale, costs=costs, progress=progress)
+        for row in verification["rows"]:
+            if tolerance is not None and "fid_ratio" in row:
+                row["meets_tolerance"] = meets(row, tolerance)
+
+    plan = {
+        "plan": chosen["plan"], "sequence": chosen["sequence"], "num_steps": len(chosen["sequence"]),
+        "models": list(workload.names), "target": {"budget": budget, "tolerance": tolerance},
+        "predicted_cost": chosen["predicted_cost"], "predicted_speedup": 1 / chosen["predicted_cost"],
+        "distance": chosen["distance"], "estimated_fid_ratio": chosen["estimated_fid_ratio"],
+        "verification": verification,
+    }
+    frontier = {
+        "models": list(workload.names), "num_steps": num_steps, "reference": f"{workload.names[-1]} alone",
+        "cost_model": costs.as_dict(),
+        "search": {"samples": search_samples, "seed": search_seed, "seconds": search_seconds,
+                   "cpu_seconds": search_cpu_seconds,
+                   "search_loop_seconds": result.seconds, "model_steps": dict(zip(workload.names, result.model_steps,
+                                                                                   strict=True)),
+                   "large_model_equivalent_runs": sum(s * c for s, c in zip(result.model_steps, costs.step_ratios(),
+                                                                           strict=True)) / (num_steps * search_samples),
+                   "plans_scored": len(result.scored), "fid_curve": curve},
+        "budgets": {f"{b:g}": result.best_within(b) for b in budgets},
+        "frontier": result.frontier(),
+        "single_fraction": result.baseline_rows(),
+        "path": [result.row(s)["plan"] for s in result.path],
+        "scored": result.scored,
+    }
+    write_json(out / "plan.json", plan)
+    write_json(out / "frontier.json", frontier)
+    plot_frontier(frontier, out / "frontier.png")
+    return {"plan": plan, "frontier": frontier}
+
+
+def plot_frontier(frontier: dict[str, Any], path: Path) -> Path:
+    """Every scored plan, the searched frontier and the single-fraction frontier: signal against cost."""
+    from ..study import _pyplot, _save
+
+    plt = _pyplot()
+    key = "estimated_fid_ratio" if frontier["search"]["fid_curve"] else "distance"
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    scored = frontier["scored"]
+    ax.scatter([r["predicted_cost"] for r in scored], [r[key] for r in scored], s=8, color="0.7", label="scored plans")
+    single = frontier["single_fraction"]
+    ax.plot([r["predicted_cost"] for r in single], [r[key] for r in single], "o-", ms=3, color="tab:blue",
+            label="T-Stitch single fraction")
+    front = frontier["frontier"]
+    ax.plot([r["predicted_cost"] for r in front], [r[key] for r in front], "s-", ms=3, color="tab:orange",
+            label="tuned frontier")
+    ax.set_yscale("log")
+    ax.set_xlabel("predicted time / large model alone")
+    ax.set_ylabel("estimated FID ratio (search seed)" if key != "distance" else "paired feature distance")
+    ax.set_title(f"tstitch tune: {' / '.join(frontier['models'])}, {frontier['num_steps']} steps")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, path)

@@ -1,0 +1,147 @@
+# Copyright 2026 The tstitch authors. Licensed under the Apache License, Version 2.0.
+"""Verification of chosen plans on held-out seeds: paired FID ratio with a 95% interval, measured speed-up.
+
+Quality and time are measured separately:
+
+* :func:`sample_features`: every plan's samples from the same held-out noise and labels (sharing common
+  prefixes, which gives the same latents as the whole loop: DDIM keeps no state between steps), in the
+  metric's features.
+* :func:`time_plans`: the whole sampling loop (:func:`tstitch.sample` with a
+  :class:`~tstitch.stitcher.StitchedDenoiser`) of each plan and of the reference on one batch, repeated with
+  the plans interleaved in a rotating order so that a slow spell of a shared machine falls on all of them;
+  the median per plan.
+* :func:`summarize`: the paired FID ratio to the large model alone with its bootstrap interval, the measured
+  and predicted cost.
+"""
+
+from __future__ import annotations
+
+import logging
+import statistics
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from ..sampling import sample
+from ..stitcher import StitchedDenoiser
+from .cost import CostModel
+from .engine import PrefixSampler
+from .plans import SequencePlan, plan_label
+from .stats import jackknife_fid_ratio, paired_fid_ratio
+from .workload import Workload
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["sample_features", "time_plans", "summarize", "verify_plans", "meets"]
+
+Plan = tuple[int, ...]
+
+
+def _unique(plans: Sequence[Sequence[int]], first: Plan | None = None) -> list[Plan]:
+    order = ([first] if first else []) + [tuple(p) for p in plans]
+    return list(dict.fromkeys(order))
+
+
+@torch.no_grad()
+def sample_features(workload: Workload, plans: Sequence[Sequence[int]], *, seed: int, num_samples: int,
+                    batch_size: int = 500, guidance_scale: float = 1.0, progress: bool = True,
+                    on_plan: Callable[[Plan, torch.Tensor], None] | None = None) -> dict[Plan, torch.Tensor]:
+    """Features ``(num_samples, D)`` of each plan's samples from the noise and labels of ``seed``."""
+    noise, labels = workload.start(seed, num_samples)
+    sampler = PrefixSampler(workload.models, workload.scheduler, noise, labels, batch_size=batch_size,
+                            guidance_scale=guidance_scale)
+    found = {}
+    for sequence in tqdm(_unique(plans), desc="held-out samples", disable=not progress):
+        found[sequence] = workload.features(sampler.run(sequence)).double().cpu()
+        if on_plan is not None:
+            on_plan(sequence, found[sequence])
+    return found
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@torch.no_grad()
+def time_plans(workload: Workload, plans: Sequence[Sequence[int]], *, batch_size: int, repetitions: int = 3,
+               seed: int = 0, guidance_scale: float = 1.0, progress: bool = True) -> dict[Plan, float]:
+    """Median seconds of the whole sampling loop of each plan on one batch, interleaved over repetitions."""
+    if repetitions < 1:
+        raise ValueError(f"repetitions must be >= 1, got {repetitions}")
+    order = _unique(plans)
+    noise, labels = workload.start(seed, batch_size)
+    times: dict[Plan, list[float]] = {p: [] for p in order}
+    bar = tqdm(total=repetitions * len(order), desc="timing plans", disable=not progress)
+    for repetition in range(repetitions):
+        shift = repetition % len(order)
+        for sequence in order[shift:] + order[:shift]:
+            denoiser = StitchedDenoiser(workload.models, SequencePlan.from_sequence(sequence, len(workload.models)))
+            scheduler = type(workload.scheduler).from_config(workload.scheduler.config)
+            _sync(workload.device)
+            start = time.perf_counter()
+            sample(denoiser, None, scheduler, noise=noise, class_labels=labels, num_inference_steps=len(sequence),
+                   guidance_scale=guidance_scale)
+            _sync(workload.device)
+            times[sequence].append(time.perf_counter() - start)
+            bar.update()
+    bar.close()
+    return {p: statistics.median(t) for p, t in times.items()}
+
+
+def summarize(workload: Workload, features: Mapping[Plan, torch.Tensor], seconds: Mapping[Plan, float] | None,
+              reference: Plan, *, costs: CostModel | None = None, resamples: int = 300,
+              confidence: float = 0.95, seed: int = 0) -> list[dict[str, Any]]:
+    """One row per plan: the paired FID ratio to ``reference`` with its interval (when the workload has real
+    statistics), the paired feature distance, the measured and the predicted cost relative to ``reference``."""
+    reference_features = features[reference]
+    scale = float((reference_features - reference_features.roll(1, dims=0)).norm(dim=1).mean()) or 1.0
+    rows = []
+    for sequence, plan_features in features.items():
+        row: dict[str, Any] = {
+            "plan": plan_label(sequence, workload.short), "sequence": list(sequence), "steps": len(sequence),
+            "num_samples": len(plan_features),
+            "distance": float((plan_features - reference_features).norm(dim=1).mean()) / scale,
+        }
+        if seconds is not None and sequence in seconds:
+            row["seconds_per_batch"] = seconds[sequence]
+            row["measured_cost"] = seconds[sequence] / seconds[reference]
+            row["measured_speedup"] = 1.0 / row["measured_cost"]
+        if costs is not None:
+            row["predicted_cost"] = costs.relative(sequence, len(reference))
+        if workload.real_statistics is not None:
+            row["fid_ratio"] = paired_fid_ratio(plan_features, reference_features, workload.real_statistics,
+                                                resamples=resamples, confidence=confidence, seed=seed).as_dict()
+            if len(plan_features) >= 20:
+                row["fid_ratio_jackknife"] = jackknife_fid_ratio(plan_features, reference_features,
+                                                                 workload.real_statistics,
+                                                                 confidence=confidence).as_dict()
+        rows.append(row)
+    return rows
+
+
+def verify_plans(workload: Workload, plans: Sequence[Sequence[int]], *, seed: int, num_samples: int,
+                 reference_steps: int = 20, batch_size: int = 500, guidance_scale: float = 1.0,
+                 costs: CostModel | None = None, timing_repetitions: int = 3, resamples: int = 300,
+                 progress: bool = True) -> dict[str, Any]:
+    """Held-out quality and measured time of ``plans`` and of the large model alone (``reference_steps``)."""
+    if num_samples < 2:
+        raise ValueError(f"num_samples must be >= 2, got {num_samples}")
+    reference = (len(workload.models) - 1,) * reference_steps
+    order = _unique(plans, first=reference)
+    features = sample_features(workload, order, seed=seed, num_samples=num_samples, batch_size=batch_size,
+                               guidance_scale=guidance_scale, progress=progress)
+    seconds = time_plans(workload, order, batch_size=min(batch_size, num_samples), repetitions=timing_repetitions,
+                         seed=seed, guidance_scale=guidance_scale, progress=progress)
+    rows = summarize(workload, features, seconds, reference, costs=costs, resamples=resamples, seed=seed)
+    return {"seed": seed, "num_samples": num_samples, "batch_size": batch_size,
+            "reference": plan_label(reference, workload.short), "rows": rows}
+
+
+def meets(row: Mapping[str, Any], tolerance: float) -> bool:
+    """Whether the upper end of the plan's FID-ratio interval is at most ``tolerance``."""
+    interval = row.get("fid_ratio")
+    return interval is not None and interval["high"] <= tolerance
