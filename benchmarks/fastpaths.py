@@ -4,7 +4,9 @@
     PYTHONPATH=src python3 benchmarks/fastpaths.py --suite gpu-paper --out DIR   # CUDA (benchmarks/gpu.sh)
     PYTHONPATH=src python3 benchmarks/fastpaths.py --suite cpu --threads 1 --out DIR
 
-writes fastpaths.json, fastpaths.png and fastpaths.md into DIR after every repetition and prints the table.
+writes fastpaths.json, fastpaths.png and fastpaths.md into DIR after every repetition and prints the table;
+with --quality also the digits quality guard (quality.json, quality.md: digits-FID at r = 0.4 with and
+without the fast path, 1000 samples).
 """
 
 from __future__ import annotations
@@ -16,8 +18,10 @@ import sys
 import torch
 
 from tstitch.bench.cases import CASE_BUILDERS
-from tstitch.bench.fastreport import format_markdown
-from tstitch.bench.fastsuite import FAST_SUITES, VARIANT_SETS, run_fast_bench
+from tstitch.bench.fastquality import digits_quality
+from tstitch.bench.fastreport import format_markdown, format_quality
+from tstitch.bench.fastsuite import FAST_SUITES, QUALITY_VARIANTS, VARIANT_SETS, run_fast_bench
+from tstitch.utils import atomic_write, ensure_writable_dir, write_json
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -34,6 +38,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's own)")
     parser.add_argument("--budget", type=float, help="seconds: start no repetition that would end later")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory runs (CUDA)")
+    parser.add_argument("--quality", action="store_true", help="also the digits quality guard (digits-FID)")
+    parser.add_argument("--no-timing", action="store_true", help="skip the timing (with --quality: only the guard)")
+    parser.add_argument("--quality-samples", type=int, default=1000, help="default: %(default)s")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
 
@@ -61,10 +68,21 @@ def main(argv: list[str] | None = None) -> int:
         for key, value in (("repetitions", args.reps), ("num_steps", args.steps), ("num_images", args.images)):
             if value is not None:
                 options[key] = value
-    results = run_fast_bench(cases, variants, args.out, device=device, memory=not args.no_memory,
-                             budget_seconds=args.budget)
-    print(format_markdown(results))
-    print(f"wrote {args.out}/fastpaths.json, fastpaths.png, fastpaths.md in {results['wall_seconds']:.0f} s")
+    out = ensure_writable_dir(args.out)
+    if not args.no_timing:
+        results = run_fast_bench(cases, variants, out, device=device, memory=not args.no_memory,
+                                 budget_seconds=args.budget)
+        print(format_markdown(results))
+        print(f"wrote {out}/fastpaths.json, fastpaths.png, fastpaths.md in {results['wall_seconds']:.0f} s")
+    if args.quality:
+        known = {v.name: v for v in VARIANT_SETS[suite["variants"]]}
+        quality = digits_quality([known[name] for name in QUALITY_VARIANTS[suite["variants"]]], device=device,
+                                 num_samples=args.quality_samples)
+        write_json(out / "quality.json", quality)
+        text = format_quality(quality)
+        atomic_write(out / "quality.md", lambda path: path.write_text(text + "\n"))
+        print(text)
+        print(f"wrote {out}/quality.json, quality.md")
     return 0
 
 

@@ -10,7 +10,7 @@ from typing import Any
 from ..experiments.plots import pyplot, save_figure
 from ..utils import atomic_write, ensure_writable_dir, write_json
 
-__all__ = ["PAPER_RTX3090_SECONDS", "format_markdown", "plot_variants", "save_results"]
+__all__ = ["PAPER_RTX3090_SECONDS", "format_markdown", "format_quality", "plot_variants", "save_results"]
 
 #: The paper's DiT-S -> DiT-XL timings for 8 images (100 DDIM steps, guidance 1.5) on one RTX 3090.
 PAPER_RTX3090_SECONDS = {0.0: 16.5, 0.4: 11.0, 1.0: 1.7}
@@ -90,6 +90,22 @@ def format_markdown(results: dict[str, Any]) -> str:
                         text += f"; {offloaded['note']}"
                 lines.append(text)
         lines.append("")
+    return "\n".join(lines)
+
+
+def format_quality(quality: dict[str, Any]) -> str:
+    """The digits quality guard as a markdown table (see :func:`tstitch.bench.fastquality.digits_quality`)."""
+    lines = [f"### digits-FID at r={quality['fraction']:g}: digits-s -> digits-xl, {quality['num_samples']} samples, "
+             f"DDIM {quality['num_steps']} steps, guidance {quality['guidance_scale']:g}, {quality['device']}", "",
+             "| variant | seed | digits-FID | vs baseline | accuracy | max abs latent diff | mean abs latent diff |",
+             "|---|---|---|---|---|---|---|"]
+    for row in quality["rows"]:
+        diff = row.get("latents_vs_baseline")
+        lines.append(f"| {row['variant']} ({row['label']}) | {row['seed']} | {row['fid']:.3f} | "
+                     f"{row['fid_vs_baseline']:.3f} | {row['accuracy']:.3f} | "
+                     + (f"{diff['max_abs']:.3g} | {diff['mean_abs']:.3g} |" if diff else "| |"))
+    lines.append("")
+    lines.append(f"({quality['note']}.)")
     return "\n".join(lines)
 
 

@@ -22,7 +22,7 @@ from .memory import machine_info
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["FAST_SUITES", "VARIANT_SETS", "run_fast_bench"]
+__all__ = ["FAST_SUITES", "QUALITY_VARIANTS", "VARIANT_SETS", "run_fast_bench"]
 
 #: Variant sets: the baseline first. "gpu": fp32 eager against the CUDA default
 #: (``FastPaths.for_device("cuda")``); "cpu": each option that exists on a CPU alone and together.
@@ -35,6 +35,9 @@ VARIANT_SETS: dict[str, list[Variant]] = {
         Variant("bf16+compile", FastPaths(dtype="bf16", compile=True)),
     ],
 }
+
+#: The variants of each set that the digits quality guard compares (the baseline first).
+QUALITY_VARIANTS: dict[str, list[str]] = {"gpu": ["fp32-eager", "fast"], "cpu": ["fp32-eager", "bf16"]}
 
 #: Named settings: device, variant set, and the cases with their options. "gpu-paper" is the paper's
 #: DiT-S -> DiT-XL table setting (8 images, 100 DDIM steps, guidance 1.5, fractions 0, 0.2, ..., 1, three
