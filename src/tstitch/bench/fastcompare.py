@@ -103,7 +103,7 @@ class _VariantRunner:
         self.models = [copy.deepcopy(m) for m in models] if copy_models else models
         variant.fast.apply(self.models)
         self.dtype = next(self.models[-1].parameters()).dtype
-        self.noise = noise.to(self.dtype)
+        self.noise = noise.to(variant.fast.input_dtype(self.dtype))
         self.labels = labels
         self.device = noise.device
 

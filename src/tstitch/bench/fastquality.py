@@ -55,7 +55,7 @@ def digits_quality(
     for index, variant in enumerate(variants):
         models = [copy.deepcopy(m) for m in base_models] if variant.fast.enabled else base_models
         variant.fast.apply(models)
-        dtype = next(models[-1].parameters()).dtype
+        dtype = variant.fast.input_dtype(next(models[-1].parameters()).dtype)
         for run_seed in ([seed, seed + 1] if index == 0 else [seed]):
             noise = torch.randn(num_samples, 1, 8, 8, generator=torch.Generator().manual_seed(run_seed)).to(device)
             with variant.fast.context():

@@ -9,7 +9,8 @@ which model runs at which step stays exactly what the :class:`~tstitch.plan.Plan
   the model keeps its class, config and weights and ``stitch()`` accepts it). The stitched denoiser's
   dispatch stays in eager Python, so switching models runs another already-compiled graph rather than
   recompiling; :func:`compiled_graph_count` lets a caller check that.
-- :func:`set_dtype`: half precision (``fp16`` / ``bf16``), meant for GPUs.
+- :func:`set_dtype`: half precision (``fp16`` / ``bf16``), meant for GPUs; :func:`cast_io` lets such a model
+  take and return float32, so the latents and the scheduler stay in float32.
 - :func:`to_channels_last`: the channels-last memory format, which helps convolutional U-Nets.
 - :func:`enable_cuda_graphs` (:mod:`.graphs`): each model's forward captured as a CUDA graph per input
   shape and replayed (CUDA only).
@@ -26,7 +27,9 @@ from .offload import OffloadSwitch, disable_offload, enable_offload
 from .options import (
     ATTENTION,
     DTYPES,
+    CastingForward,
     FastPaths,
+    cast_io,
     compile_models,
     compiled_graph_count,
     numerics,
@@ -38,8 +41,10 @@ from .options import (
 __all__ = [
     "ATTENTION",
     "DTYPES",
+    "CastingForward",
     "CudaGraphForward",
     "FastPaths",
+    "cast_io",
     "OffloadSwitch",
     "compile_models",
     "compiled_graph_count",

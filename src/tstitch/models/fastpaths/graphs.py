@@ -67,8 +67,10 @@ class CudaGraphForward:
     and ``replays`` count what happened (a switch between models must add no capture).
     """
 
-    def __init__(self, original: Callable[..., Any], inner: Callable[..., Any], warmup_calls: int = 2):
+    def __init__(self, original: Callable[..., Any], inner: Callable[..., Any], warmup_calls: int = 2,
+                 previous: Any = None):
         self.original = original
+        self.previous = previous  # the instance-level forward this one replaced (restored by disable), if any
         self.inner = inner
         self.warmup_calls = warmup_calls
         self.graphs: dict[Any, _Captured] = {}
@@ -132,14 +134,18 @@ def enable_cuda_graphs(models: Sequence[nn.Module], *, compile_options: dict[str
             continue
         original = model.forward
         inner = torch.compile(original, **compile_options) if compile_options is not None else original
-        wrapper = CudaGraphForward(original, inner, warmup_calls)
+        wrapper = CudaGraphForward(original, inner, warmup_calls, previous=model.__dict__.get("forward"))
         model.forward = wrapper
         wrappers.append(wrapper)
     return wrappers
 
 
 def disable_cuda_graphs(models: Sequence[nn.Module]) -> None:
-    """Give the models back their own forward (their graphs and compiled code are dropped)."""
+    """Give the models back the forward they had before (their graphs and compiled code are dropped)."""
     for model in models:
         if has_cuda_graphs(model):
-            del model.__dict__["forward"]
+            previous = model.__dict__["forward"].previous
+            if previous is None:
+                del model.__dict__["forward"]
+            else:
+                model.forward = previous

@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.utils import _pytree as pytree
 
 from .graphs import enable_cuda_graphs
 
@@ -20,7 +21,9 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "ATTENTION",
     "DTYPES",
+    "CastingForward",
     "FastPaths",
+    "cast_io",
     "compile_models",
     "compiled_graph_count",
     "numerics",
@@ -93,6 +96,38 @@ def set_dtype(models: Sequence[nn.Module], dtype: str | torch.dtype) -> list[nn.
     return list(models)
 
 
+class CastingForward:
+    """A model's forward that computes at ``dtype`` and answers in the caller's: floating-point inputs are
+    cast to ``dtype`` and floating-point outputs back to the dtype of the first floating-point input. So a
+    bf16 model in a float32 sampling loop keeps the latents and the scheduler's arithmetic in float32."""
+
+    def __init__(self, forward: Any, dtype: torch.dtype):
+        self.forward = forward
+        self.dtype = dtype
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        leaves = pytree.tree_leaves((args, kwargs))
+        caller = next((t.dtype for t in leaves if isinstance(t, torch.Tensor) and t.is_floating_point()), None)
+
+        def to_model(t: Any) -> Any:
+            return t.to(self.dtype) if isinstance(t, torch.Tensor) and t.is_floating_point() else t
+
+        def to_caller(t: Any) -> Any:
+            return t.to(caller) if isinstance(t, torch.Tensor) and t.is_floating_point() else t
+
+        args, kwargs = pytree.tree_map(to_model, (args, kwargs))
+        output = self.forward(*args, **kwargs)
+        return output if caller is None or caller == self.dtype else pytree.tree_map(to_caller, output)
+
+
+def cast_io(models: Sequence[nn.Module]) -> list[nn.Module]:
+    """Give each model a :class:`CastingForward` at its own dtype, in place (after :func:`set_dtype`)."""
+    for model in models:
+        if not isinstance(model.__dict__.get("forward"), CastingForward):
+            model.forward = CastingForward(model.forward, next(model.parameters()).dtype)
+    return list(models)
+
+
 def to_channels_last(models: Sequence[nn.Module]) -> list[nn.Module]:
     """Store the models' 4-d weights channels-last, in place (helps convolutional U-Nets)."""
     for model in models:
@@ -144,8 +179,9 @@ def numerics(tf32: bool = False, attention: str = "auto") -> Iterator[None]:
 class FastPaths:
     """The speed options (all off by default; :meth:`for_device` gives the default of a device).
 
-    Model options (:meth:`apply`): ``dtype`` (half precision), ``channels_last``, ``compile`` (each model on
-    its own), ``cuda_graphs`` (each model's forward captured per input shape; CUDA only, skipped elsewhere).
+    Model options (:meth:`apply`): ``dtype`` (half precision; with ``cast_io``, the default, the models take
+    and return the caller's dtype, so latents and scheduler stay float32), ``channels_last``, ``compile``
+    (each model on its own), ``cuda_graphs`` (each model's forward captured per input shape; CUDA only).
     Numerics (:meth:`context`, around sampling): ``tf32`` and ``attention``. ``offload`` is applied to a
     stitched denoiser by :func:`~tstitch.models.fastpaths.enable_offload` and excludes ``cuda_graphs``.
     None changes which model runs at which step.
@@ -160,6 +196,7 @@ class FastPaths:
     cuda_graphs: bool = False
     tf32: bool = False
     attention: str = "auto"
+    cast_io: bool = True
 
     def __post_init__(self) -> None:  # fail early on a bad value
         parse_dtype(self.dtype)
@@ -203,6 +240,8 @@ class FastPaths:
         models = list(models)
         if self.dtype is not None:
             set_dtype(models, self.dtype)
+            if self.cast_io and self.torch_dtype != torch.float32:
+                cast_io(models)
         if self.channels_last:
             to_channels_last(models)
         graphed: list[nn.Module] = []
@@ -216,6 +255,10 @@ class FastPaths:
             compile_models([m for m in models if not any(m is g for g in graphed)], mode=self.compile_mode,
                            backend=self.compile_backend)
         return models
+
+    def input_dtype(self, model_dtype: torch.dtype) -> torch.dtype:
+        """The dtype to give the models' inputs (the latents) in: float32 with ``cast_io``, else theirs."""
+        return torch.float32 if self.cast_io and self.dtype is not None else model_dtype
 
     def context(self) -> contextlib.AbstractContextManager[None]:
         """The numerics settings (:func:`numerics`) to sample within."""
@@ -232,6 +275,7 @@ class FastPaths:
             "cuda_graphs": self.cuda_graphs,
             "tf32": self.tf32,
             "attention": self.attention,
+            "cast_io": self.cast_io,
         }
 
     def __str__(self) -> str:
@@ -239,7 +283,8 @@ class FastPaths:
         if self.compile:
             parts.append(f"compile({self.compile_backend}{', ' + self.compile_mode if self.compile_mode else ''})")
         if self.dtype is not None:
-            parts.append(str(self.torch_dtype).replace("torch.", ""))
+            parts.append(str(self.torch_dtype).replace("torch.", "")
+                         + (" (float32 latents)" if self.cast_io and self.torch_dtype != torch.float32 else ""))
         if self.channels_last:
             parts.append("channels_last")
         if self.cuda_graphs:
