@@ -12,6 +12,7 @@ default ``inductor`` backend (about a minute on a 2-core CPU) runs when ``TSTITC
 from __future__ import annotations
 
 import copy
+import json
 import os
 
 import pytest
@@ -200,7 +201,8 @@ def test_fast_paths_bundle_and_names():
     FastPaths(dtype="bf16", channels_last=True).apply([small, large])
     assert large.dtype == torch.bfloat16
     assert str(FastPaths()) == "none"
-    assert str(FastPaths(compile=True, dtype="fp16", offload=True)) == "compile(inductor) + float16 (float32 latents) + offload"
+    assert (str(FastPaths(compile=True, dtype="fp16", offload=True))
+            == "compile(inductor) + float16 (float32 latents) + offload")
     assert FastPaths(dtype="fp16").as_dict()["dtype"] == "float16"
 
 
@@ -378,3 +380,35 @@ def test_a_graphed_model_call_does_not_synchronise():
             model(x, timestep=t, class_labels=y)
         finally:
             torch.cuda.set_sync_debug_mode("default")
+
+
+# -- tstitch sample ------------------------------------------------------------------------------------------------
+
+
+def test_sample_reports_its_fast_paths_none_on_a_cpu(tmp_path, capsys):
+    from tstitch.cli import main
+
+    code = main(["sample", "--preset", "digits", "--fraction", "0.4", "--num-images", "4", "--steps", "5",
+                 "--out", str(tmp_path / "out"), "--no-progress", "--no-warmup"])
+    assert code == 0
+    assert "fast paths: none\n" in capsys.readouterr().out
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["settings"]["fast_paths"] == "none"
+
+
+def test_generate_with_bf16_keeps_the_plan_and_float32_latents_close_to_fp32():
+    from tstitch.experiments.generate import SampleOptions, generate
+    from tstitch.models.loading import load_preset
+
+    options = dict(fractions=[0.4], num_steps=10, class_labels=list(range(10)), progress=False, warmup=False)
+    reference = generate(load_preset("digits"), SampleOptions(**options))
+    result = generate(load_preset("digits"), SampleOptions(**options, fast=FastPaths(dtype="bf16")))
+    assert result.settings["fast_paths"] == "bfloat16 (float32 latents)"
+    assert result.settings["latent_dtype"] == "float32"
+    assert result.stitched.model_per_step == reference.stitched.model_per_step == plan_of(0.4, 10)
+    diff = (result.stitched.images - reference.stitched.images).abs()  # images in [0, 1]
+    assert diff.mean() < 0.01 and diff.max() < 0.1
+
+
+def plan_of(fraction, steps):
+    return tstitch.Plan.from_small_fractions(fraction).assignment(steps)
