@@ -148,3 +148,77 @@ def test_cli_refuses_bad_input_before_any_work(tmp_path, capsys):
     assert main(["bench", "--cases", "nope", "--out", str(tmp_path)]) == 2
     assert "unknown case" in capsys.readouterr().err
     assert main(["bench", "--reps", "0", "--out", str(tmp_path)]) == 2
+
+
+# -- the fast paths against fp32 eager ------------------------------------------------------------------------------
+
+
+def test_fast_path_comparison_times_every_variant_and_writes_its_files(tmp_path):
+    from tstitch.bench.fastcompare import Variant, run_variants
+    from tstitch.bench.fastreport import format_markdown, save_results
+    from tstitch.models.fastpaths import FastPaths
+
+    case = class_case(repetitions=2, fractions=(0.0, 0.4, 1.0), num_steps=5)
+    variants = [Variant("fp32-eager", FastPaths()), Variant("bf16", FastPaths(dtype="bf16")),
+                Variant("compile", FastPaths(compile=True, compile_backend="eager"))]
+    saved = []
+    result = run_variants(case, variants, checkpoint=lambda r: saved.append(r["repetitions"]))
+    assert saved == [1, 2]  # after every repetition
+    assert [row["fraction"] for row in result["rows"]] == [0.0, 0.4, 1.0]
+    for row in result["rows"]:
+        assert set(row["variants"]) == {"fp32-eager", "bf16", "compile"}
+        for data in row["variants"].values():
+            assert len(data["seconds"]) == 2 and data["tflops"] > 0 and data["fraction_of_bf16_peak"] is None
+        assert row["variants"]["fp32-eager"]["speedup_vs_baseline"]["median"] == 1.0
+    # FLOP: the plan's steps of each model, at the doubled batch (guidance 1.5)
+    row = result["rows"][1]
+    assert row["small_steps"] == 2
+    assert row["flop"] == 2 * result["small"]["flop_per_step"] + 3 * result["large"]["flop_per_step"]
+    assert result["quality"]["bf16"]["max_abs"] > 0 and result["quality"]["compile"]["max_abs"] == 0.0
+    assert result["compile"]["compile"]["graphs_compiled"] >= 2 and result["graphs_compiled_during_timing"] == 0
+    results = {"machine": {"label": "test machine"}, "cases": [result]}
+    text = format_markdown(results)
+    assert "| r | fp32-eager s/run | bf16 s/run | compile s/run | bf16 vs fp32-eager |" in text
+    assert "latents at r=0.4, `bf16` vs `fp32-eager`" in text
+    names = sorted(p.name for p in save_results(results, tmp_path))
+    assert names == ["fastpaths.json", "fastpaths.md", "fastpaths.png"]
+    assert json.loads((tmp_path / "fastpaths.json").read_text())["cases"][0]["repetitions"] == 2
+
+
+def test_fast_path_comparison_keeps_to_its_budget_and_refuses_bad_variants():
+    from tstitch.bench.fastcompare import Variant, run_variants
+    from tstitch.models.fastpaths import FastPaths
+
+    variants = [Variant("fp32-eager", FastPaths()), Variant("bf16", FastPaths(dtype="bf16"))]
+    result = run_variants(class_case(repetitions=5, num_steps=2), variants, budget_seconds=0.0, memory=False)
+    assert result["repetitions"] == 1 and result["repetitions_planned"] == 5
+    with pytest.raises(ValueError, match="at least two variants with distinct names"):
+        run_variants(class_case(), [variants[0], variants[0]])
+    with pytest.raises(ValueError, match="quality_fraction must be in"):
+        run_variants(class_case(), variants, quality_fraction=1.5)
+
+
+def test_flop_count_of_dit_xl_is_the_papers():
+    from tstitch.bench.cases import dit_model
+    from tstitch.bench.fastcompare import bf16_peak_tflops, forward_flops
+
+    # DiT-XL/2 at 256x256: 118.6 G multiply-adds per forward (the DiT paper's "Gflops"), 2 FLOP each
+    flops = forward_flops(dit_model("DiT-XL/2", "meta"), 1)
+    assert abs(flops / 2e9 - 118.6) < 0.2
+    assert bf16_peak_tflops("cpu") is None
+
+
+def test_digits_quality_guard_scores_each_variant_and_the_seed_spread():
+    from tstitch.bench.fastcompare import Variant
+    from tstitch.bench.fastquality import digits_quality
+    from tstitch.bench.fastreport import format_quality
+    from tstitch.models.fastpaths import FastPaths
+
+    variants = [Variant("fp32-eager", FastPaths()), Variant("bf16", FastPaths(dtype="bf16"))]
+    quality = digits_quality(variants, num_samples=40, num_steps=4, batch_size=20)
+    assert [(r["variant"], r["seed"]) for r in quality["rows"]] == [("fp32-eager", 0), ("fp32-eager", 1), ("bf16", 0)]
+    assert quality["rows"][0]["fid_vs_baseline"] == 1.0
+    assert "latents_vs_baseline" not in quality["rows"][1] and quality["rows"][2]["latents_vs_baseline"]["max_abs"] > 0
+    assert "| bf16 (bfloat16 (float32 latents)) | 0 |" in format_quality(quality)
+    with pytest.raises(ValueError, match=r"num_samples must be in \[2, 1797\]"):
+        digits_quality(variants, num_samples=1)

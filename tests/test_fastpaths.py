@@ -1,6 +1,8 @@
 # Copyright 2026 The tstitch authors. Licensed under the Apache License, Version 2.0.
-"""The fast paths (compile, half precision, channels-last, offloading) keep the stitch schedule: checked with
-the StitchRecord and an independent call log on tiny models, on CPU.
+"""The fast paths (compile, half precision, channels-last, CUDA graphs, TF32, attention kernels, offloading) keep
+the stitch schedule and stay within stated tolerances of fp32 eager: checked with the StitchRecord and an
+independent call log on tiny models, on CPU. The CUDA-only paths are tested at the end, skipped (with the
+reason) where torch sees no CUDA device.
 
 The compile tests use the ``eager`` backend: recompilation is decided by dynamo's guards, which are the same
 whatever backend compiles the graphs, and ``eager`` keeps the tests in seconds. The same check with the
@@ -9,6 +11,8 @@ default ``inductor`` backend (about a minute on a 2-core CPU) runs when ``TSTITC
 
 from __future__ import annotations
 
+import copy
+import json
 import os
 
 import pytest
@@ -28,12 +32,18 @@ from tiny_models import (  # one_thread: an autouse fixture
 
 import tstitch
 from tstitch.models.fastpaths import (
+    CastingForward,
+    CudaGraphForward,
     FastPaths,
     OffloadSwitch,
     compile_models,
     compiled_graph_count,
+    disable_cuda_graphs,
     disable_offload,
+    enable_cuda_graphs,
     enable_offload,
+    has_cuda_graphs,
+    numerics,
     parse_dtype,
     set_dtype,
     to_channels_last,
@@ -191,5 +201,214 @@ def test_fast_paths_bundle_and_names():
     FastPaths(dtype="bf16", channels_last=True).apply([small, large])
     assert large.dtype == torch.bfloat16
     assert str(FastPaths()) == "none"
-    assert str(FastPaths(compile=True, dtype="fp16", offload=True)) == "compile(inductor) + float16 + offload"
+    assert (str(FastPaths(compile=True, dtype="fp16", offload=True))
+            == "compile(inductor) + float16 (float32 latents) + offload")
     assert FastPaths(dtype="fp16").as_dict()["dtype"] == "float16"
+
+
+# -- every option against fp32 eager -------------------------------------------------------------------------------
+
+#: (options, tolerance on the mean |difference| of the final latents relative to the reference's mean |latent|,
+#: the same for the max |difference| relative to the reference's max |latent|, output dtype). Tiny random models
+#: at guidance 3 give latents of mean |x| about 30: half precision loses about 0.6 % (bf16) and 0.1 % (fp16) of
+#: it on average; the fp32 options change nothing, or the last bits (the unfused attention kernel).
+OPTIONS = [
+    (FastPaths(dtype="bf16"), 0.02, 0.05, torch.float32),
+    (FastPaths(dtype="bf16", cast_io=False), 0.03, 0.08, torch.bfloat16),
+    (FastPaths(dtype="fp16"), 0.003, 0.01, torch.float32),
+    (FastPaths(attention="math"), 1e-6, 1e-6, torch.float32),
+    (FastPaths(attention="flash"), 0.0, 0.0, torch.float32),
+    (FastPaths(tf32=True), 0.0, 0.0, torch.float32),  # TF32 is a CUDA setting: nothing changes on a CPU
+    (FastPaths(compile=True, compile_backend="eager"), 0.0, 0.0, torch.float32),
+    (FastPaths(cuda_graphs=True), 0.0, 0.0, torch.float32),  # CUDA only: skipped on a CPU model
+    (FastPaths(channels_last=True), 0.0, 0.0, torch.float32),
+    (FastPaths.for_device("cpu"), 0.0, 0.0, torch.float32),  # the CPU default is fp32 eager: bit-identical
+    (FastPaths(dtype="bf16", compile=True, compile_backend="eager", attention="flash", tf32=True), 0.02, 0.05,
+     torch.float32),
+]
+
+
+def run_with(fast, models, fraction):
+    with fast.context():
+        return tstitch.sample(list(models), fraction, SCHEDULERS["ddim"](),
+                              noise=noise(fast.input_dtype(models[-1].dtype)), class_labels=LABELS,
+                              num_inference_steps=STEPS, guidance_scale=3.0)
+
+
+@pytest.mark.parametrize("fast, mean_tol, max_tol, out_dtype", OPTIONS, ids=[str(o[0]) for o in OPTIONS])
+def test_every_option_keeps_the_record_and_stays_close_to_fp32_eager(fresh_dynamo, fast, mean_tol, max_tol,
+                                                                     out_dtype):
+    small, large = dit_pair()
+    reference = {r: run((small, large), r).latents for r in (0.4, 1.0)}
+    models = fast.apply([copy.deepcopy(small), copy.deepcopy(large)])
+    for r in (0.4, 1.0, 0.4):  # a switch, the small model alone, and back
+        with CallLog(small=models[0], large=models[1]) as log:
+            result = run_with(fast, models, r)
+        assert result.record.model_per_step() == plan(r)
+        assert log.names == [("small", "large")[i] for i in plan(r)]
+        assert result.latents.dtype == out_dtype
+        diff = (result.latents.float() - reference[r]).abs()
+        assert diff.mean() <= mean_tol * reference[r].abs().mean()
+        assert diff.max() <= max_tol * reference[r].abs().max()
+        if mean_tol == 0.0:
+            assert torch.equal(result.latents, reference[r])
+
+
+def test_float32_latents_lose_less_than_half_precision_latents():
+    small, large = dit_pair()
+    reference = run((small, large), 0.4).latents
+    errors = {}
+    for cast in (True, False):
+        fast = FastPaths(dtype="bf16", cast_io=cast)
+        models = fast.apply([copy.deepcopy(small), copy.deepcopy(large)])
+        errors[cast] = float((run_with(fast, models, 0.4).latents.float() - reference).abs().mean())
+    assert errors[True] < errors[False]
+
+
+def test_casting_forward_answers_in_the_callers_dtype():
+    model = tiny_dit(0)
+    set_dtype([model], "bf16")
+    forward = CastingForward(model.forward, torch.bfloat16)
+    x = noise()
+    t, y = torch.full((3,), 10), torch.tensor(LABELS)
+    out = forward(x, timestep=t, class_labels=y).sample
+    assert out.dtype == torch.float32
+    assert torch.equal(out, model.forward(x.bfloat16(), timestep=t, class_labels=y).sample.float())
+    assert forward(x.bfloat16(), timestep=t, class_labels=y).sample.dtype == torch.bfloat16
+
+
+def test_numerics_sets_and_restores_tf32_and_refuses_unknown_attention():
+    before = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    with numerics(tf32=True, attention="flash"):
+        assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
+    assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) == before
+    with pytest.raises(ValueError, match="attention must be one of auto, flash, math, got 'fast'"):
+        with numerics(attention="fast"):
+            pass
+    with pytest.raises(ValueError, match="got 'fast'"):
+        FastPaths(attention="fast")
+
+
+def test_the_default_is_everything_on_cuda_and_nothing_on_a_cpu():
+    assert FastPaths.for_device("cpu") == FastPaths() and not FastPaths.for_device("cpu").enabled
+    cuda = FastPaths.for_device("cuda")
+    assert (cuda.dtype, cuda.compile, cuda.cuda_graphs, cuda.tf32, cuda.attention, cuda.offload, cuda.cast_io) == (
+        "bf16", True, True, True, "flash", False, True)
+    assert str(cuda) == "compile(inductor) + bfloat16 (float32 latents) + cuda_graphs + tf32 + flash attention"
+    assert FastPaths.for_device("cuda:1", compile=False).compile is False
+    assert FastPaths.for_device("cuda", offload=True).cuda_graphs is False  # offloading moves the weights
+    with pytest.raises(ValueError, match="offload and cuda_graphs exclude each other"):
+        FastPaths(offload=True, cuda_graphs=True)
+    assert FastPaths(cuda_graphs=True, tf32=True).as_dict()["cuda_graphs"] is True
+
+
+def test_cuda_graphs_leave_cpu_models_and_cpu_calls_alone():
+    small, large = dit_pair()
+    assert enable_cuda_graphs([small, large]) == [] and not has_cuda_graphs(small)
+    # the wrapper itself runs the plain forward for CPU tensors: nothing captured
+    wrapper = CudaGraphForward(small.forward, small.forward)
+    x, t, y = noise(), torch.full((3,), 10), torch.tensor(LABELS)
+    with torch.no_grad():
+        assert torch.equal(wrapper(x, timestep=t, class_labels=y).sample,
+                           small(x, timestep=t, class_labels=y).sample)
+    assert wrapper.captures == 0 and wrapper.graphs == {}
+
+
+def test_disabling_cuda_graphs_restores_the_forward_before_them_and_offload_refuses_them():
+    small, large = dit_pair()
+    FastPaths(dtype="bf16").apply([small])
+    casting = small.__dict__["forward"]
+    assert isinstance(casting, CastingForward)
+    small.forward = CudaGraphForward(casting, casting, previous=casting)  # as enable_cuda_graphs does on CUDA
+    large.forward = CudaGraphForward(large.forward, large.forward)
+    denoiser = tstitch.StitchedDenoiser([small, large], tstitch.Plan.from_small_fractions(0.4))
+    with pytest.raises(ValueError, match=r"models \[0, 1\] of the stitch have CUDA graphs"):
+        enable_offload(denoiser, "cpu")
+    disable_cuda_graphs([small, large])
+    assert small.__dict__["forward"] is casting and "forward" not in large.__dict__
+    enable_offload(denoiser, "cpu", "cpu")
+    disable_offload(denoiser)
+
+
+# -- CUDA only --------------------------------------------------------------------------------------------------
+
+cuda_only = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (CUDA graphs, TF32, "
+                               "flash attention, bf16 tensor cores)")
+
+
+@cuda_only
+def test_cuda_graphs_capture_once_per_model_and_shape_and_replay_the_eager_result(fresh_dynamo):
+    small, large = (m.cuda() for m in dit_pair())
+    reference = {r: run_with(FastPaths(), (small, large), r).latents for r in (0.4, 1.0)}
+    fast = FastPaths(cuda_graphs=True)
+    models = fast.apply([copy.deepcopy(small), copy.deepcopy(large)])
+    wrappers = [m.__dict__["forward"] for m in models]
+    for r in (0.4, 1.0, 0.4):
+        result = run_with(fast, models, r)
+        assert result.record.model_per_step() == plan(r)
+        torch.testing.assert_close(result.latents, reference[r].to(result.latents.device), rtol=1e-4, atol=1e-4)
+    assert [w.captures for w in wrappers] == [1, 1]  # one shape each: switching captured nothing new
+    assert sum(w.replays for w in wrappers) == 3 * STEPS
+
+
+@cuda_only
+def test_the_cuda_default_follows_the_plan_close_to_fp32_without_recompiling(fresh_dynamo):
+    small, large = (m.cuda() for m in dit_pair())
+    reference = run_with(FastPaths(), (small, large), 0.4).latents
+    fast = FastPaths.for_device("cuda")
+    models = fast.apply([copy.deepcopy(small), copy.deepcopy(large)])
+    run_with(fast, models, 0.4)  # compile and capture
+    graphs = compiled_graph_count()
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        for r in (1.0, 0.4):
+            result = run_with(fast, models, r)
+            assert result.record.model_per_step() == plan(r)
+    assert compiled_graph_count() == graphs
+    diff = (result.latents.float() - reference).abs()
+    assert diff.mean() <= 0.02 * reference.abs().mean()
+
+
+@cuda_only
+def test_a_graphed_model_call_does_not_synchronise():
+    model = tiny_dit(0).cuda()
+    enable_cuda_graphs([model])
+    x, t, y = noise().cuda(), torch.full((3,), 10, device="cuda"), torch.tensor(LABELS, device="cuda")
+    with torch.no_grad():
+        model(x, timestep=t, class_labels=y)  # capture
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            model(x, timestep=t, class_labels=y)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+
+
+# -- tstitch sample ------------------------------------------------------------------------------------------------
+
+
+def test_sample_reports_its_fast_paths_none_on_a_cpu(tmp_path, capsys):
+    from tstitch.cli import main
+
+    code = main(["sample", "--preset", "digits", "--fraction", "0.4", "--num-images", "4", "--steps", "5",
+                 "--out", str(tmp_path / "out"), "--no-progress", "--no-warmup"])
+    assert code == 0
+    assert "fast paths: none\n" in capsys.readouterr().out
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["settings"]["fast_paths"] == "none"
+
+
+def test_generate_with_bf16_keeps_the_plan_and_float32_latents_close_to_fp32():
+    from tstitch.experiments.generate import SampleOptions, generate
+    from tstitch.models.loading import load_preset
+
+    options = dict(fractions=[0.4], num_steps=10, class_labels=list(range(10)), progress=False, warmup=False)
+    reference = generate(load_preset("digits"), SampleOptions(**options))
+    result = generate(load_preset("digits"), SampleOptions(**options, fast=FastPaths(dtype="bf16")))
+    assert result.settings["fast_paths"] == "bfloat16 (float32 latents)"
+    assert result.settings["latent_dtype"] == "float32"
+    assert result.stitched.model_per_step == reference.stitched.model_per_step == plan_of(0.4, 10)
+    diff = (result.stitched.images - reference.stitched.images).abs()  # images in [0, 1]
+    assert diff.mean() < 0.01 and diff.max() < 0.1
+
+
+def plan_of(fraction, steps):
+    return tstitch.Plan.from_small_fractions(fraction).assignment(steps)

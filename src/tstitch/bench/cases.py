@@ -69,7 +69,6 @@ class BenchCase:
         return tuple(sorted({0.0, 1.0, *self.fractions}))
 
 
-
 #: Published DiT shapes: (depth, heads, head width); patch 2, 256x256 images (32x32x4 latents), learned sigma.
 DIT_SHAPES = {"DiT-S/2": (12, 6, 64), "DiT-B/2": (12, 12, 64), "DiT-XL/2": (28, 16, 72)}
 
@@ -93,12 +92,13 @@ def _random_model(cls: type, config: dict[str, Any], name: str, device: torch.de
     return model.to(device).eval().requires_grad_(False)
 
 
-def dit_model(shape: str, device: torch.device | str = "cpu", seed: int = 0) -> nn.Module:
-    """A published DiT shape (``DiT-S/2``, ``DiT-B/2``, ``DiT-XL/2``) at 256x256 with random weights."""
+def dit_model(shape: str, device: torch.device | str = "cpu", seed: int = 0, sample_size: int = 32) -> nn.Module:
+    """A published DiT shape (``DiT-S/2``, ``DiT-B/2``, ``DiT-XL/2``) with random weights, at 256x256 (32x32
+    latents) unless ``sample_size`` (the latent side) says otherwise."""
     from diffusers import DiTTransformer2DModel
 
     depth, heads, head_dim = DIT_SHAPES[shape]
-    config = dit_config(heads, head_dim, 4, 8, depth, 32, 2, 1000)
+    config = dit_config(heads, head_dim, 4, 8, depth, sample_size, 2, 1000)
     return _random_model(DiTTransformer2DModel, config, shape, torch.device(device), seed)
 
 
@@ -123,13 +123,14 @@ def _digits_case(device: torch.device, seed: int, **options: Any) -> BenchCase:
     )
 
 
-def _dit_case(name: str, small: str, large: str) -> Callable[..., BenchCase]:
+def _dit_case(name: str, small: str, large: str, sample_size: int = 32) -> Callable[..., BenchCase]:
     def build(device: torch.device, seed: int, **options: Any) -> BenchCase:
         return BenchCase(
             name=name,
-            small=dit_model(small, device, seed), large=dit_model(large, device, seed + 1),
+            small=dit_model(small, device, seed, sample_size), large=dit_model(large, device, seed + 1, sample_size),
             small_name=small, large_name=large, make_scheduler=scheduler_factory("ddim", DIT_NOISE_SCHEDULE),
-            description=f"{small} -> {large}, 256x256 (32x32x4 latents), random weights", **options,
+            description=f"{small} -> {large}, {8 * sample_size}x{8 * sample_size} ({sample_size}x{sample_size}x4 "
+                        "latents), random weights", **options,
         )
 
     return build
@@ -167,6 +168,7 @@ CASE_BUILDERS: dict[str, Callable[..., BenchCase]] = {
     "digits": _digits_case,
     "dit-s-b": _dit_case("dit-s-b", "DiT-S/2", "DiT-B/2"),
     "dit-s-xl": _dit_case("dit-s-xl", "DiT-S/2", "DiT-XL/2"),
+    "dit-s-b-16": _dit_case("dit-s-b-16", "DiT-S/2", "DiT-B/2", sample_size=16),  # a reduced shape for CPUs
     "sd15-bksdm-tiny": _unet_case,
     "ldm-s-ldm": _ldm_case,
 }

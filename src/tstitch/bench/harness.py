@@ -99,6 +99,12 @@ def run_case(case: BenchCase, settings: BenchSettings,
     ``checkpoint``, if given, receives the results so far after each repetition (for a run cut short).
     """
     case.validate()
+    with settings.fast.context():  # TF32 and the attention kernels, for the whole case
+        return _run_case(case, settings, checkpoint)
+
+
+def _run_case(case: BenchCase, settings: BenchSettings,
+              checkpoint: Callable[[dict[str, Any]], None] | None) -> dict[str, Any]:
     settings.fast.apply([case.small, case.large])
     device = next(case.large.parameters()).device
     offload = settings.offload_fraction if settings.fast.offload and device.type == "cuda" else None

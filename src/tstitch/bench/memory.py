@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..models.fastpaths import has_cuda_graphs
 from ..plan import Plan
 from ..sampling.timing import synchronize
 from ..stitcher import StitchedDenoiser
@@ -84,13 +85,15 @@ def measure_memory(runner: Runner) -> dict[str, Any]:
         result["method"] = ("torch.cuda.max_memory_allocated() over the run: weights, activations and the "
                             "pipeline's stand-in VAE; the small model waits on the CPU in the runs that do not "
                             "keep it on the GPU")
+        if has_cuda_graphs(case.small):  # its graphs replay on the weights' addresses: it cannot move
+            result["method"] += " (not here: the small model has CUDA graphs, so it stays on the GPU in every run)"
         for label, config in configs.items():
-            away = [] if label == "stitched" else [case.small]
+            away = [] if label == "stitched" or has_cuda_graphs(case.small) else [case.small]
             for model in away:
                 model.to("cpu")
             synchronize(device)
             torch.cuda.empty_cache()
-            torch.cuda.reset_peak_memorystats(device)
+            torch.cuda.reset_peak_memory_stats(device)
             runner.run(config, steps)
             synchronize(device)
             result[label] = {"config": config, "peak_bytes": torch.cuda.max_memory_allocated(device)}

@@ -52,6 +52,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     fast.add_argument("--compile-backend", default="inductor", help="torch.compile backend (default: %(default)s)")
     fast.add_argument("--dtype", choices=("fp32", "fp16", "bf16"), help="precision of the models (half: for GPUs)")
     fast.add_argument("--channels-last", action="store_true", help="channels-last weights (for U-Nets)")
+    fast.add_argument("--cuda-graphs", action="store_true", help="a CUDA graph per model and batch shape (CUDA)")
+    fast.add_argument("--tf32", action="store_true", help="TF32 for float32 matrix products (CUDA)")
+    fast.add_argument("--attention", choices=("auto", "flash", "math"), default="auto",
+                      help="attention kernels allowed (default: %(default)s, torch's choice)")
     fast.add_argument("--offload", action="store_true",
                       help="also time stitched sampling with the idle model offloaded to the CPU (CUDA only)")
     parser.set_defaults(func=run)
@@ -94,7 +98,8 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
         memory=not args.no_memory,
         fast=FastPaths(compile=args.compile, compile_mode=args.compile_mode, compile_backend=args.compile_backend,
-                       dtype=args.dtype, channels_last=args.channels_last, offload=args.offload),
+                       dtype=args.dtype, channels_last=args.channels_last, offload=args.offload,
+                       cuda_graphs=args.cuda_graphs, tf32=args.tf32, attention=args.attention),
     )
     start = time.perf_counter()
     folder.begin()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import sys
+from typing import Any
 
 from .checks import SEED, add_overwrite, device, existing_folder, integer, one_of, out_folder, real, text
 
@@ -125,7 +126,29 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                            help="output folder (default: %(default)s)")
     add_overwrite(run_group)
     run_group.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    fast = parser.add_argument_group(
+        "fast paths", "on CUDA, class-conditional models in the bare loop run by default in bf16 (float32 latents), "
+        "torch.compile'd, through a CUDA graph per model, with TF32 and the fused attention kernels; on a CPU and in "
+        "--mode official nothing changes. Each option can be switched off.")
+    fast.add_argument("--no-fast-paths", action="store_true", help="none of them (fp32 eager, as on a CPU)")
+    fast.add_argument("--no-bf16", action="store_true", help="keep the models' precision (--dtype)")
+    fast.add_argument("--no-compile", action="store_true", help="no torch.compile")
+    fast.add_argument("--no-cuda-graphs", action="store_true", help="no CUDA graphs")
+    fast.add_argument("--no-tf32", action="store_true", help="no TF32 for float32 matrix products")
+    fast.add_argument("--attention", choices=("auto", "flash", "math"), default="flash",
+                      help="attention kernels allowed (default: %(default)s, the fused ones)")
     parser.set_defaults(func=run)
+
+
+def _fast_paths(args: argparse.Namespace, device: Any) -> Any:
+    """The fast paths of this run: the device's default (nothing on a CPU) less what the flags switch off."""
+    from ..models.fastpaths import FastPaths
+
+    if args.no_fast_paths:
+        return None
+    return FastPaths.for_device(device, **({} if device.type != "cuda" else dict(
+        dtype=None if args.no_bf16 or args.dtype != "auto" else "bf16", compile=not args.no_compile,
+        cuda_graphs=not args.no_cuda_graphs, tf32=not args.no_tf32, attention=args.attention)))
 
 
 def _check_args(args: argparse.Namespace) -> None:
@@ -217,6 +240,7 @@ def run(args: argparse.Namespace) -> int:
         guidance_scale=args.guidance, class_labels=args.class_labels, prompts=args.prompt,
         negative_prompt=args.negative_prompt, num_images=args.num_images, batch_size=args.batch_size,
         seed=args.seed, size=args.size, progress=not args.no_progress, warmup=not args.no_warmup,
+        fast=_fast_paths(args, device),
     )
     args.on_interrupt = f"nothing was written to {out}"
     result = generate(loaded, options, compare=args.compare)
@@ -235,6 +259,7 @@ def run(args: argparse.Namespace) -> int:
           f"seed {settings['seed']}, {device} {str(loaded.large.dtype).replace('torch.', '')}"
           + (f", {torch.get_num_threads()} thread{'s' if torch.get_num_threads() > 1 else ''}"
              if device.type == "cpu" else ""))
+    print(f"fast paths: {settings.get('fast_paths', 'none')}")
     print(f"stitched:  {_describe_run(result.stitched)}")
     if result.baseline is not None:
         print(f"{result.baseline.model_names[-1]} alone: {_describe_run(result.baseline)}")

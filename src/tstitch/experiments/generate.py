@@ -16,6 +16,7 @@ timing both; :func:`save_images` writes the images as PNG files.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import logging
 import math
@@ -28,6 +29,7 @@ from typing import Any
 import torch
 
 from ..models.families import denoiser_of, official_sampler
+from ..models.fastpaths import FastPaths
 from ..models.loaded import MODES, OFFICIAL_MODES, ClassConditionalModels, LoadedModels, Mode, StitchedPipeline
 from ..plan import Plan
 from ..sampling import make_scheduler, sample, scheduler_name
@@ -76,6 +78,9 @@ class SampleOptions:
     size: int | None = None
     progress: bool = True
     warmup: bool = True
+    #: Speed options for the denoisers of class-conditional models in the bare loop (None: none); applied
+    #: to the loaded models in place. The published sampler (``mode="official"``) and pipelines run without.
+    fast: FastPaths | None = None
 
 
 @dataclass
@@ -262,7 +267,7 @@ def _class_run(
     count, batch_size = settings["num_images"], settings["batch_size"]
     noise, generator = _initial_noise(settings["seed"], (count, *loaded.latent_shape))
     labels = torch.tensor(settings["class_labels"], dtype=torch.long)
-    dtype = loaded.large.dtype
+    dtype = getattr(torch, settings["latent_dtype"]) if settings.get("latent_dtype") else loaded.large.dtype
     latents, model_seconds, per_step = [], [0.0] * k, []
     with Stopwatch(device) as watch:
         for begin in range(0, count, batch_size):
@@ -363,9 +368,11 @@ def _warmup(loaded: LoadedModels, settings: dict[str, Any]) -> None:
     """One short run in which every model takes one step: one-off costs stay out of the timings."""
     k = len(loaded.names)
     full = warmup_fractions(k)
-    quick = {**settings, "num_steps": max(k, 2), "num_images": 1, "batch_size": 1}
+    # With fast paths (compiled for, and graphs captured at, one batch shape) the warm-up runs a whole batch.
+    n = settings["batch_size"] if settings.get("fast_paths", "none") != "none" else 1
+    quick = {**settings, "num_steps": max(k, 2), "num_images": n, "batch_size": n}
     if isinstance(loaded, ClassConditionalModels):
-        quick["class_labels"] = settings["class_labels"][:1]
+        quick["class_labels"] = settings["class_labels"][:n]
         warm_up(lambda: _class_run(loaded, quick, full, "warm-up", progress=False), loaded.device)
     else:
         quick["prompts"] = settings["prompts"][:1]
@@ -384,12 +391,21 @@ def generate(loaded: LoadedModels, options: SampleOptions | None = None, *, comp
     options = options or SampleOptions()
     settings = _resolve(loaded, options)
     full = tuple(settings["fractions"])
-    if options.warmup:
-        _warmup(loaded, settings)
-    stitched = _run(loaded, settings, full, "stitched", options.progress)
-    baseline = None
-    if compare:
-        baseline = _run(loaded, settings, (1.0,), f"{loaded.names[-1]} alone", options.progress)
+    fast = options.fast if options.fast is not None and options.fast.enabled else None
+    if fast is not None and (not isinstance(loaded, ClassConditionalModels) or settings["mode"] == "official"):
+        logger.info("fast paths apply to class-conditional models in the bare loop; running without them")
+        fast = None
+    if fast is not None:
+        fast.apply(loaded.models)
+        settings["latent_dtype"] = str(fast.input_dtype(loaded.large.dtype)).replace("torch.", "")
+    settings["fast_paths"] = str(fast) if fast is not None else "none"
+    with fast.context() if fast is not None else contextlib.nullcontext():
+        if options.warmup:
+            _warmup(loaded, settings)
+        stitched = _run(loaded, settings, full, "stitched", options.progress)
+        baseline = None
+        if compare:
+            baseline = _run(loaded, settings, (1.0,), f"{loaded.names[-1]} alone", options.progress)
     if compare and isinstance(loaded, StitchedPipeline):  # leave the pipeline stitched as asked
         stitch(loaded.pipe, loaded.small_models, list(full[:-1]))
     return GenerateResult(stitched, baseline, settings)

@@ -64,6 +64,9 @@ def _model_device(model: Any) -> torch.device | None:
 
 
 def _model_dtype(model: Any) -> torch.dtype | None:
+    """The dtype the model's inputs must have (None: any; a fast-path forward that casts its inputs)."""
+    if getattr(getattr(model, "__dict__", {}).get("forward"), "casts_io", False):
+        return None
     dtype = getattr(model, "dtype", None)
     if isinstance(dtype, torch.dtype):
         return dtype
