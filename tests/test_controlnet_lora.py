@@ -37,8 +37,8 @@ from tiny_models import (
 )
 
 import tstitch
-from tstitch.experiments.generate import check_controlnet_layout
-from tstitch.models.presets import load_models
+from tstitch.models.loaded import check_controlnet_layout
+from tstitch.models.loading import load_models
 from tstitch.stitcher import suspended
 
 peft = pytest.importorskip("peft")
