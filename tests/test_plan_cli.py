@@ -1,0 +1,66 @@
+# Copyright 2026 The tstitch authors. Licensed under the Apache License, Version 2.0.
+"""``--plan FILE``: a saved :class:`tstitch.plan.Plan` (``tstitch tune``'s plan.json) in ``tstitch sample``,
+``tstitch evaluate`` and ``tstitch bench``, in-process, with the embedded digits family."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tstitch import Plan, cli, save_plan
+
+
+def test_sample_plan_prefix_equals_fraction_and_any_order_runs(tmp_path, capsys):
+    # a prefix plan gives the same images as the fraction that means it
+    plan_path = save_plan(Plan.from_segments([(0, 1), (1, 3)], names=["S", "XL"]), tmp_path / "prefix.json")
+    common = ["--preset", "digits", "--num-images", "3", "--no-progress", "--no-warmup"]
+    assert cli.main(["sample", *common, "--plan", str(plan_path), "--out", str(tmp_path / "a")]) == 0
+    assert cli.main(["sample", *common, "--fraction", "0.25", "--steps", "4", "--out", str(tmp_path / "b")]) == 0
+    capsys.readouterr()
+    for name in ("sample-000.png", "sample-001.png", "sample-002.png"):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+    a = json.loads((tmp_path / "a" / "summary.json").read_text())
+    assert a["stitched"]["model_per_step"] == [0, 1, 1, 1] and a["stitched"]["plan"] == "S1 > XL3"
+    assert a["settings"]["plan"] == Plan.from_segments([(0, 1), (1, 3)], names=["S", "XL"]).to_dict()
+
+    # a per-step plan of three models in any order, from a tune folder: run step by step, printed
+    tuned = tmp_path / "tuned"
+    tuned.mkdir()
+    save_plan(Plan.parse("S2 > XL1 > B1 > S1", ["S", "B", "XL"]), tuned / "plan.json")
+    assert cli.main(["sample", "--preset", "digits-s-b-xl", "--plan", str(tuned), "--num-images", "2",
+                     "--no-progress", "--compare", "--out", str(tmp_path / "c")]) == 0
+    printed = capsys.readouterr().out
+    assert "preset 'digits-s-b-xl': plan S2 > XL1 > B1 > S1 (digits-s 0.6, digits-b 0.2, digits-xl 0.2 of the steps)" \
+        in printed
+    assert "ddim 5 steps" in printed and "stitched:  digits-s 3 steps + digits-b 1 steps + digits-xl 1 steps" in printed
+    c = json.loads((tmp_path / "c" / "summary.json").read_text())
+    assert c["stitched"]["model_per_step"] == [0, 0, 2, 1, 0] and c["baseline"]["plan"] is None
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    (["--steps", "6"], "the plan S2 > XL3 gives the model of 5 steps, but the run has 6 steps (--steps)"),
+    (["--fraction", "0.3"], "argument --fraction: not allowed with argument --plan"),
+    (["--mode", "official"], "a per-step plan (S2 > XL3) runs in the bare loop"),
+])
+def test_sample_plan_refusals(tmp_path, capsys, extra, message):
+    plan_path = save_plan(Plan.parse("S2 > XL3", ["S", "XL"]), tmp_path / "plan.json")
+    assert cli.main(["sample", "--preset", "digits", "--plan", str(plan_path), *extra,
+                     "--out", str(tmp_path / "out")]) == 2
+    assert message in capsys.readouterr().err
+    assert not list((tmp_path / "out").glob("*"))  # refused before sampling
+
+
+def test_sample_plan_file_refusals(tmp_path, capsys):
+    three = save_plan(Plan.parse("S2 > B1 > XL3", ["S", "B", "XL"]), tmp_path / "three.json")
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"version": 1, "num_models": 2, "sequence": [0, 3]}')
+    cases = [
+        (three, "the plan S2 > B1 > XL3 is for 3 models, but there are 2 (digits-s, digits-xl)"),
+        (bad, "argument --plan: not a tstitch plan: " + str(bad) + ": sequence[1] is 3, not a model index"),
+        (tmp_path, f"argument --plan: {tmp_path} is a folder without plan.json"),
+        (tmp_path / "none.json", f"argument --plan: {tmp_path / 'none.json'} does not exist"),
+    ]
+    for path, message in cases:
+        assert cli.main(["sample", "--preset", "digits", "--plan", str(path), "--out", str(tmp_path / "o")]) == 2
+        assert message in capsys.readouterr().err
