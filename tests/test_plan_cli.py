@@ -64,3 +64,22 @@ def test_sample_plan_file_refusals(tmp_path, capsys):
     for path, message in cases:
         assert cli.main(["sample", "--preset", "digits", "--plan", str(path), "--out", str(tmp_path / "o")]) == 2
         assert message in capsys.readouterr().err
+
+
+def test_evaluate_plan_one_schedule_and_refusals(tmp_path, capsys):
+    plan_path = save_plan(Plan.parse("S2 > XL2 > S1", ["S", "XL"]), tmp_path / "plan.json")
+    out = tmp_path / "eval"
+    assert cli.main(["evaluate", "--preset", "digits", "--plan", str(plan_path), "--samples", "8",
+                     "--batch-size", "4", "--out", str(out), "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert "diffusers/ddim 5 steps" in printed and "S2 > XL2 > S1" in printed
+    samples = json.loads((out / "plan-S2_XL2_S1" / "samples.json").read_text())
+    assert samples["model_per_step"] == [0, 0, 1, 1, 0] and samples["fractions"] == [0.6]
+    assert Plan.from_dict(samples["plan"]) == Plan.parse("S2 > XL2 > S1", ["S", "XL"])
+    rows = json.loads((out / "results.json").read_text())["rows"]
+    assert [row["schedule"] for row in rows] == ["S2 > XL2 > S1"]
+    for extra, message in [(["--sweep"], "argument --sweep: not allowed with argument --plan"),
+                           (["--steps", "4"], "the plan S2 > XL2 > S1 gives the model of 5 steps, but the run has 4")]:
+        assert cli.main(["evaluate", "--preset", "digits", "--plan", str(plan_path), *extra,
+                         "--out", str(tmp_path / "x")]) == 2
+        assert message in capsys.readouterr().err
