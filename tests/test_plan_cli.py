@@ -83,3 +83,21 @@ def test_evaluate_plan_one_schedule_and_refusals(tmp_path, capsys):
         assert cli.main(["evaluate", "--preset", "digits", "--plan", str(plan_path), *extra,
                          "--out", str(tmp_path / "x")]) == 2
         assert message in capsys.readouterr().err
+
+
+def test_bench_plan_overhead_beside_the_prefix_plans(tmp_path, capsys):
+    plan_path = save_plan(Plan.parse("S1 > XL2 > S1", ["S", "XL"]), tmp_path / "plan.json")
+    out = tmp_path / "bench"
+    assert cli.main(["bench", "--cases", "digits", "--plan", str(plan_path), "--reps", "1", "--images", "2",
+                     "--threads", "1", "--fractions", "0.25", "--no-memory", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    case = json.loads((out / "bench.json").read_text())["cases"][0]
+    plan = case["plan"]
+    assert case["num_steps"] == 4 and plan["sequence"] == [0, 1, 1, 0] and plan["small_steps"] == 2
+    assert plan["prefix_fraction"] == 0.5 and [row["fraction"] for row in case["rows"]] == [0, 0.25, 0.5, 1]
+    assert plan["max_abs_diff_vs_plain"] == 0.0 and plan["overhead"]["median"] > 0
+    assert set(case["runs"]) >= {"plain@plan", "stitched@plan", "plain@0.5", "stitched@0.5"}
+    assert "plan S1 > XL2 > S1: " in printed and "the prefix plan with as many small steps, r=0.5: " in printed
+    three = save_plan(Plan.parse("S1 > B1 > XL2", ["S", "B", "XL"]), tmp_path / "three.json")
+    assert cli.main(["bench", "--cases", "digits", "--plan", str(three), "--out", str(tmp_path / "x")]) == 2
+    assert "the plan S1 > B1 > XL2 is for 3 models, but there are 2" in capsys.readouterr().err
