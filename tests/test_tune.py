@@ -11,6 +11,7 @@ import torch
 from diffusers import DDIMScheduler, EulerDiscreteScheduler
 from tiny_models import CallLog, one_thread, tiny_dit  # noqa: F401
 
+from tstitch import Plan, load_plan
 from tstitch.cli import main
 from tstitch.metrics import FeatureFID
 from tstitch.sampling import sample
@@ -18,19 +19,16 @@ from tstitch.stitcher import StitchedDenoiser
 from tstitch.tune import (
     CostModel,
     PairedSignal,
-    SequencePlan,
     Workload,
     greedy_search,
     interval_from_sets,
     measure_step_costs,
     paired_fid_ratio,
-    parse_label,
-    plan_label,
     spearman,
     tune,
 )
 from tstitch.tune.engine import PrefixSampler
-from tstitch.tune.plans import segments, short_names, single_fraction
+from tstitch.tune.plans import as_plan, label, runs, short_names, single_fraction
 from tstitch.tune.search import moves, pareto
 from tstitch.tune.stats import frechet_distance, gaussian_statistics, jackknife_fid_ratio
 from tstitch.tune.verify import meets, verify_plans
@@ -63,26 +61,25 @@ def tiny_workload(with_fid: bool = True) -> Workload:
 # -- plans ---------------------------------------------------------------------------------------------------
 
 
-def test_sequence_plan_interface_and_labels():
-    plan = SequencePlan.from_sequence([0, 0, 1, 2, 2, 1])
-    assert plan.num_models == 3
-    assert plan.assignment(6) == [0, 0, 1, 2, 2, 1]
-    assert [plan.model_index(s, 6) for s in range(6)] == [0, 0, 1, 2, 2, 1]
-    assert plan.steps_per_model(6) == [2, 2, 2]
-    with pytest.raises(ValueError, match="this plan has 6 steps, the run has 5"):
-        plan.assignment(5)
-    with pytest.raises(ValueError, match=r"model indices must be in \[0, 2\)"):
-        SequencePlan.from_sequence([0, 2], num_models=2)
-    assert segments([0, 0, 1, 2, 2, 1]) == [(0, 0, 2), (1, 2, 3), (2, 3, 5), (1, 5, 6)]
+def test_tune_plans_are_core_plans_and_labels_read_back():
     names = short_names(["digits-s", "digits-b", "digits-xl"])
     assert names == ["S", "B", "XL"]
     assert short_names(["a/model", "b/model"]) == ["M0", "M1"]
-    label = plan_label((0,) * 8 + (1,) * 2 + (2,) * 8 + (1,) * 2, names)
-    assert label == "S8 > B2 > XL8 > B2"
-    assert parse_label(label, names) == (0,) * 8 + (1,) * 2 + (2,) * 8 + (1,) * 2
-    assert parse_label("s3>xl2", names) == (0, 0, 0, 2, 2)
+    sequence = (0,) * 8 + (1,) * 2 + (2,) * 8 + (1,) * 2
+    plan = as_plan(sequence, names)
+    assert isinstance(plan, Plan) and plan.sequence == sequence and plan.num_models == 3
+    assert plan.steps_per_model(20) == [8, 4, 8]
+    with pytest.raises(ValueError, match="this plan gives the model of 20 steps, but the run has num_steps=5"):
+        plan.assignment(5)
+    assert label(sequence, names) == str(plan) == "S8 > B2 > XL8 > B2"
+    assert Plan.parse(str(plan), names) == plan
+    assert Plan.parse("s3>xl2", names).sequence == (0, 0, 0, 2, 2)
+    assert Plan.parse("0x2 > 1x1").sequence == (0, 0, 1)
     with pytest.raises(ValueError, match="cannot read segment 'Q2'"):
-        parse_label("S3 > Q2", names)
+        Plan.parse("S3 > Q2", names)
+    with pytest.raises(ValueError, match="sequence\\[1\\] is 2, not a model index"):
+        as_plan([0, 2], ["S", "XL"])
+    assert runs([0, 0, 1, 2, 2, 1]) == [(0, 0, 2), (1, 2, 3), (2, 3, 5), (1, 5, 6)]
     assert single_fraction(2, 5, 0, 2, 3) == (0, 0, 2, 2, 2)
 
 
@@ -95,7 +92,7 @@ def test_prefix_sampler_matches_the_whole_loop_and_reuses_prefixes():
     sampler = PrefixSampler(models, ddim(), noise, labels, batch_size=6)  # one batch, as the whole loop
     plan = (0, 0, 1, 2, 2, 1)
     latents = sampler.run(plan)
-    whole = sample(StitchedDenoiser(models, SequencePlan.from_sequence(plan, 3)), None, ddim(), noise=noise,
+    whole = sample(StitchedDenoiser(models, Plan.from_sequence(plan, 3)), None, ddim(), noise=noise,
                    class_labels=labels, num_inference_steps=6).latents
     assert torch.equal(latents, whole)
     assert sampler.model_steps == [2 * 6, 2 * 6, 2 * 6]
@@ -108,7 +105,7 @@ def test_prefix_sampler_matches_the_whole_loop_and_reuses_prefixes():
         assert torch.equal(sampler.run((0, 0, 1, 2, 2, 2)), other)
         sampler.run((0, 1, 1))  # another step count shares nothing
     assert log.names == ["s", "b", "b"]
-    whole = sample(StitchedDenoiser(models, SequencePlan.from_sequence((0, 0, 1, 2, 2, 2), 3)), None, ddim(),
+    whole = sample(StitchedDenoiser(models, Plan.from_sequence((0, 0, 1, 2, 2, 2), 3)), None, ddim(),
                    noise=noise, class_labels=labels, num_inference_steps=6).latents
     assert torch.equal(other, whole)
 
@@ -202,7 +199,7 @@ def test_greedy_search_descends_from_the_large_model():
     path_costs = [costs.relative(p, 5) for p in result.path]
     assert result.path[0] == (2,) * 5 and path_costs[-1] <= 0.5 < path_costs[-2]
     assert all(b < a for a, b in zip(path_costs, path_costs[1:], strict=False))
-    assert all(len(segments(p)) <= 3 for p in result.path)
+    assert all(len(Plan.from_sequence(p).segments()) <= 3 for p in result.path)
     assert result.baseline == [single_fraction(k, 5, 0, 2, 3) for k in range(6)]
     assert result.row((2,) * 5)["distance"] == 0.0
     assert len({tuple(r["sequence"]) for r in result.scored}) == len(result.scored)
@@ -232,14 +229,19 @@ def test_verify_plans_rows():
 
 def test_tune_writes_outputs_and_never_overwrites(tmp_path):
     work = tiny_workload()
+    # the tiny models' step times are all about 1 ms, below a shared machine's noise: give the cost model
+    costs = CostModel((0.1, 0.3, 1.0), batch_size=4, guidance_scale=1.0, dtype="float32", device="cpu",
+                      repetitions=1)
     result = tune(tmp_path / "run", workload=work, num_steps=4, budget=0.95, search_samples=4, batch_size=4,
-                  min_cost=0.5, verify_samples=4, verify_seed=9, timing_repetitions=1, progress=False)
-    plan = json.loads((tmp_path / "run" / "plan.json").read_text())
+                  min_cost=0.5, verify_samples=4, verify_seed=9, timing_repetitions=1, costs=costs, progress=False)
+    plan = load_plan(tmp_path / "run" / "plan.json", num_steps=4)  # the core's plan format
     frontier = json.loads((tmp_path / "run" / "frontier.json").read_text())
     assert (tmp_path / "run" / "frontier.png").stat().st_size > 0
-    assert plan["predicted_cost"] <= 0.95 and plan == json.loads(json.dumps(result["plan"]))
-    assert tuple(plan["sequence"]) == parse_label(plan["plan"], ["S", "B", "XL"])
-    assert [r["plan"] for r in plan["verification"]["rows"]][0] == "XL4"
+    chosen = frontier["chosen"]
+    assert plan == result["plan"] and plan.names == ("S", "B", "XL") and plan.sequence == tuple(chosen["sequence"])
+    assert str(plan) == chosen["plan"] and Plan.parse(chosen["plan"], plan.names) == plan
+    assert chosen["predicted_cost"] <= 0.95 and chosen == json.loads(json.dumps(result["chosen"]))
+    assert [r["plan"] for r in chosen["verification"]["rows"]][0] == "XL4"
     assert len(frontier["single_fraction"]) == 5 and frontier["search"]["plans_scored"] == len(frontier["scored"])
     with pytest.raises(FileExistsError, match="already holds plan.json, frontier.json, frontier.png"):
         tune(tmp_path / "run", workload=work, num_steps=4, search_samples=4)
@@ -271,7 +273,9 @@ def test_cli_tune_digits_and_refusal(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert code == 0
     assert "chosen: " in printed and f"wrote {out}/plan.json, frontier.json, frontier.png" in printed
-    plan = json.loads((out / "plan.json").read_text())
-    assert plan["models"] == ["digits-s", "digits-xl"] and plan["num_steps"] == 3
+    plan = load_plan(out / "plan.json")
+    assert plan.names == ("S", "XL") and plan.num_steps == 3
+    chosen = json.loads((out / "frontier.json").read_text())["chosen"]
+    assert chosen["models"] == ["digits-s", "digits-xl"] and chosen["plan"] == str(plan)
     assert main(["tune", "--out", str(out)]) == 2
     assert "already holds plan.json, frontier.json, frontier.png" in capsys.readouterr().err

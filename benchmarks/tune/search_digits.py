@@ -31,7 +31,8 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     result = tune(args.out, tolerance=args.tolerance, search_samples=args.samples, progress=False)
     print(json.dumps({k: v for k, v in result["frontier"]["search"].items()}, indent=1))
-    print(result["plan"]["plan"], result["plan"]["predicted_cost"], result["plan"]["estimated_fid_ratio"])
+    chosen = result["chosen"]
+    print(chosen["plan"], chosen["predicted_cost"], chosen["estimated_fid_ratio"])
 
 
 if __name__ == "__main__":

@@ -18,9 +18,10 @@ from pathlib import Path
 
 import torch
 
+from tstitch.plan import Plan
 from tstitch.tune.cost import measure_step_costs
 from tstitch.tune.engine import PrefixSampler
-from tstitch.tune.plans import parse_label, plan_label
+from tstitch.tune.plans import label
 from tstitch.tune.quality import PairedSignal
 from tstitch.tune.stats import paired_fid_ratio, spearman
 from tstitch.tune.workload import digits_workload
@@ -53,7 +54,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     work = digits_workload()
     costs = measure_step_costs(work.models, work.sample_shape, batch_size=500, num_classes=work.num_classes)
-    sequences = [parse_label(p, NAMES) for p in PLANS]
+    sequences = [Plan.parse(p, NAMES).sequence for p in PLANS]
 
     start = time.perf_counter()
     noise, labels = work.start(args.truth_seed, args.truth_samples)
@@ -71,7 +72,7 @@ def main() -> None:
         cheap = signal.score(sequence)
         small = half.score(sequence)
         rows.append({
-            "plan": plan_label(sequence, NAMES), "steps": len(sequence),
+            "plan": label(sequence, NAMES), "steps": len(sequence),
             "predicted_cost": costs.relative(sequence, 20),
             "fid_ratio": estimate.ratio, "fid_ratio_low": estimate.low, "fid_ratio_high": estimate.high,
             "distance": cheap.distance, "small_fid_ratio": cheap.fid_ratio,

@@ -19,8 +19,9 @@ from pathlib import Path
 
 import torch
 
+from tstitch.plan import Plan
 from tstitch.tune.cost import measure_step_costs
-from tstitch.tune.plans import parse_label, plan_label, single_fraction
+from tstitch.tune.plans import label, single_fraction
 from tstitch.tune.verify import meets, sample_features, summarize, time_plans
 from tstitch.tune.workload import digits_workload
 from tstitch.utils import write_json
@@ -56,9 +57,9 @@ def main() -> None:
         search = json.loads(Path(args.search).read_text())
         tuned = [tuple(r["sequence"]) for r in search["verify"]]
         plans += tuned
-    plans += [parse_label(p, names) for p in args.plans]
-    tuned += [parse_label(p, names) for p in args.plans]
-    picked = [parse_label(p, names) for p in args.study_plans]
+    plans += [Plan.parse(p, names).sequence for p in args.plans]
+    tuned += [Plan.parse(p, names).sequence for p in args.plans]
+    picked = [Plan.parse(p, names).sequence for p in args.study_plans]
     plans += picked
     singles = [single_fraction(k, 20, 0, 2, 3) for k in args.singles]
     plans = list(dict.fromkeys(plans + singles))
@@ -66,7 +67,7 @@ def main() -> None:
     cache.mkdir(parents=True, exist_ok=True)
 
     def path_of(sequence: tuple[int, ...]) -> Path:
-        return cache / (plan_label(sequence, names).replace(" > ", "_") + ".pt")
+        return cache / (label(sequence, names).replace(" > ", "_") + ".pt")
 
     missing = [p for p in plans if not path_of(p).exists()]
     sample_features(work, missing, seed=args.seed, num_samples=args.samples,

@@ -8,7 +8,8 @@ A plan is one of two kinds, over ``N`` models numbered by use (smallest first, t
   fractions ``c_0 = 0, c_1, ...``, model ``i`` covers the steps ``[floor(c_i * n + 1e-6), floor(c_{i+1} * n + 1e-6))``,
   so 0.4 of 10 steps is 4 steps and 0.29 of 100 steps is 29 steps.
 * **a per-step sequence**: the model index of every step, for one fixed step count, in any order
-  (``S > XL > B``, large-first, ...). Build it with :meth:`Plan.from_sequence` or :meth:`Plan.from_segments`.
+  (``S > XL > B``, large-first, ...). Build it with :meth:`Plan.from_sequence`, :meth:`Plan.from_segments`
+  or :meth:`Plan.parse` (its text form).
 
 Plans print compactly (``0.4 -> 0.6`` or ``0x8 > 1x12``, ``S8 > XL12`` with names) and are saved as a small
 JSON file (:meth:`Plan.to_json`, :func:`save_plan`, :func:`load_plan`).
@@ -23,6 +24,7 @@ import json
 import math
 import numbers
 import os
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -142,6 +144,27 @@ class Plan:
             _check_count(segment[1], f"segments[{i}] step count", 0)
             sequence += [segment[0]] * int(segment[1])
         return cls.from_sequence(sequence, num_models, names)
+
+    @classmethod
+    def parse(cls, text: str, names: Sequence[str] | None = None) -> Plan:
+        """Per-step plan from its text form: ``S8 > XL12`` with ``names`` (any case), or ``0x8 > 1x12``."""
+        sequence: list[int] = []
+        upper = None if names is None else [n.upper() for n in names]
+        for part in str(text).split(">"):
+            part = part.strip()
+            if upper is None:
+                match = re.fullmatch(r"(\d+)x(\d+)", part)
+                index = None if match is None else int(match.group(1))
+            else:
+                match = re.fullmatch(r"([A-Za-z][A-Za-z0-9]*?)(\d+)", part)
+                index = upper.index(match.group(1).upper()) if match and match.group(1).upper() in upper else None
+            if index is None:
+                models = "model indices" if names is None else ", ".join(names)
+                raise ValueError(f"plan {text!r}: cannot read segment {part!r} (models: {models})")
+            sequence += [index] * int(match.group(2))
+        if not sequence:
+            raise ValueError(f"plan {text!r} has no steps")
+        return cls.from_sequence(sequence, None if names is None else len(names), names)
 
     # -- reading the plan --------------------------------------------------------------------------------
     @property

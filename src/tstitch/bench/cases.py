@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from ..models.dit_layout import dit_config
+from ..plan import Plan
 from ..sampling import num_classes_of, scheduler_factory
 from ..sampling.schedulers import DIT_NOISE_SCHEDULE, SD_NOISE_SCHEDULE
 
@@ -49,6 +50,9 @@ class BenchCase:
     large_name: str = "large"
     description: str = ""
     text_tokens: int = 77
+    #: A per-step plan of the pair (``num_steps`` steps, any order) timed beside the fractions, as
+    #: ``plain@plan`` and ``stitched@plan``; the prefix plan with as many small-model steps is measured too.
+    plan: Plan | None = None
 
     def validate(self) -> None:
         if self.conditioning not in ("class", "text"):
@@ -60,13 +64,27 @@ class BenchCase:
         if self.conditioning == "class" and self.guidance_scale > 1 and num_classes_of(self.large) != 1000:
             raise ValueError(f"case {self.name}: DiTPipeline guides with the null class 1000, but the model has "
                              f"{num_classes_of(self.large)} classes; use guidance_scale 1")
+        if self.plan is not None and (self.plan.num_models != 2 or self.plan.num_steps not in (None, self.num_steps)):
+            raise ValueError(f"case {self.name}: the plan {self.plan} must be a plan of the pair (2 models) for "
+                             f"{self.num_steps} steps, got {self.plan.num_models} models, {self.plan.num_steps} steps")
         if getattr(self.make_scheduler(), "order", 1) != 1:
             raise ValueError(f"case {self.name}: the harness needs a first-order scheduler (one call per step)")
 
     @property
     def all_fractions(self) -> tuple[float, ...]:
         """The measured fractions, always with 0 and 1 (the single-model runs)."""
-        return tuple(sorted({0.0, 1.0, *self.fractions}))
+        return tuple(sorted({0.0, 1.0, *self.fractions, *filter(None, [self.prefix_fraction])}))
+
+    @property
+    def prefix_fraction(self) -> float | None:
+        """The fraction whose prefix plan gives the small model as many steps as :attr:`plan` (or ``None``)."""
+        if self.plan is None:
+            return None
+        small_steps = self.plan.steps_per_model(self.num_steps)[0]
+        for fraction in (round(small_steps / self.num_steps, 6), round((small_steps + 0.5) / self.num_steps, 6)):
+            if Plan.from_small_fractions(fraction).steps_per_model(self.num_steps)[0] == small_steps:
+                return fraction
+        raise AssertionError("unreachable: (k + 0.5) / n always gives k steps")
 
 
 #: Published DiT shapes: (depth, heads, head width); patch 2, 256x256 images (32x32x4 latents), learned sigma.

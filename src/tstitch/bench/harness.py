@@ -51,8 +51,8 @@ from ..sampling.timing import warm_up
 from ..utils import ensure_writable_dir, write_json
 from .cases import BenchCase, build_case
 from .memory import dispatch_overhead, machine_info, measure_memory, weight_bytes
-from .report import TARGETS, case_rows, paired, plot_times, stats, summary_of
-from .runners import ConfigRun, Runner, fraction_of, make_runner
+from .report import TARGETS, case_rows, paired, plan_row, plot_times, stats, summary_of
+from .runners import ConfigRun, Runner, make_runner
 
 logger = logging.getLogger(__name__)
 
@@ -87,7 +87,7 @@ def interleaved(groups: Sequence[Sequence[str]], repetitions: int) -> Iterator[t
 def _check_plan(runner: Runner, config: str, run: ConfigRun, steps: int) -> None:
     if run.per_step is None or "@" not in config:
         return
-    expected = runner.plan(fraction_of(config), steps)
+    expected = runner.plan(runner.schedule(config), steps)
     if run.per_step != expected:
         raise RuntimeError(f"{runner.case.name} {config}: models per step {run.per_step}, the plan says {expected}")
 
@@ -195,6 +195,11 @@ def _case_result(case: BenchCase, runner: Runner, seconds: dict[str, list[float]
         "runs": {config: {"seconds": list(values), **stats(values)} for config, values in seconds.items()},
         "rows": case_rows(case, seconds, diffs),
     }
+    if case.plan is not None:
+        diff = None
+        if "stitched@plan" in first_latents and "plain@plan" in first_latents:
+            diff = float((first_latents["stitched@plan"].float() - first_latents["plain@plan"].float()).abs().max())
+        result["plan"] = plan_row(case, seconds, diff, result["rows"])
     no_tax_base = "pipeline" if "pipeline" in seconds else "plain@0"
     no_tax_stitched = "pipeline-stitched@0" if "pipeline" in seconds else "stitched@0"
     result["no_tax"] = {

@@ -13,7 +13,7 @@ from ..experiments.plots import pyplot, save_figure
 from ..plan import Plan
 from .cases import BenchCase
 
-__all__ = ["TARGETS", "stats", "paired", "case_rows", "summary_of", "format_report", "plot_times"]
+__all__ = ["TARGETS", "stats", "paired", "case_rows", "plan_row", "summary_of", "format_report", "plot_times"]
 
 #: The issue's targets: each a ratio measured within one run of the harness.
 TARGETS = {"overhead_max": 1.01, "linearity_min": 0.98, "linearity_max": 1.02, "no_tax_max": 1.01}
@@ -61,6 +61,26 @@ def case_rows(case: BenchCase, seconds: dict[str, list[float]], diffs: dict[floa
         })
     return rows
 
+
+
+def plan_row(case: BenchCase, seconds: dict[str, list[float]], diff: float | None,
+             rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The case's per-step plan: its overhead over the plain loop beside the prefix plan's with as many
+    small-model steps (the same work), and its speed-up over the large model alone."""
+    stitched, plain = seconds["stitched@plan"], seconds["plain@plan"]
+    prefix = next(row for row in rows if row["fraction"] == case.prefix_fraction)
+    return {
+        "plan": str(case.plan if case.plan.names else Plan.from_sequence(case.plan.sequence, 2, ["S", "L"])),
+        "sequence": list(case.plan.assignment(case.num_steps)),
+        "small_steps": case.plan.steps_per_model(case.num_steps)[0],
+        "seconds_per_image": statistics.median(stitched) / case.num_images,
+        "plain_seconds_per_image": statistics.median(plain) / case.num_images,
+        "overhead": paired(stitched, plain),
+        "prefix_fraction": case.prefix_fraction,
+        "prefix_overhead": prefix["overhead"],
+        "speedup": paired(seconds["plain@0"], stitched),
+        "max_abs_diff_vs_plain": diff,
+    }
 
 
 def summary_of(cases: Sequence[dict[str, Any]]) -> dict[str, Any]:
@@ -119,6 +139,13 @@ def format_report(results: dict[str, Any]) -> str:
                 f"{1000 * row['ideal_seconds_per_image']:>10.2f} {_ratio(row['overhead']):>21} "
                 f"{_ratio(row['linearity']):>21} {_ratio(row['speedup']):>21} {row['ideal_speedup']:>5.2f}x"
             )
+        if "plan" in case:
+            plan = case["plan"]
+            lines.append(f"  plan {plan['plan']}: {1000 * plan['seconds_per_image']:.2f} ms/img, overhead "
+                         f"{_ratio(plan['overhead'])} (the prefix plan with as many small steps, "
+                         f"r={plan['prefix_fraction']:g}: {_ratio(plan['prefix_overhead'])}), speed-up "
+                         f"{_ratio(plan['speedup'])}, max |difference| vs plain loop "
+                         f"{plan['max_abs_diff_vs_plain']:.3g}")
         no_tax = case["no_tax"]
         lines.append(f"  no tax: stitched at r=0 / {no_tax['baseline']}: {_ratio(no_tax['ratio'])}")
         diffs = [row["max_abs_diff_vs_plain"] for row in case["rows"] if row["max_abs_diff_vs_plain"] is not None]

@@ -106,13 +106,24 @@ class Runner:
         self.models = [case.small, case.large]
         self.offload_fraction = offload_fraction
 
-    def plan(self, fraction: float, num_steps: int) -> list[int]:
+    def plan(self, fraction: float | Plan, num_steps: int) -> list[int]:
+        """The model of every step at a fraction of the small model, or of the case's per-step plan."""
+        if isinstance(fraction, Plan):
+            return fraction.assignment(num_steps)
         return Plan.from_small_fractions(fraction).assignment(num_steps)
+
+    def schedule(self, config: str) -> float | Plan | None:
+        """The fraction of a configuration such as ``stitched@0.4``, the case's plan for ``stitched@plan``."""
+        if "@" not in config:
+            return None
+        return self.case.plan if config.endswith("@plan") else fraction_of(config)
 
     def groups(self) -> list[list[str]]:
         """The configurations, in groups whose members are compared with each other and so run back to
         back: ``plain@r`` with ``stitched@r`` (and ``offload@r``), the pipeline pair."""
         groups = [[f"plain@{r:g}", f"stitched@{r:g}"] for r in self.case.all_fractions]
+        if self.case.plan is not None:
+            groups.append(["plain@plan", "stitched@plan"])
         if self.pipeline_configs():
             groups.append(self.pipeline_configs())
         if self.offload_fraction is not None:
@@ -136,8 +147,8 @@ class Runner:
 
     def run(self, config: str, num_steps: int | None = None) -> ConfigRun:
         steps = num_steps or self.case.num_steps
-        kind, fraction = config.split("@")[0], fraction_of(config) if "@" in config else None
-        return getattr(self, f"_run_{kind.replace('-', '_')}")(fraction, steps)
+        kind = config.split("@")[0]
+        return getattr(self, f"_run_{kind.replace('-', '_')}")(self.schedule(config), steps)
 
 
 class ClassRunner(Runner):
@@ -177,7 +188,8 @@ class ClassRunner(Runner):
 
     def _run_stitched(self, fraction: float, steps: int) -> ConfigRun:
         latents, seconds, per_step = sample_batches(
-            self.models, [fraction], self.case.make_scheduler, self.noise, self.labels, num_steps=steps,
+            self.models, fraction if isinstance(fraction, Plan) else [fraction], self.case.make_scheduler, self.noise,
+            self.labels, num_steps=steps,
             guidance_scale=self.case.guidance_scale, batch_size=self.case.num_images,
         )
         return ConfigRun(seconds, latents, per_step)
@@ -257,7 +269,7 @@ class TextRunner(Runner):
         return ConfigRun(seconds, latents, plan)
 
     def _run_stitched(self, fraction: float, steps: int) -> ConfigRun:
-        pipe = self._pipe(f"stitched@{fraction:g}", fraction)
+        pipe = self._pipe(f"stitched@{fraction}", fraction)
         seconds, latents = self._call(pipe, steps)
         return ConfigRun(seconds, latents, get_record(pipe).model_per_step())
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from .checks import SEED, Unique, add_overwrite, device, integer, one_of, out_folder, real
+from .checks import SEED, Unique, add_overwrite, device, integer, one_of, out_folder, plan_file, real
 
 #: The files the benchmark writes into --out.
 OUTPUTS = ("bench.json", "bench.png")
@@ -44,6 +44,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--images", type=integer(1, 10_000), help="images per run, in [1, 10000] (default: per case)")
     parser.add_argument("--fractions", type=real(0, 1), nargs="+", metavar="R", action=Unique,
                         help="fractions of the small model (default 0 0.2 0.4 0.6 0.8 1; 0 and 1 are always run)")
+    parser.add_argument("--plan", type=plan_file, metavar="FILE",
+                        help="also time this plan of the pair (a plan file, or the folder of `tstitch tune --out`; "
+                        "any order of the two models), its overhead beside the prefix plan's with as many small "
+                        "steps; a per-step plan sets --steps")
     parser.add_argument("--seed", type=SEED, default=0, help="seed of the noise, labels and weights (default: 0)")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory runs")
     fast = parser.add_argument_group("fast paths (none changes which model runs at which step)")
@@ -88,11 +92,17 @@ def run(args: argparse.Namespace) -> int:
         defaults = dict(SUITES["cpu"])
         cases = [(name, dict(defaults.get(name, {}))) for name in args.cases]
     fractions = tuple(args.fractions) if args.fractions else None
+    if args.plan is not None:
+        from ..experiments.sample_plans import check_plan
+
+        check_plan(args.plan, None, args.steps, ["small", "large"])  # every case is a pair
     for _, options in cases:
         for key, value in (("repetitions", args.reps), ("num_steps", args.steps), ("num_images", args.images),
-                           ("fractions", fractions)):
+                           ("fractions", fractions), ("plan", args.plan)):
             if value is not None:
                 options[key] = value
+        if args.plan is not None and args.plan.is_sequence:
+            options["num_steps"] = args.plan.num_steps
 
     settings = BenchSettings(
         seed=args.seed,

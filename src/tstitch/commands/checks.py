@@ -9,9 +9,10 @@ import difflib
 import math
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
 __all__ = ["integer", "real", "text", "SEED", "SEED_MAX", "device", "out_folder", "existing_folder", "existing_file",
-           "existing_path", "unknown_name", "one_of", "Unique", "add_overwrite"]
+           "existing_path", "plan_file", "unknown_name", "one_of", "Unique", "add_overwrite"]
 
 #: Seeds are 63-bit non-negative integers (torch generators take 64 bits; seed + 1 must still fit).
 SEED_MAX = 2**63 - 1
@@ -129,6 +130,23 @@ def existing_path(text: str) -> str:
     if not path.exists():
         raise argparse.ArgumentTypeError(f"{text} does not exist")
     return existing_file(text) if path.is_file() else text
+
+
+def plan_file(text: str) -> Any:
+    """A :class:`tstitch.plan.Plan` read from a JSON file, or from the ``plan.json`` of a folder
+    (``tstitch tune --out``'s)."""
+    from ..plan import load_plan
+
+    path = Path(text)
+    if path.is_dir():
+        path = path / "plan.json"
+        if not path.is_file():
+            raise argparse.ArgumentTypeError(f"{text} is a folder without plan.json; give a plan file")
+    existing_file(str(path))
+    try:
+        return load_plan(path)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(f"not a tstitch plan: {error}") from None
 
 
 def unknown_name(what: str, value: str, known: Iterable[str]) -> str:

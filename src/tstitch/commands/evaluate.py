@@ -22,6 +22,7 @@ from .checks import (
     integer,
     one_of,
     out_folder,
+    plan_file,
     real,
 )
 
@@ -64,6 +65,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     choice = what.add_mutually_exclusive_group()
     choice.add_argument("--fractions", type=real(0, 1), nargs="+", metavar="F",
                         help="one schedule: the share of each small model, smallest first (default: the preset's)")
+    choice.add_argument("--plan", type=plan_file, metavar="FILE",
+                        help="one schedule given as a plan file (tstitch.save_plan's JSON, or the folder of "
+                        "`tstitch tune --out`); a per-step plan sets --steps")
     choice.add_argument("--sweep", action="store_true",
                         help="every fraction 0, 0.1, ..., 1 (two models) or every allocation (three models)")
     what.add_argument("--sweep-step", type=real(0, 0.5, low_open=True),
@@ -143,6 +147,7 @@ def run(args: argparse.Namespace) -> int:
     config = EvaluateConfig(
         out_dir=args.out, preset=args.preset, models=tuple(args.models), vae=args.vae,
         checkpoint_dir=args.checkpoint_dir, fractions=tuple(args.fractions) if args.fractions else None,
+        plan=args.plan,
         sweep=args.sweep, sweep_step=args.sweep_step or 0.1, num_samples=args.num_samples,
         num_steps=args.num_steps, guidance_scale=args.guidance_scale, mode=args.mode, scheduler=args.scheduler,
         batch_size=args.batch_size, seed=args.seed, device=args.device, dtype=args.dtype, png=args.png,

@@ -8,7 +8,7 @@ import importlib.util
 import sys
 from typing import Any
 
-from .checks import SEED, add_overwrite, device, existing_folder, integer, one_of, out_folder, real, text
+from .checks import SEED, add_overwrite, device, existing_folder, integer, one_of, out_folder, plan_file, real, text
 
 #: Models with fewer parameters than this run on one CPU thread unless --threads says otherwise.
 TINY = 10_000_000
@@ -31,6 +31,10 @@ examples:
 
   # your own checkpoints, smallest first (official .pt/.safetensors files, diffusers folders, hub ids)
   tstitch sample --model my/dit_s.pt --model facebook/DiT-XL-2-256 --fraction 0.3 --steps 50
+
+  # the per-step plan found by `tstitch tune` (S8 > XL11 > S1: the small model also takes the last step)
+  tstitch tune --out runs/tune --models digits-s digits-b digits-xl
+  tstitch sample --preset digits-s-b-xl --plan runs/tune/plan.json --compare
 
   # what the presets hold
   tstitch sample --list-presets
@@ -79,6 +83,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                           help="share of the steps run by the small model, two models (default: the preset's, 0.4)")
     fraction.add_argument("--fractions", type=real(0, 1), nargs="+", metavar="R",
                           help="shares of the small models, smallest first, for three or more models")
+    fraction.add_argument("--plan", type=plan_file, metavar="FILE",
+                          help="a plan file (tstitch.save_plan's JSON, or the folder of `tstitch tune --out`): which "
+                          "model runs each step; its models must be the run's, and a per-step plan's step count "
+                          "the run's --steps (default: the plan's)")
     schedule.add_argument("--steps", type=integer(1, 1000),
                           help="sampling steps, in [1, 1000] (default: the preset's; DiT 100, digits 25, "
                           "Stable Diffusion the pipeline's 50)")
@@ -159,6 +167,10 @@ def _check_args(args: argparse.Namespace) -> None:
         raise ValueError("give --class-labels (class-conditional models) or --prompt (text-to-image), not both")
     if args.fractions and sum(args.fractions) > 1.0 + 1e-6:
         raise ValueError(f"--fractions sum to {sum(args.fractions):g}, more than 1")
+    if args.plan is not None:
+        from ..experiments.sample_plans import check_plan
+
+        check_plan(args.plan, None, args.steps)  # the step count now; the model count once they are loaded
     if args.negative_prompt is not None and not args.prompt:
         raise ValueError("--negative-prompt applies with --prompt (text-to-image pipelines)")
     if args.size is not None and args.size % 8:
@@ -236,7 +248,7 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(threads)
     fractions = [args.fraction] if args.fraction is not None else args.fractions
     options = SampleOptions(
-        fractions=fractions, num_steps=args.steps, scheduler=args.scheduler, mode=args.mode,
+        fractions=fractions, plan=args.plan, num_steps=args.steps, scheduler=args.scheduler, mode=args.mode,
         guidance_scale=args.guidance, class_labels=args.class_labels, prompts=args.prompt,
         negative_prompt=args.negative_prompt, num_images=args.num_images, batch_size=args.batch_size,
         seed=args.seed, size=args.size, progress=not args.no_progress, warmup=not args.no_warmup,
@@ -252,6 +264,8 @@ def run(args: argparse.Namespace) -> int:
 
     settings = result.settings
     shares = ", ".join(f"{n} {f:g}" for n, f in zip(settings["models"], settings["fractions"], strict=True))
+    if result.stitched.plan is not None:
+        shares = f"plan {result.stitched.plan} ({shares} of the steps)"
     guidance = settings["guidance_scale"]
     print(f"{loaded.label}: {shares}")
     print(f"  {settings['scheduler'] or 'pipeline scheduler'} {settings['num_steps']} steps, mode {settings['mode']}, "

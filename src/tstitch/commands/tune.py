@@ -73,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
 
 def format_summary(result: dict) -> str:
     """The chosen plan, the frontier per budget, and the verification, as text."""
-    plan, frontier = result["plan"], result["frontier"]
+    plan, frontier = result["chosen"], result["frontier"]
     search = frontier["search"]
     lines = [f"step cost vs {frontier['models'][-1]}: " + ", ".join(
         f"{name} {ratio:.3f}" for name, ratio in zip(frontier["models"], frontier["cost_model"]["step_ratios"],

@@ -148,7 +148,8 @@ class EvaluationRun:
         defaults = loaded.defaults
         self.num_samples = config.num_samples or (600 if digits else 5000)
         self.batch_size = config.batch_size or (100 if digits else 32)
-        self.num_steps = config.num_steps or defaults.num_steps or 50
+        plan_steps = config.plan.num_steps if config.plan is not None else None
+        self.num_steps = config.num_steps or plan_steps or defaults.num_steps or 50
         guidance = config.guidance_scale if config.guidance_scale is not None else defaults.guidance_scale
         self.guidance = 1.0 if guidance is None else float(guidance)
         self.mode = config.mode or defaults.mode or "diffusers"
@@ -168,7 +169,8 @@ class EvaluationRun:
                              f"schedules, more than {config.max_schedules}; take a larger step, or allow it "
                              "(--many-schedules)")
         self.schedules = build_schedules(loaded.names, fractions=config.fractions, sweep=config.sweep,
-                                         step=config.sweep_step, default_fractions=defaults.fractions)
+                                         step=config.sweep_step, default_fractions=defaults.fractions,
+                                         plan=config.plan)
         self.image_shape = self._image_shape()
         self.num_shards = math.ceil(self.num_samples / self.batch_size)
         self.settings = self._settings()
@@ -181,6 +183,10 @@ class EvaluationRun:
 
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+        plan = self.config.plan
+        if self.mode in OFFICIAL_MODES and plan is not None and plan.is_sequence:
+            raise ValueError(f"a per-step plan ({plan}) runs in the bare loop, not the published DiT sampler "
+                             f"(mode {self.mode!r}): use --mode diffusers")
         if self.mode in OFFICIAL_MODES:
             official_sampler(self.loaded.family, self.mode)  # ValueError for a mode the family has not
             if self.scheduler != "ddim":
@@ -303,7 +309,8 @@ class EvaluationRun:
 
             sampler = official_sampler(loaded.family, self.mode)
             with Stopwatch(self.device) as watch:
-                out = sampler(models, schedule.small_fractions or None, noise=noise, class_labels=labels,
+                out = sampler(models, schedule.plan or schedule.small_fractions or None, noise=noise,
+                              class_labels=labels,
                               num_steps=self.num_steps, sampler="ddim", guidance_scale=self.guidance,
                               generator=torch.Generator(self.device).manual_seed(0))
             seconds, latents, per_step = watch.seconds, out.latents, out.model_per_step
@@ -311,7 +318,7 @@ class EvaluationRun:
             new_scheduler = scheduler_factory(self.scheduler, loaded.scheduler_config,
                                               learned_variance=loaded.learned_variance)
             latents, seconds, per_step = sample_batches(
-                models, schedule.small_fractions, new_scheduler, noise.to(loaded.large.dtype), labels,
+                models, schedule.runs_plan, new_scheduler, noise.to(loaded.large.dtype), labels,
                 num_steps=self.num_steps, guidance_scale=self.guidance, batch_size=len(indices),
                 generators=step_generators(self.config.seed, indices),
             )
@@ -358,6 +365,7 @@ class EvaluationRun:
                 per_step = shard["model_per_step"].tolist()
         write_json(folder / "samples.json", {
             "schedule": schedule.label, "models": list(schedule.models), "fractions": list(schedule.small_fractions),
+            "plan": None if schedule.plan is None else schedule.plan.to_dict(),
             "num_samples": self.num_samples, "sampling_seconds": seconds, "decode_seconds": decode_seconds,
             "model_per_step": per_step, "settings_hash": self.settings_hash,
         })

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import torch
 
+from ..plan import Plan
+
 __all__ = ["EvaluateConfig", "METRICS", "DTYPES", "MAX_SCHEDULES", "schedule_count"]
 
 METRICS = ("auto", "digits", "inception", "none")
@@ -42,6 +44,8 @@ class EvaluateConfig:
     vae: str | None = None
     checkpoint_dir: str | None = None
     fractions: tuple[float, ...] | None = None
+    #: One schedule given as a :class:`~tstitch.plan.Plan` (e.g. ``tstitch tune``'s plan.json) instead of fractions.
+    plan: Plan | None = None
     sweep: bool = False
     sweep_step: float = 0.1
     num_samples: int | None = None
@@ -71,6 +75,12 @@ class EvaluateConfig:
             raise ValueError("give a preset (--preset NAME) or the models, smallest first (--models A B)")
         if self.fractions is not None and self.sweep:
             raise ValueError("give either fractions (one schedule) or a sweep, not both")
+        if self.plan is not None:
+            from .sample_plans import check_plan
+
+            if self.sweep:
+                raise ValueError(f"give either a plan (one schedule) or a sweep, not both (plan {self.plan})")
+            check_plan(self.plan, self.fractions, self.num_steps)
         if (not math.isfinite(self.sweep_step) or not 0 < self.sweep_step <= 0.5
                 or abs(round(1 / self.sweep_step) * self.sweep_step - 1) > 1e-9):
             raise ValueError(f"sweep_step must divide 1 (0.1, 0.125, 0.2, 0.25, 0.5), got {self.sweep_step}")

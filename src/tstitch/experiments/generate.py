@@ -40,6 +40,7 @@ from ..sampling.timing import Stopwatch, warm_up, warmup_fractions
 from ..stitcher import get_record, stitch
 from ..utils import atomic_write, ensure_writable_dir, write_json
 from .plots import plot_grid
+from .sample_plans import check_plan, plan_text, run_plan
 
 logger = logging.getLogger(__name__)
 
@@ -65,6 +66,9 @@ class SampleOptions:
     """
 
     fractions: Sequence[float] | None = None
+    #: A :class:`~tstitch.plan.Plan` instead of ``fractions`` (e.g. a per-step plan from ``tstitch tune``); a
+    #: per-step plan fixes the step count and runs in the bare loop (not the published sampler).
+    plan: Plan | None = None
     num_steps: int | None = None
     scheduler: str | None = None
     mode: Mode | None = None
@@ -95,10 +99,13 @@ class RunResult:
     steps_per_model: list[int]
     model_per_step: list[int]
     model_seconds: list[float]
+    #: The per-step plan's text form (``S8 > XL12``) when the run followed one.
+    plan: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "label": self.label,
+            "plan": self.plan,
             "seconds": self.seconds,
             "models": list(self.model_names),
             "fractions": list(self.fractions),
@@ -162,17 +169,26 @@ def _resolve(loaded: LoadedModels, options: SampleOptions) -> dict[str, Any]:
     """Every setting of the run, defaults filled in and checked; raises ``ValueError`` before any work."""
     defaults = loaded.defaults
     num_models = len(loaded.names)
+    plan = check_plan(options.plan, options.fractions, options.num_steps, loaded.names)
     fractions = tuple(options.fractions) if options.fractions is not None else defaults.fractions
     if num_models == 1:
         fractions = ()
-    full = _full_fractions(fractions, num_models) if num_models > 1 else (1.0,)
+    if plan is not None:
+        full = plan.fractions or tuple(n / plan.num_steps for n in plan.steps_per_model(plan.num_steps))
+    else:
+        full = _full_fractions(fractions, num_models) if num_models > 1 else (1.0,)
     mode = options.mode or defaults.mode
     if mode not in MODES:
         raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+    if plan is not None and plan.is_sequence and mode in OFFICIAL_MODES:
+        raise ValueError(f"a per-step plan ({plan}) runs in the bare loop, not the published DiT sampler "
+                         f"(mode {mode!r}): use --mode diffusers")
     scheduler = options.scheduler or defaults.scheduler
     if scheduler is not None:
         scheduler = scheduler_name(scheduler)
     steps = options.num_steps if options.num_steps is not None else defaults.num_steps
+    if plan is not None and plan.is_sequence:
+        steps = plan.num_steps if options.num_steps is None else steps
     guidance = options.guidance_scale if options.guidance_scale is not None else defaults.guidance_scale
     if options.batch_size is not None and (not isinstance(options.batch_size, numbers.Integral)
                                            or options.batch_size < 1):
@@ -185,7 +201,7 @@ def _resolve(loaded: LoadedModels, options: SampleOptions) -> dict[str, Any]:
 
     settings: dict[str, Any] = {
         "label": loaded.label, "models": list(loaded.names), "fractions": list(full), "mode": mode,
-        "seed": options.seed,
+        "seed": options.seed, "plan": None if plan is None else plan.to_dict(),
     }
     if isinstance(loaded, ClassConditionalModels):
         if options.prompts:
@@ -262,6 +278,7 @@ def _class_run(
     loaded: ClassConditionalModels, settings: dict[str, Any], full: tuple[float, ...], label: str, progress: bool
 ) -> RunResult:
     models = loaded.models if len(full) > 1 else [loaded.large]
+    plan = run_plan(settings) if len(full) > 1 else None
     k = len(models)
     device = loaded.device
     count, batch_size = settings["num_images"], settings["batch_size"]
@@ -275,7 +292,7 @@ def _class_run(
             batch_labels = labels[begin : begin + batch_size].to(device)
             if settings["mode"] in OFFICIAL_MODES:
                 out = official_sampler(loaded.family, settings["mode"])(
-                    models, full if k > 1 else None, noise=batch_noise, class_labels=batch_labels,
+                    models, (plan or full) if k > 1 else None, noise=batch_noise, class_labels=batch_labels,
                     num_steps=settings["num_steps"], sampler=settings["scheduler"],
                     guidance_scale=settings["guidance_scale"], generator=generator, progress=progress,
                 )
@@ -287,7 +304,7 @@ def _class_run(
                     settings["scheduler"], loaded.scheduler_config, learned_variance=loaded.learned_variance
                 )
                 out = sample(
-                    models, list(full[:-1]), scheduler, noise=batch_noise.to(dtype), class_labels=batch_labels,
+                    models, plan or list(full[:-1]), scheduler, noise=batch_noise.to(dtype), class_labels=batch_labels,
                     num_inference_steps=settings["num_steps"], guidance_scale=settings["guidance_scale"],
                     generator=generator, progress=progress,
                 )
@@ -300,7 +317,7 @@ def _class_run(
     elapsed = watch.seconds
     names = loaded.names if k > 1 else [loaded.names[-1]]
     return RunResult(label, images, elapsed, list(names), tuple(full),
-                     [per_step.count(i) for i in range(k)], list(per_step), model_seconds)
+                     [per_step.count(i) for i in range(k)], list(per_step), model_seconds, plan_text(plan, names))
 
 
 def _pipeline_noise_shape(loaded: StitchedPipeline, count: int, size: int | None) -> tuple[int, ...] | None:
@@ -324,7 +341,8 @@ def _pipeline_run(
     pipe = loaded.pipe
     k = loaded.num_models
     alone = len(full) == 1  # the large model alone: every small model gets no step
-    stitch(pipe, loaded.small_models, [0.0] * (k - 1) if alone else list(full[:-1]))
+    plan = None if alone else run_plan(settings)
+    stitch(pipe, loaded.small_models, [0.0] * (k - 1) if alone else (plan or list(full[:-1])))
     if settings["scheduler"] is not None:
         pipe.scheduler = make_scheduler(settings["scheduler"], pipe.scheduler)
     pipe.set_progress_bar_config(disable=not progress, leave=False)
@@ -361,7 +379,8 @@ def _pipeline_run(
     if alone:
         names, model_seconds, per_step = names[-1:], model_seconds[-1:], [0] * len(per_step)
     return RunResult(label, torch.cat(images), elapsed, names, tuple(full),
-                     [per_step.count(i) for i in range(len(names))], list(per_step), model_seconds)
+                     [per_step.count(i) for i in range(len(names))], list(per_step), model_seconds,
+                     plan_text(plan, names))
 
 
 def _warmup(loaded: LoadedModels, settings: dict[str, Any]) -> None:
@@ -370,7 +389,7 @@ def _warmup(loaded: LoadedModels, settings: dict[str, Any]) -> None:
     full = warmup_fractions(k)
     # With fast paths (compiled for, and graphs captured at, one batch shape) the warm-up runs a whole batch.
     n = settings["batch_size"] if settings.get("fast_paths", "none") != "none" else 1
-    quick = {**settings, "num_steps": max(k, 2), "num_images": n, "batch_size": n}
+    quick = {**settings, "num_steps": max(k, 2), "num_images": n, "batch_size": n, "plan": None}
     if isinstance(loaded, ClassConditionalModels):
         quick["class_labels"] = settings["class_labels"][:n]
         warm_up(lambda: _class_run(loaded, quick, full, "warm-up", progress=False), loaded.device)
@@ -407,7 +426,7 @@ def generate(loaded: LoadedModels, options: SampleOptions | None = None, *, comp
         if compare:
             baseline = _run(loaded, settings, (1.0,), f"{loaded.names[-1]} alone", options.progress)
     if compare and isinstance(loaded, StitchedPipeline):  # leave the pipeline stitched as asked
-        stitch(loaded.pipe, loaded.small_models, list(full[:-1]))
+        stitch(loaded.pipe, loaded.small_models, run_plan(settings) or list(full[:-1]))
     return GenerateResult(stitched, baseline, settings)
 
 
@@ -462,6 +481,8 @@ def save_images(result: GenerateResult, out_dir: str | Path) -> list[Path]:
 
 
 def _row_label(run: RunResult) -> str:
+    if run.plan is not None:
+        return run.plan.replace(" > ", "\n")
     if len(run.model_names) == 1 or run.fractions[-1] >= 1.0:
         return f"{run.model_names[-1]} alone"
     return "\n".join(f"{name} {share:g}" for name, share in zip(run.model_names, run.fractions, strict=True))

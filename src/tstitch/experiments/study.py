@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..plan import Plan
 from ..sampling import Guidance, denoise, num_classes_of
 
 __all__ = [
@@ -31,18 +32,39 @@ __all__ = [
 @dataclass(frozen=True)
 class Allocation:
     """One point of a sweep: models by name (smallest first, the large model last) and the shares of the
-    steps of all but the last (``small_fractions``, as :meth:`tstitch.plan.Plan.from_small_fractions`)."""
+    steps of all but the last (``small_fractions``, as :meth:`tstitch.plan.Plan.from_small_fractions`), or a
+    per-step ``plan`` (then ``small_fractions`` are its models' shares of the steps, for sorting and plots)."""
 
     models: tuple[str, ...]
     small_fractions: tuple[float, ...]
+    plan: Plan | None = None
 
     def __post_init__(self) -> None:
         if len(self.small_fractions) != len(self.models) - 1:
             raise ValueError(f"{len(self.models)} models need {len(self.models) - 1} fractions, "
                              f"got {self.small_fractions}")
+        if self.plan is not None and self.plan.num_models != len(self.models):
+            raise ValueError(f"the plan {self.plan} is for {self.plan.num_models} models, but there are "
+                             f"{len(self.models)} ({', '.join(self.models)})")
+
+    @classmethod
+    def from_plan(cls, models: Sequence[str], plan: Plan) -> Allocation:
+        """The schedule of a per-step (or fraction) ``plan`` over ``models``."""
+        if plan.is_sequence:
+            shares = [n / plan.num_steps for n in plan.steps_per_model(plan.num_steps)]
+            return cls(tuple(models), tuple(shares[:-1]), plan)
+        return cls(tuple(models), plan.small_fractions)
+
+    @property
+    def runs_plan(self) -> Plan | list[float]:
+        """What the samplers take: the per-step plan, or the small models' fractions."""
+        return self.plan if self.plan is not None else list(self.small_fractions)
 
     @property
     def label(self) -> str:
+        if self.plan is not None:
+            return str(self.plan if self.plan.names else Plan.from_sequence(self.plan.sequence,
+                                                                              len(self.models), self.models))
         if len(self.models) == 1:
             return f"{self.models[0]} alone"
         shares = [*self.small_fractions, round(1.0 - sum(self.small_fractions), 6)]
@@ -127,10 +149,13 @@ def trajectory_similarity(
 
 
 def build_schedules(names: Sequence[str], *, fractions: Sequence[float] | None, sweep: bool,
-                    step: float = 0.1, default_fractions: Sequence[float] = ()) -> list[Allocation]:
+                    step: float = 0.1, default_fractions: Sequence[float] = (),
+                    plan: Plan | None = None) -> list[Allocation]:
     """The schedules of a run: a sweep (every fraction of two models, every allocation of three, on the
-    ``step`` grid), the given ``fractions``, or ``default_fractions``."""
+    ``step`` grid), the given ``fractions`` or ``plan``, or ``default_fractions``."""
     names = tuple(names)
+    if plan is not None:
+        return [Allocation.from_plan(names, plan)]
     if sweep:
         if len(names) == 2:
             return two_model_sweep(names[0], names[1], step)
@@ -147,7 +172,10 @@ def build_schedules(names: Sequence[str], *, fractions: Sequence[float] | None, 
 
 
 def schedule_slug(schedule: Allocation) -> str:
-    """A folder name for a schedule: every model with its share, e.g. ``digits-s-0.4_digits-xl-0.6``."""
+    """A folder name for a schedule: every model with its share, e.g. ``digits-s-0.4_digits-xl-0.6``; a
+    per-step plan's is its text form, e.g. ``plan-S8_XL11_S1``."""
+    if schedule.plan is not None and schedule.plan.is_sequence:
+        return "plan-" + re.sub(r"[^A-Za-z0-9.+-]+", "_", schedule.label).strip("_")
     shares = [*schedule.small_fractions, round(1.0 - sum(schedule.small_fractions), 6)]
     parts = [f"{re.sub(r'[^A-Za-z0-9.+-]+', '-', name).strip('-') or 'model'}-{share:g}"
              for name, share in zip(schedule.models, shares, strict=True)]

@@ -110,6 +110,8 @@ def build_app(state: ServeState, default: str):
                                     visible=settings["class_conditional"], elem_id="labels")
                 prompt = gr.Textbox(settings["prompt"], label="prompt", visible=not settings["class_conditional"],
                                     elem_id="prompt")
+                plan = gr.Textbox("", label="plan file (optional): a plan.json or a `tstitch tune --out` folder, "
+                                  "sampled as one more run", elem_id="plan")
                 with gr.Row():
                     run_button = gr.Button("Generate", variant="primary", elem_id="generate")
                     cancel_button = gr.Button("Cancel", elem_id="cancel")
@@ -136,14 +138,15 @@ def build_app(state: ServeState, default: str):
                     core.legend(new["names"]))
 
         def on_generate(name, chosen, steps_value, scheduler_value, guidance_value, seed_value, images_value,
-                        labels_value, prompt_value, progress=gr.Progress()):  # noqa: B008 (Gradio's idiom)
+                        labels_value, prompt_value, plan_value=None,
+                        progress=gr.Progress()):  # noqa: B008 (Gradio's idiom)
             try:
                 with state.lock:
                     loaded = state.models(name)
                 request = core.parse_request(
                     name, chosen or [], steps_value, scheduler_value, guidance_value, seed_value, images_value,
                     labels_value, prompt_value, num_models=len(loaded.names),
-                    class_conditional=loaded.kind == "class")
+                    class_conditional=loaded.kind == "class", plan=plan_value)
                 runs_iter = core.run_request(loaded, request, lambda done, total, desc: progress((done, total),
                                                                                                    desc=desc))
                 tiles: list[tuple[Any, str]] = []
@@ -154,7 +157,7 @@ def build_app(state: ServeState, default: str):
                         return
                     for run in runs[len(tiles):]:
                         tiles.append((core.tile(run, loaded.names), core.caption(run)))
-                    done = len(runs) == len(request.allocations) + 1
+                    done = len(runs) == request.num_runs
                     plot, note = _frontier(state, loaded.names, runs) if done else (None, "")
                     yield (list(tiles), core.summary_table(runs, loaded.names), plot, [run.as_dict() for run in runs],
                            note)
@@ -164,7 +167,7 @@ def build_app(state: ServeState, default: str):
         model.change(on_model, model, [fractions, steps, guidance, scheduler, labels, prompt, legend],
                      concurrency_limit=1, concurrency_id="models", api_name="choose_models")
         event = run_button.click(
-            on_generate, [model, fractions, steps, scheduler, guidance, seed, num_images, labels, prompt],
+            on_generate, [model, fractions, steps, scheduler, guidance, seed, num_images, labels, prompt, plan],
             [gallery, table, frontier, records, frontier_note], concurrency_limit=1, concurrency_id="models",
             api_name=GENERATE_API,
         )

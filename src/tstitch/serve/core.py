@@ -21,9 +21,11 @@ from PIL import Image, ImageDraw
 
 # -- the tstitch API this page uses: one place, so that a refactor of the library repoints only these lines --
 from tstitch.experiments.generate import RunResult, SampleOptions, generate
+from tstitch.experiments.sample_plans import check_plan
 from tstitch.models.loaded import LoadedModels
 from tstitch.models.loading import load_models, load_preset
 from tstitch.models.presets import CHECKPOINT_DIR_ENV, DEFAULT_CHECKPOINT_DIRS, PRESETS
+from tstitch.plan import Plan, load_plan
 from tstitch.sampling.schedulers import SCHEDULERS
 
 logger = logging.getLogger(__name__)
@@ -132,6 +134,13 @@ class PageRequest:
     num_images: int
     class_labels: tuple[int, ...] | None = None
     prompt: str | None = None
+    #: A per-step plan (``tstitch tune``'s plan.json), sampled as one more stitched run.
+    plan: Plan | None = None
+
+    @property
+    def num_runs(self) -> int:
+        """The gallery's tiles: the large model alone, each allocation and the plan."""
+        return 1 + len(self.allocations) + (self.plan is not None)
 
 
 def _integer(value: Any, name: str, low: int, high: int | None = None) -> int:
@@ -162,12 +171,16 @@ def parse_allocation(text: str, num_models: int) -> tuple[float, ...]:
 
 def parse_request(model: str, fractions: Sequence[str], steps: Any, scheduler: str | None, guidance: Any,
                   seed: Any, num_images: Any, labels: str | None, prompt: str | None, *, num_models: int,
-                  class_conditional: bool) -> PageRequest:
-    """Check the page's inputs; ``ValueError`` naming the field and the value, before any work."""
-    if not fractions:
-        raise ValueError("choose at least one fraction")
+                  class_conditional: bool, plan: str | None = None) -> PageRequest:
+    """Check the page's inputs; ``ValueError`` naming the field and the value, before any work. ``plan``: a
+    plan file or the folder of ``tstitch tune --out`` (its plan.json), sampled as one more run."""
+    page_plan = load_page_plan(plan, num_models) if plan and str(plan).strip() else None
+    if not fractions and page_plan is None:
+        raise ValueError("choose at least one fraction (or give a plan file)")
     allocations = tuple(dict.fromkeys(parse_allocation(f, num_models) for f in fractions))
     steps = _integer(steps, "steps", 1, 1000)
+    if page_plan is not None:
+        check_plan(page_plan, None, steps, [f"model {i}" for i in range(num_models)])
     try:
         guidance = float(guidance)
     except (TypeError, ValueError):
@@ -186,7 +199,18 @@ def parse_request(model: str, fractions: Sequence[str], steps: Any, scheduler: s
         raise ValueError("give a prompt")
     return PageRequest(model, allocations, steps, scheduler or None, guidance, _integer(seed, "seed", 0),
                        _integer(num_images, "images", 1, MAX_IMAGES), class_labels,
-                       prompt.strip() if prompt and not class_conditional else None)
+                       prompt.strip() if prompt and not class_conditional else None, page_plan)
+
+
+def load_page_plan(path: str, num_models: int) -> Plan:
+    """The plan of a plan file, or of the plan.json in a folder (``tstitch tune --out``), for ``num_models``."""
+    target = Path(str(path).strip()).expanduser()
+    if target.is_dir():
+        target = target / "plan.json"
+    plan = load_plan(target)  # FileNotFoundError / ValueError naming the file
+    if plan.num_models != num_models:
+        raise ValueError(f"plan {plan} ({target}) is for {plan.num_models} models, these are {num_models}")
+    return plan
 
 
 # -- the runs -----------------------------------------------------------------------------------------------
@@ -204,6 +228,8 @@ class PageRun:
     @property
     def label(self) -> str:
         names = self.result.model_names
+        if self.result.plan is not None:
+            return f"plan {self.result.plan}"
         if self.allocation is None:
             return f"{names[-1]} alone"
         return " + ".join(f"{n} {f:g}" for n, f in zip(names, self.result.fractions, strict=True) if f > 0) or names[-1]
@@ -228,20 +254,24 @@ def run_request(loaded: LoadedModels, request: PageRequest,
         prompts=[request.prompt] if request.prompt else None, num_images=request.num_images,
         seed=request.seed, progress=False,
     )
-    total = len(request.allocations) + 1
+    total = request.num_runs
     runs: list[PageRun] = []
-    first = request.allocations[0]
+    # each stitched run: its allocation (None for the plan) and its options
+    jobs = [(a, replace(options, fractions=list(a))) for a in request.allocations]
+    if request.plan is not None:
+        jobs.append((None, replace(options, plan=request.plan)))
+    first_allocation, first = jobs[0]
     if on_progress:
-        on_progress(0, total, f"warm-up, the large model alone, {len(request.allocations)} stitched runs")
+        on_progress(0, total, f"warm-up, the large model alone, {len(jobs)} stitched runs")
     # The first request carries the warm-up and the large model alone (generate's ``compare``).
-    result = generate(loaded, replace(options, fractions=list(first)), compare=True)
+    result = generate(loaded, first, compare=True)
     baseline = PageRun(None, result.baseline, 1.0)
-    runs += [baseline, PageRun(first, result.stitched, result.speedup)]
+    runs += [baseline, PageRun(first_allocation, result.stitched, result.speedup)]
     if on_progress:
         on_progress(2, total, "sampled " + runs[-1].label)
     yield list(runs)
-    for done, allocation in enumerate(request.allocations[1:], start=3):
-        result = generate(loaded, replace(options, fractions=list(allocation), warmup=False))
+    for done, (allocation, job) in enumerate(jobs[1:], start=3):
+        result = generate(loaded, replace(job, warmup=False))
         speedup = baseline.result.seconds / result.stitched.seconds if result.stitched.seconds > 0 else None
         runs.append(PageRun(allocation, result.stitched, speedup))
         if on_progress:
@@ -256,6 +286,9 @@ def caption(run: PageRun) -> str:
     """Short enough for a gallery tile: ``r 0.4: 0.084 s, 1.52x speed-up`` (``r``: the small models' shares),
     or ``digits-xl alone: 0.128 s (reference)``."""
     seconds = f"{run.result.seconds:.3f} s"
+    if run.result.plan is not None:
+        speed = f"{run.speedup:.2f}x speed-up" if run.speedup is not None else "no speed-up"
+        return f"{run.label}: {seconds}, {speed}"
     if run.allocation is None:
         return f"{run.label}: {seconds} (reference)"
     speed = f"{run.speedup:.2f}x speed-up" if run.speedup is not None else "no speed-up"
@@ -314,7 +347,7 @@ def summary_table(runs: Sequence[PageRun], names: Sequence[str]) -> str:
     for run in runs:
         result = run.result
         steps = ", ".join(f"{n} {s}" for n, s in zip(result.model_names, result.steps_per_model, strict=True) if s)
-        speed = "1.00x (reference)" if run.allocation is None else (
+        speed = "1.00x (reference)" if run.allocation is None and run.result.plan is None else (
             f"{run.speedup:.2f}x" if run.speedup is not None else "-")
         sequence = "".join(str(names.index(name)) for name in run.step_models())
         lines.append(f"| {run.label} | {steps} | {result.seconds:.3f} s | {speed} | `{sequence}` |")
@@ -401,12 +434,6 @@ def _small_shares(fractions: Sequence[float], num_models: int) -> Sequence[float
 
 def _same(a: Sequence[float], b: Sequence[float]) -> bool:
     return len(a) == len(b) and all(abs(x - y) < 1e-6 for x, y in zip(a, b, strict=True))
-
-
-# -- per-step plans: MARKED PLACE for `tstitch tune` ----------------------------------------------------------
-# When tstitch.plan loads per-step plans (JSON files from `tstitch tune`, or Plan.from_sequence for a text
-# such as "0,0,0,1,1,..."), they become one more kind of allocation: parse_request takes the file or text and
-# run_request passes the Plan where it passes fractions now. Not wired yet: generate() takes fractions only.
 
 
 # -- the server's state -------------------------------------------------------------------------------------

@@ -11,7 +11,7 @@
 
 from .api import tune
 from .cost import CostModel, measure_step_costs
-from .plans import SequencePlan, parse_label, plan_label
+from .plans import as_plan, label, short_names
 from .quality import PairedSignal
 from .search import SearchResult, greedy_search
 from .stats import RatioEstimate, interval_from_sets, jackknife_fid_ratio, paired_fid_ratio, spearman
@@ -19,7 +19,7 @@ from .verify import verify_plans
 from .workload import Workload, digits_workload
 
 __all__ = [
-    "tune", "CostModel", "measure_step_costs", "SequencePlan", "parse_label", "plan_label", "PairedSignal",
+    "tune", "CostModel", "measure_step_costs", "as_plan", "label", "short_names", "PairedSignal",
     "SearchResult", "greedy_search", "RatioEstimate", "interval_from_sets", "jackknife_fid_ratio", "paired_fid_ratio",
     "spearman",
     "verify_plans", "Workload", "digits_workload",

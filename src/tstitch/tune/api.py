@@ -1,6 +1,6 @@
 # Copyright 2026 The tstitch authors. Licensed under the Apache License, Version 2.0.
 """``tstitch.tune(...)``: measure the cost model, search the plans, pick one, optionally verify it, write
-``plan.json``, ``frontier.json`` and ``frontier.png``."""
+``plan.json`` (a :class:`tstitch.plan.Plan`), ``frontier.json`` and ``frontier.png``."""
 
 from __future__ import annotations
 
@@ -10,9 +10,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ..plan import save_plan
 from ..utils import ensure_writable_dir, write_json
-from .cost import measure_step_costs
+from .cost import CostModel, measure_step_costs
 from .engine import PrefixSampler
+from .plans import as_plan
 from .quality import PairedSignal
 from .search import SearchResult, fit_ratio_curve, greedy_search
 from .verify import meets, verify_plans
@@ -69,6 +71,7 @@ def tune(
     min_cost: float = 0.35,
     timing_repetitions: int = 5,
     rank_by: str = "distance",
+    costs: CostModel | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Find the fastest plan for the target on this machine; see ``docs/tune.md``.
@@ -85,8 +88,11 @@ def tune(
         search_samples, search_seed: the noise the search scores plans on.
         verify_samples, verify_seed: held-out samples to verify the chosen plan on (0: no verification).
         max_segments, min_cost, rank_by: the search's limits and signal (see :func:`greedy_search`).
+        costs: a cost model measured before (default: measured now, ``timing_repetitions`` rounds).
 
-    Returns the contents of ``plan.json`` and ``frontier.json``.
+    Returns ``{"plan": Plan, "chosen": ..., "frontier": ...}``: the chosen :class:`~tstitch.plan.Plan` (saved
+    as ``plan.json`` in the core's plan format, read it with :func:`tstitch.load_plan`), its figures (predicted
+    cost, estimated FID ratio, verification; also ``frontier.json["chosen"]``) and ``frontier.json``.
     """
     if budget is not None and tolerance is not None:
         raise ValueError(f"give budget or tolerance, not both (got budget={budget}, tolerance={tolerance})")
@@ -112,7 +118,7 @@ def tune(
         tolerance, budget = (1.05, None) if has_fid else (None, 0.6)
 
     started, started_cpu = time.perf_counter(), time.process_time()
-    costs = measure_step_costs(workload.models, workload.sample_shape, batch_size=batch_size,
+    costs = costs or measure_step_costs(workload.models, workload.sample_shape, batch_size=batch_size,
                                num_classes=workload.num_classes, guidance_scale=guidance_scale,
                                repetitions=timing_repetitions, device=workload.device, progress=progress)
     noise, labels = workload.start(search_seed, search_samples)
@@ -148,7 +154,8 @@ def tune(
             if tolerance is not None and "fid_ratio" in row:
                 row["meets_tolerance"] = meets(row, tolerance)
 
-    plan = {
+    plan = as_plan(chosen["sequence"], workload.short)
+    details = {
         "plan": chosen["plan"], "sequence": chosen["sequence"], "num_steps": len(chosen["sequence"]),
         "models": list(workload.names), "target": {"budget": budget, "tolerance": tolerance},
         "predicted_cost": chosen["predicted_cost"], "predicted_speedup": 1 / chosen["predicted_cost"],
@@ -156,6 +163,7 @@ def tune(
         "verification": verification,
     }
     frontier = {
+        "chosen": details,
         "models": list(workload.names), "num_steps": num_steps, "reference": f"{workload.names[-1]} alone",
         "cost_model": costs.as_dict(),
         "search": {"samples": search_samples, "seed": search_seed, "seconds": search_seconds,
@@ -171,17 +179,17 @@ def tune(
         "path": [result.row(s)["plan"] for s in result.path],
         "scored": result.scored,
     }
-    write_json(out / "plan.json", plan)
+    save_plan(plan, out / "plan.json")
     write_json(out / "frontier.json", frontier)
     plot_frontier(frontier, out / "frontier.png")
-    return {"plan": plan, "frontier": frontier}
+    return {"plan": plan, "chosen": details, "frontier": frontier}
 
 
 def plot_frontier(frontier: dict[str, Any], path: Path) -> Path:
     """Every scored plan, the searched frontier and the single-fraction frontier: signal against cost."""
-    from ..study import _pyplot, _save
+    from ..experiments.plots import pyplot, save_figure
 
-    plt = _pyplot()
+    plt = pyplot()
     key = "estimated_fid_ratio" if frontier["search"]["fid_curve"] else "distance"
     fig, ax = plt.subplots(figsize=(7, 4.5))
     scored = frontier["scored"]
@@ -198,4 +206,4 @@ def plot_frontier(frontier: dict[str, Any], path: Path) -> Path:
     ax.set_title(f"tstitch tune: {' / '.join(frontier['models'])}, {frontier['num_steps']} steps")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    return _save(fig, path)
+    return save_figure(fig, path)

@@ -19,7 +19,6 @@ from diffusers import DDIMScheduler
 from torch import nn
 
 from ..sampling import sample
-from .plans import segments
 
 logger = logging.getLogger(__name__)
 
@@ -114,8 +113,7 @@ class PrefixSampler:
             if cached is not None:
                 latents, done = cached, length
                 break
-        for model_index, start, stop in segments(sequence):
-            for step in range(max(start, done), stop):
-                latents = self.run_segment(model_index, step, step + 1, num_steps, latents)
-                self._store(num_steps, sequence[:step + 1], latents)
+        for step in range(done, num_steps):
+            latents = self.run_segment(sequence[step], step, step + 1, num_steps, latents)
+            self._store(num_steps, sequence[:step + 1], latents)
         return latents

@@ -24,7 +24,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from .cost import CostModel
-from .plans import plan_label, segments, single_fraction
+from .plans import label, runs, single_fraction
 from .quality import PairedSignal, PlanScore
 
 logger = logging.getLogger(__name__)
@@ -76,13 +76,13 @@ def pareto(rows: Sequence[dict[str, Any]], x: str = "predicted_cost", y: str = "
 def moves(sequence: tuple[int, ...], step_costs: Sequence[float], max_segments: int) -> list[tuple[int, ...]]:
     """Plans that give one boundary step of a segment to a cheaper model, with at most ``max_segments``."""
     found: dict[tuple[int, ...], None] = {}
-    for model, start, stop in segments(sequence):
+    for model, start, stop in runs(sequence):
         for position in sorted({start, stop - 1}):
             for cheaper in range(len(step_costs)):
                 if step_costs[cheaper] >= step_costs[model]:
                     continue
                 candidate = sequence[:position] + (cheaper,) + sequence[position + 1:]
-                if len(segments(candidate)) <= max_segments:
+                if len(runs(candidate)) <= max_segments:
                     found[candidate] = None
     return list(found)
 
@@ -126,7 +126,7 @@ def greedy_search(signal: PairedSignal, costs: CostModel, names: Sequence[str], 
         scored = signal.score(sequence)
         if not known:
             result.scored.append({
-                "plan": plan_label(sequence, names), "sequence": list(sequence),
+                "plan": label(sequence, names), "sequence": list(sequence),
                 "predicted_cost": costs.relative(sequence, reference_steps),
                 "distance": scored.distance, "small_fid_ratio": scored.fid_ratio,
             })
@@ -155,7 +155,7 @@ def greedy_search(signal: PairedSignal, costs: CostModel, names: Sequence[str], 
         current_score = score(current)
         result.path.append(current)
         bar.update(round(100 * (1 - costs.relative(current, reference_steps))) - bar.n)
-        logger.debug("took %s (cost %.3f, distance %.4f)", plan_label(current, names),
+        logger.debug("took %s (cost %.3f, distance %.4f)", label(current, names),
                      costs.relative(current, reference_steps), current_score.distance)
     bar.close()
     if baseline:

@@ -29,7 +29,7 @@ from ..sampling import sample
 from ..stitcher import StitchedDenoiser
 from .cost import CostModel
 from .engine import PrefixSampler
-from .plans import SequencePlan, plan_label
+from .plans import as_plan, label
 from .stats import jackknife_fid_ratio, paired_fid_ratio
 from .workload import Workload
 
@@ -79,7 +79,7 @@ def time_plans(workload: Workload, plans: Sequence[Sequence[int]], *, batch_size
     for repetition in range(repetitions):
         shift = repetition % len(order)
         for sequence in order[shift:] + order[:shift]:
-            denoiser = StitchedDenoiser(workload.models, SequencePlan.from_sequence(sequence, len(workload.models)))
+            denoiser = StitchedDenoiser(workload.models, as_plan(sequence, workload.names))
             scheduler = type(workload.scheduler).from_config(workload.scheduler.config)
             _sync(workload.device)
             start = time.perf_counter()
@@ -102,7 +102,7 @@ def summarize(workload: Workload, features: Mapping[Plan, torch.Tensor], seconds
     rows = []
     for sequence, plan_features in features.items():
         row: dict[str, Any] = {
-            "plan": plan_label(sequence, workload.short), "sequence": list(sequence), "steps": len(sequence),
+            "plan": label(sequence, workload.short), "sequence": list(sequence), "steps": len(sequence),
             "num_samples": len(plan_features),
             "distance": float((plan_features - reference_features).norm(dim=1).mean()) / scale,
         }
@@ -138,7 +138,7 @@ def verify_plans(workload: Workload, plans: Sequence[Sequence[int]], *, seed: in
                          seed=seed, guidance_scale=guidance_scale, progress=progress)
     rows = summarize(workload, features, seconds, reference, costs=costs, resamples=resamples, seed=seed)
     return {"seed": seed, "num_samples": num_samples, "batch_size": batch_size,
-            "reference": plan_label(reference, workload.short), "rows": rows}
+            "reference": label(reference, workload.short), "rows": rows}
 
 
 def meets(row: Mapping[str, Any], tolerance: float) -> bool:
