@@ -165,6 +165,31 @@ def test_published_sampler_and_inception_metric_with_random_weights(tmp_path, mo
     assert len(list((tmp_path / "out").glob("reference-inception-*.npz"))) == 1
 
 
+def test_published_sampler_shards_draw_their_own_step_noise(tmp_path, monkeypatch):
+    """The published samplers take one generator per batch (LDM's eta = 1 step noise and random contexts come
+    from it): each shard gets its own stream, derived from the seed and its first sample, the same on a rerun."""
+    import tstitch.models.families as families
+
+    real = families.official_sampler
+    seeds: list[int] = []
+
+    def recording(family: str, mode: str):
+        sampler = real(family, mode)
+
+        def run(*args, generator, **kwargs):
+            seeds.append(generator.initial_seed())
+            return sampler(*args, generator=generator, **kwargs)
+
+        return run
+
+    monkeypatch.setattr(families, "official_sampler", recording)
+    for name in ("a", "b"):
+        run_evaluate(config(tmp_path / name, sweep=False, fractions=(0.5,), num_samples=6, batch_size=3,
+                            num_steps=2, mode="official", metric="none"), progress=False)
+    assert len(seeds) == 4 and len(set(seeds[:2])) == 2  # two shards, two streams
+    assert seeds[:2] == seeds[2:]  # the same on a rerun
+
+
 # -- processes --------------------------------------------------------------------------------------------------
 
 

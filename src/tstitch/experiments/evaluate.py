@@ -58,6 +58,7 @@ from .evaluation_files import (
     remove_temporaries,
     sample_labels,
     sample_noise,
+    sample_seed,
     samples_ok,
     shard_ok,
     shard_path,
@@ -312,7 +313,10 @@ class EvaluationRun:
                 out = sampler(models, schedule.plan or schedule.small_fractions or None, noise=noise,
                               class_labels=labels,
                               num_steps=self.num_steps, sampler="ddim", guidance_scale=self.guidance,
-                              generator=torch.Generator(self.device).manual_seed(0))
+                              # one stream per shard, from the run's seed and the shard's first sample: the
+                              # published samplers draw their step noise (and LDM's random contexts) for the batch
+                              generator=torch.Generator(self.device).manual_seed(
+                                  sample_seed(self.config.seed, indices[0], "official-steps")))
             seconds, latents, per_step = watch.seconds, out.latents, out.model_per_step
         else:
             new_scheduler = scheduler_factory(self.scheduler, loaded.scheduler_config,
