@@ -12,6 +12,7 @@ import time
 import pytest
 import torch
 
+from tstitch.models.presets import CHECKPOINT_DIR_ENV
 from tstitch.plan import Plan
 from tstitch.serve import core
 
@@ -59,7 +60,7 @@ def test_parse_request_refuses_bad_input(changes, message):
 
 
 def test_preset_availability_offline(tmp_path, monkeypatch):
-    monkeypatch.delenv(core.CHECKPOINT_DIR_ENV, raising=False)
+    monkeypatch.delenv(CHECKPOINT_DIR_ENV, raising=False)
     available, missing = core.preset_availability(tmp_path, offline=True)
     assert {"digits", "digits-s-b-xl"} <= set(available)
     assert "dit-s-xl" not in available
@@ -232,7 +233,7 @@ def test_cancel_stops_a_request_between_runs_and_frees_the_models(server):
 def test_command_refuses_a_preset_without_its_weights(capsys, monkeypatch):
     from tstitch.cli import main
 
-    monkeypatch.delenv(core.CHECKPOINT_DIR_ENV, raising=False)
+    monkeypatch.delenv(CHECKPOINT_DIR_ENV, raising=False)
     assert main(["serve", "--preset", "dit-s-xl", "--port", "7860"]) == 2
     error = capsys.readouterr().err
     assert error.startswith("tstitch serve: error: model choice 'dit-s-xl' is not available: DiT-S/2")

@@ -22,9 +22,11 @@ from PIL import Image, ImageDraw
 # -- the tstitch API this page uses: one place, so that a refactor of the library repoints only these lines --
 from tstitch.experiments.generate import RunResult, SampleOptions, generate
 from tstitch.experiments.sample_plans import check_plan
+from tstitch.models.availability import checkpoint_dirs, find_file
+from tstitch.models.hub import hub_cached, offline_mode
 from tstitch.models.loaded import LoadedModels
 from tstitch.models.loading import load_models, load_preset
-from tstitch.models.presets import CHECKPOINT_DIR_ENV, DEFAULT_CHECKPOINT_DIRS, PRESETS
+from tstitch.models.presets import PRESETS
 from tstitch.plan import Plan, load_plan
 from tstitch.sampling.schedulers import SCHEDULERS
 
@@ -69,20 +71,11 @@ def _colour(index: int, num_models: int) -> tuple[int, int, int]:
 # -- which presets can be loaded ----------------------------------------------------------------------------
 
 
-def _hub_cached(repo_id: str) -> bool:
-    from huggingface_hub import snapshot_download
-
-    try:
-        snapshot_download(repo_id, local_files_only=True)
-    except Exception:  # not in the local cache
-        return False
-    return True
-
-
 def _missing_reason(source: Any, dirs: list[Path], offline: bool) -> str | None:
-    if source.zoo or any((folder / name).is_file() for folder in dirs for name in source.files):
+    """A short reason for the page (the loaders' own messages say every way to get the file)."""
+    if source.zoo or find_file(source, dirs) is not None:
         return None
-    if source.hub and (not offline or any(_hub_cached(repo) for repo in source.hub)):
+    if source.hub and (not offline or any(hub_cached(repo) for repo in source.hub)):
         return None
     ways = []
     if source.files:
@@ -100,13 +93,7 @@ def preset_availability(checkpoint_dir: str | os.PathLike | None = None,
     ``$TSTITCH_CHECKPOINT_DIR``, ``./pretrained_models``); hub models count when cached, or when the hub
     may be used (``offline`` ``None`` follows ``HF_HUB_OFFLINE``).
     """
-    if offline is None:
-        from huggingface_hub import constants
-
-        offline = bool(constants.HF_HUB_OFFLINE)
-    dirs = [Path(checkpoint_dir)] if checkpoint_dir else []
-    dirs += [Path(os.environ[CHECKPOINT_DIR_ENV])] if os.environ.get(CHECKPOINT_DIR_ENV) else []
-    dirs += [Path(d) for d in DEFAULT_CHECKPOINT_DIRS]
+    dirs, offline = checkpoint_dirs(checkpoint_dir), offline_mode(offline)
     available, missing = [], {}
     for name, preset in PRESETS.items():
         sources = [*preset.models, *([preset.vae] if preset.vae is not None else [])]
