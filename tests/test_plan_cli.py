@@ -125,7 +125,7 @@ def test_serve_plan_is_one_more_gallery_run(tmp_path):
     assert [run.label for run in list(core.run_request(load_preset("digits", device="cpu"), only))[-1]] == [
         "digits-xl alone", "plan S2 > XL2 > S1"]
     for plan, steps, message in [(tuned, 6, "gives the model of 5 steps, but the run has 6 steps"),
-                                 (tmp_path, 5, "plan file " + str(tmp_path / "plan.json") + " does not exist")]:
+                                 (tmp_path, 5, str(tmp_path) + " is a folder without plan.json; give a plan file")]:
         with pytest.raises((ValueError, FileNotFoundError), match=message):
             core.parse_request(*{**values, "steps": steps}.values(), num_models=2, class_conditional=True,
                                plan=str(plan))

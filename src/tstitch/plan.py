@@ -322,8 +322,13 @@ def save_plan(plan: Plan, path: str | os.PathLike) -> Path:
 
 
 def load_plan(path: str | os.PathLike, num_steps: int | None = None) -> Plan:
-    """Read a plan written by :func:`save_plan` (``num_steps`` also checks a per-step plan's length)."""
+    """Read a plan written by :func:`save_plan` (``num_steps`` also checks a per-step plan's length). A folder
+    means its ``plan.json`` (what ``tstitch tune --out`` writes)."""
     path = Path(path)
+    if path.is_dir():
+        if not (path / "plan.json").is_file():
+            raise FileNotFoundError(f"{path} is a folder without plan.json; give a plan file")
+        path = path / "plan.json"
     if not path.is_file():
         raise FileNotFoundError(f"plan file {path} does not exist")
     try:

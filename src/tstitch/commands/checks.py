@@ -137,14 +137,12 @@ def plan_file(text: str) -> Any:
     (``tstitch tune --out``'s)."""
     from ..plan import load_plan
 
-    path = Path(text)
-    if path.is_dir():
-        path = path / "plan.json"
-        if not path.is_file():
-            raise argparse.ArgumentTypeError(f"{text} is a folder without plan.json; give a plan file")
-    existing_file(str(path))
+    if not Path(text).is_dir():
+        existing_file(text)
     try:
-        return load_plan(path)
+        return load_plan(text)
+    except FileNotFoundError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
     except ValueError as error:
         raise argparse.ArgumentTypeError(f"not a tstitch plan: {error}") from None
 

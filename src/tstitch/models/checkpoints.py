@@ -10,12 +10,8 @@ Accepted sources (see :func:`load_dit`):
 * a Hugging Face hub id (``owner/name``, loaded with diffusers' ``from_pretrained``) or a file in a hub
   repository (``owner/name/path/file.pt``), honouring ``HF_HUB_OFFLINE`` / ``local_files_only``.
 
-The architecture is read from the weight shapes, never from the file name: hidden size and latent channels
-from the patch embedding, patch size from its kernel, depth from the block count, output channels (learned
-sigma) from the final projection, classes from the label table (its last row is the null class), the
-latent size from the stored position embedding. The number of attention heads cannot be seen in the
-weights; it comes from the table of published sizes (hidden 384/768/1024/1152 -> 6/12/16/16 heads) or,
-for other widths, a head width as close to 64 as divides the hidden size (override with
+The architecture is read from the weight shapes, never from the file name
+(:mod:`tstitch.models.dit_layout` says how; the head count comes from the published sizes or
 ``num_attention_heads``).
 
 Two numerical details differ between the official DiT code and diffusers' ``DiTTransformer2DModel``:

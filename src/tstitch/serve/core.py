@@ -192,9 +192,7 @@ def parse_request(model: str, fractions: Sequence[str], steps: Any, scheduler: s
 def load_page_plan(path: str, num_models: int) -> Plan:
     """The plan of a plan file, or of the plan.json in a folder (``tstitch tune --out``), for ``num_models``."""
     target = Path(str(path).strip()).expanduser()
-    if target.is_dir():
-        target = target / "plan.json"
-    plan = load_plan(target)  # FileNotFoundError / ValueError naming the file
+    plan = load_plan(target)  # a file or a tune folder; FileNotFoundError / ValueError naming the file
     if plan.num_models != num_models:
         raise ValueError(f"plan {plan} ({target}) is for {plan.num_models} models, these are {num_models}")
     return plan
