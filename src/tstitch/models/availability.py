@@ -14,7 +14,9 @@ from pathlib import Path
 from .hub import CheckpointNotAvailableError, download_hint, hub_cached, offline_mode
 from .presets import CHECKPOINT_DIR_ENV, DEFAULT_CHECKPOINT_DIRS, ModelSource, get_preset
 
-__all__ = ["checkpoint_dirs", "find_file", "missing_message", "check_available", "check_preset_available"]
+__all__ = [
+    "checkpoint_dirs", "find_file", "is_available", "missing_message", "check_available", "check_preset_available",
+]
 
 
 def checkpoint_dirs(checkpoint_dir: str | os.PathLike | None) -> list[Path]:
@@ -33,6 +35,13 @@ def find_file(source: ModelSource, dirs: list[Path]) -> Path | None:
             if (folder / name).is_file():
                 return folder / name
     return None
+
+
+def is_available(source: ModelSource, dirs: list[Path], offline: bool) -> bool:
+    """Whether ``source`` can be had: embedded, a file in ``dirs``, or a hub model (cached, or the hub is on)."""
+    if source.zoo or find_file(source, dirs) is not None:
+        return True
+    return bool(source.hub) and (not offline or any(hub_cached(h) for h in source.hub))
 
 
 def missing_message(source: ModelSource, dirs: list[Path], offline: bool, position: str) -> str:
@@ -62,13 +71,8 @@ def missing_message(source: ModelSource, dirs: list[Path], offline: bool, positi
 def check_available(sources: Sequence[tuple[ModelSource, str]], dirs: list[Path], offline: bool,
                      what: str) -> None:
     """Raise :class:`CheckpointNotAvailableError` naming every source that cannot be had, before loading."""
-    missing = []
-    for source, position in sources:
-        if source.zoo or find_file(source, dirs) is not None:
-            continue
-        if source.hub and (not offline or any(hub_cached(h) for h in source.hub)):
-            continue
-        missing.append(missing_message(source, dirs, offline, position))
+    missing = [missing_message(source, dirs, offline, position) for source, position in sources
+               if not is_available(source, dirs, offline)]
     if missing:
         raise CheckpointNotAvailableError(f"{what} cannot be loaded:\n  - " + "\n  - ".join(missing))
 

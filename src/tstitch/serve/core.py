@@ -22,8 +22,8 @@ from PIL import Image, ImageDraw
 # -- the tstitch API this page uses: one place, so that a refactor of the library repoints only these lines --
 from tstitch.experiments.generate import RunResult, SampleOptions, generate
 from tstitch.experiments.sample_plans import check_plan
-from tstitch.models.availability import checkpoint_dirs, find_file
-from tstitch.models.hub import hub_cached, offline_mode
+from tstitch.models.availability import checkpoint_dirs, is_available
+from tstitch.models.hub import offline_mode
 from tstitch.models.loaded import LoadedModels
 from tstitch.models.loading import load_models, load_preset
 from tstitch.models.presets import PRESETS
@@ -73,9 +73,7 @@ def _colour(index: int, num_models: int) -> tuple[int, int, int]:
 
 def _missing_reason(source: Any, dirs: list[Path], offline: bool) -> str | None:
     """A short reason for the page (the loaders' own messages say every way to get the file)."""
-    if source.zoo or find_file(source, dirs) is not None:
-        return None
-    if source.hub and (not offline or any(hub_cached(repo) for repo in source.hub)):
+    if is_available(source, dirs, offline):
         return None
     ways = []
     if source.files:
