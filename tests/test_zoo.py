@@ -187,7 +187,8 @@ def test_train_zoo_of_one_member_keeps_the_manifest_true_to_the_folder(tmp_path,
     from tstitch import cli
 
     out = tmp_path / "zoo"
-    assert cli.main(["train-zoo", "--steps", "2", "--out", str(out), "--no-progress"]) == 0
+    assert cli.main(["train-zoo", "--models", "digits-s", "digits-b", "digits-xl", "--steps", "2", "--out", str(out),
+                     "--no-progress"]) == 0
     first = json.loads((out / "manifest.json").read_text())
     capsys.readouterr()
     assert cli.main(["train-zoo", "--models", "digits-s", "--steps", "3", "--seed", "1", "--out", str(out),

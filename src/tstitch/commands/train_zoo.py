@@ -1,5 +1,5 @@
 # Copyright 2026 The tstitch authors. Licensed under the Apache License, Version 2.0.
-"""``tstitch train-zoo``: train the embedded family and the digits classifier from a seed."""
+"""``tstitch train-zoo``: train the embedded family (DiTs and U-Net pair) and the digits classifier from a seed."""
 
 from __future__ import annotations
 
@@ -14,8 +14,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     parser = subparsers.add_parser(
         "train-zoo",
-        help="train the embedded digits family and its classifier (about 90 minutes on a 2-core CPU)",
-        description="Trains digits-s, digits-b, digits-xl (diffusers DiTs) and the digits classifier on "
+        help="train the embedded digits family and its classifier (the DiTs about 90 minutes, the U-Net pair under an "
+        "hour on a 2-core CPU)",
+        description="Trains digits-s, digits-b, digits-xl (diffusers DiTs), the U-Net pair digits-unet-s, "
+        "digits-unet (diffusers UNet2DConditionModel, each with its own class embedder) and the digits classifier on "
         "scikit-learn's 8x8 digits, reproducibly from --seed, and writes float16 safetensors plus "
         "manifest.json. Point TSTITCH_ZOO_DIR (or --weights of other commands) at the folder to use them. "
         "Nothing in --out changes until every model is trained.",

@@ -1,10 +1,12 @@
 # Copyright 2026 The tstitch authors. Licensed under the Apache License, Version 2.0.
-"""The embedded model family: class-conditional DiTs of three sizes trained on the 8x8 digits.
+"""The embedded model family: class-conditional DiTs of three sizes and a U-Net pair, trained on the 8x8 digits.
 
 All three use diffusers' ``DiTTransformer2DModel`` (1 channel, 8x8, patch 2 = 16 tokens, 10 classes plus
 the null class, epsilon prediction, no learned sigma), the same data and the same noise schedule (linear
 betas 1e-4..0.02 over 1,000 steps), so they share one trajectory space. Their compute per step is in the
-ratio 1 : 4 : 18 (layers x width^2), in the spirit of DiT-S / DiT-B / DiT-XL.
+ratio 1 : 4 : 18 (layers x width^2), in the spirit of DiT-S / DiT-B / DiT-XL. The U-Net pair
+``digits-unet-s`` / ``digits-unet`` (:mod:`tstitch.zoo.unet`) mirrors the published LDM-S / LDM pair: each
+embeds the labels into a cross-attention context of its own width (32 and 64), on the same data and schedule.
 
 Weights ship in ``zoo/weights`` as float16 safetensors (loaded as float32) with the model config in the
 file's metadata, so loading needs no network.
@@ -25,10 +27,14 @@ from safetensors.torch import load_file, safe_open, save_file
 from ..utils import atomic_write
 from .classifier import DigitsClassifier
 from .data import IMAGE_SIZE, NUM_CLASSES
+from .unet import UNetSpec, build_unet
 
 __all__ = [
     "FAMILY",
+    "DIGITS_DIT",
+    "DIGITS_UNET",
     "ModelSpec",
+    "UNetSpec",
     "build_model",
     "load_model",
     "load_family",
@@ -73,15 +79,23 @@ class ModelSpec:
         }
 
 
-#: The family, smallest first. The large model trains longer so that it is not the bottleneck.
-FAMILY: dict[str, ModelSpec] = {
+#: The family: the DiTs smallest first (the large one trains longer so that it is not the bottleneck), then
+#: the U-Net pair, small first (both with the same steps).
+FAMILY: dict[str, ModelSpec | UNetSpec] = {
     spec.name: spec
     for spec in (
         ModelSpec("digits-s", num_layers=4, num_attention_heads=2, attention_head_dim=32, train_steps=3000),
         ModelSpec("digits-b", num_layers=4, num_attention_heads=4, attention_head_dim=32, train_steps=3000),
         ModelSpec("digits-xl", num_layers=8, num_attention_heads=4, attention_head_dim=48, train_steps=5000),
+        UNetSpec("digits-unet-s", block_out_channels=(16, 32), layers_per_block=1, cross_attention_dim=32,
+                 attention_heads=(1, 1), norm_num_groups=8, train_steps=1000),
+        UNetSpec("digits-unet", block_out_channels=(48, 96), layers_per_block=1, cross_attention_dim=64,
+                 attention_heads=(2, 3), norm_num_groups=16, train_steps=1000),
     )
 }
+#: The DiT members (the default of :func:`load_family`) and the U-Net pair, smallest first.
+DIGITS_DIT = ("digits-s", "digits-b", "digits-xl")
+DIGITS_UNET = ("digits-unet-s", "digits-unet")
 CLASSIFIER_NAME = "digits-classifier"
 
 
@@ -103,20 +117,20 @@ def weights_dir(path: str | os.PathLike | None = None) -> Path:
     return Path(os.environ.get("TSTITCH_ZOO_DIR", DEFAULT_WEIGHTS_DIR))
 
 
-def _check_name(name: str) -> ModelSpec:
+def _check_name(name: str) -> ModelSpec | UNetSpec:
     if name not in FAMILY:
         raise ValueError(f"unknown embedded model {name!r}; known: {', '.join(FAMILY)}")
     return FAMILY[name]
 
 
 def build_model(name: str, seed: int | None = None):
-    """A freshly initialised member of the family (``DiTTransformer2DModel``)."""
+    """A freshly initialised member of the family (``DiTTransformer2DModel`` or :class:`~.unet.DigitsUNet`)."""
     from diffusers import DiTTransformer2DModel
 
     spec = _check_name(name)
     if seed is not None:
         torch.manual_seed(seed)
-    model = DiTTransformer2DModel(**spec.config())
+    model = build_unet(spec) if isinstance(spec, UNetSpec) else DiTTransformer2DModel(**spec.config())
     model._tstitch_name = name
     return model
 
@@ -166,8 +180,11 @@ def load_family(
     directory: str | os.PathLike | None = None,
     device: str | torch.device = "cpu",
 ) -> dict[str, Any]:
-    """The trained models by name, smallest first (default: the whole family)."""
-    names = list(FAMILY) if names is None else names
+    """The trained models by name, in the order given (default: the DiTs, :data:`DIGITS_DIT`).
+
+    ``load_family(list(DIGITS_UNET))`` gives the U-Net pair.
+    """
+    names = list(DIGITS_DIT) if names is None else list(names)
     for name in names:
         _check_name(name)
     return {name: load_model(name, directory, device) for name in names}

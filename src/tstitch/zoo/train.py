@@ -2,9 +2,10 @@
 """Training of the embedded family and of the digits classifier, reproducible from a seed.
 
 Every model sees the same data (all 1,797 digits, scaled to [-1, 1]) and the same noise schedule
-(:func:`tstitch.zoo.scheduler_config`); the DiT's built-in 10% label dropout trains the null class used by
-classifier-free guidance. Training uses AdamW with warm-up and cosine decay, and keeps an EMA of the
-weights (diffusers' ``EMAModel``); the EMA weights are the ones saved.
+(:func:`tstitch.zoo.scheduler_config`); 10% label dropout to the null class 10 (built into the DiT, done
+here in the loop for the U-Nets) trains the null class used by classifier-free guidance. Training uses
+AdamW with warm-up and cosine decay, and keeps an EMA of the weights (diffusers' ``EMAModel``); the EMA
+weights are the ones saved.
 """
 
 from __future__ import annotations
@@ -23,13 +24,16 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..utils import ensure_writable_dir, write_json
-from . import CLASSIFIER_NAME, FAMILY, build_model, save_weights, scheduler_config
+from . import CLASSIFIER_NAME, FAMILY, UNetSpec, build_model, save_weights, scheduler_config
 from .classifier import DigitsClassifier
 from .data import NUM_CLASSES, load_digits_tensors
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["train_diffusion", "train_classifier", "train_zoo"]
+
+#: Probability that a training label is replaced by the null class (the DiT's own ``class_dropout_prob``).
+LABEL_DROPOUT = 0.1
 
 
 def _lr_lambda(warmup: int, total: int, floor: float = 0.1):
@@ -65,6 +69,7 @@ def train_diffusion(
         raise ValueError(f"steps must be >= 1, got {steps}")
     device = torch.device(device)
     torch.manual_seed(seed)  # initialisation and the DiT's label dropout
+    drop_labels = isinstance(spec, UNetSpec)  # the U-Nets' label dropout is done here
     images, labels = (t.to(device) for t in load_digits_tensors())
     model = build_model(name).to(device).train()
     noise_scheduler = DDPMScheduler(**scheduler_config())
@@ -80,6 +85,9 @@ def train_diffusion(
     for step in bar:
         index = torch.randint(0, len(images), (batch_size,), generator=generator, device=device)
         clean, y = images[index], labels[index]
+        if drop_labels:
+            dropped = torch.rand(batch_size, generator=generator, device=device) < LABEL_DROPOUT
+            y = torch.where(dropped, torch.full_like(y, NUM_CLASSES), y)
         noise = torch.randn(clean.shape, generator=generator, device=device)
         t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (batch_size,), generator=generator,
                           device=device)
