@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from diffusers import DDIMScheduler, UNet2DConditionModel
@@ -10,9 +12,11 @@ from diffusers import DDIMScheduler, UNet2DConditionModel
 import tstitch
 from tstitch import zoo
 from tstitch.compat import check_compatible
+from tstitch.metrics import classifier_accuracy
 from tstitch.sampling.guidance import num_classes_of
 from tstitch.sampling.ldm_official import ClassConditionedUNet
 from tstitch.zoo import DIGITS_DIT, DIGITS_UNET, FAMILY, UNetSpec, build_model, load_family, load_model
+from tstitch.zoo import load_classifier as shipped_classifier
 from tstitch.zoo.train import train_diffusion, train_zoo
 from tstitch.zoo.unet import DigitsUNet, build_unet
 
@@ -130,3 +134,19 @@ def test_missing_corrupted_and_mismatched_unet_weights_are_named(tmp_path):
     with pytest.raises(ValueError, match="do not fit the model"):
         load_model("digits-unet", tmp_path)
     assert isinstance(load_model("digits-unet-s", tmp_path), DigitsUNet)
+
+
+def test_shipped_pair_loads_and_draws_recognisable_digits():
+    manifest = json.loads((zoo.DEFAULT_WEIGHTS_DIR / "manifest.json").read_text())
+    pair = load_family(list(DIGITS_UNET))
+    for name, model in pair.items():
+        info = manifest["models"][name]
+        assert info["steps"] == FAMILY[name].train_steps and info["config"] == FAMILY[name].config()
+        assert info["parameters"] == sum(p.numel() for p in model.parameters())
+        assert isinstance(model, DigitsUNet) and not model.training
+    assert manifest["models"]["digits-unet-s"]["parameters"] * 5 < manifest["models"]["digits-unet"]["parameters"]
+    noise = torch.randn(40, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    labels = torch.arange(40) % 10
+    out = tstitch.sample([pair["digits-unet-s"], pair["digits-unet"]], [0.4], DDIMScheduler(**zoo.scheduler_config()),
+                         noise=noise, class_labels=labels, num_inference_steps=10)
+    assert classifier_accuracy(shipped_classifier(), out.latents.clamp(-1, 1), labels) > 0.9
