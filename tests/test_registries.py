@@ -104,7 +104,7 @@ def test_every_family_loads_calls_and_decodes(name, tmp_path):
 
 
 def test_embedded_models_are_the_digits_family():
-    assert embedded_models() == ["digits-s", "digits-b", "digits-xl"]
+    assert embedded_models() == ["digits-s", "digits-b", "digits-xl", "digits-unet-s", "digits-unet"]
 
 
 # -- PRESETS -------------------------------------------------------------------------------------------------
