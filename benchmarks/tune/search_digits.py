@@ -23,13 +23,15 @@ from tstitch.tune import tune
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--samples", type=int, default=128)
+    parser.add_argument("--search", choices=("segments", "greedy"), default="segments")
     parser.add_argument("--tolerance", type=float, default=1.05)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", default=str(Path(__file__).parent / "digits"))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    result = tune(args.out, tolerance=args.tolerance, search_samples=args.samples, progress=False)
+    result = tune(args.out, tolerance=args.tolerance, search_samples=args.samples, search=args.search,
+                  progress=False)
     print(json.dumps({k: v for k, v in result["frontier"]["search"].items()}, indent=1))
     chosen = result["chosen"]
     print(chosen["plan"], chosen["predicted_cost"], chosen["estimated_fid_ratio"])
