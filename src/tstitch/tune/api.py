@@ -71,6 +71,7 @@ def tune(
     min_cost: float = 0.35,
     max_cost: float = 0.9,
     search: str = "segments",
+    order: Sequence[tuple[int, int]] | None = None,
     timing_repetitions: int = 5,
     rank_by: str | None = None,
     costs: CostModel | None = None,
@@ -92,6 +93,8 @@ def tune(
         search: ``"segments"`` (every plan of one segment order within ``[min_cost, max_cost]``,
             :func:`~tstitch.tune.search.segment_search`) or ``"greedy"`` (cost descent from the large model,
             at most ``max_segments`` runs, down to ``min_cost``: :func:`~tstitch.tune.search.greedy_search`).
+        order: the segment search's order, ``(model index, longest run)`` with one run of ``-1`` (the rest);
+            default :func:`~tstitch.tune.search.default_order`.
         rank_by: the signal plans are ranked by: ``"small_fid_ratio"`` (the paired FID ratio on the search's
             samples; the default when the workload has an FID) or ``"distance"`` (the paired feature distance;
             the default otherwise).
@@ -140,7 +143,8 @@ def tune(
                           reference_steps=num_steps)
     if search == "segments":
         result = segment_search(signal, costs, workload.short, num_steps=num_steps, reference_steps=num_steps,
-                                min_cost=min_cost, max_cost=max_cost, rank_by=rank_by, progress=progress)
+                                order=order, min_cost=min_cost, max_cost=max_cost, rank_by=rank_by,
+                                progress=progress)
     else:
         result = greedy_search(signal, costs, workload.short, num_steps=num_steps, reference_steps=num_steps,
                                max_segments=max_segments, min_cost=min_cost, rank_by=rank_by, progress=progress)
