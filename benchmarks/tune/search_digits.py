@@ -1,7 +1,7 @@
 # Copyright 2026 The tstitch authors. Licensed under the Apache License, Version 2.0.
 """The search on the digits family: ``tstitch.tune`` at 20 DDIM steps on the search seed (no verification).
 
-Writes ``digits/plan.json``, ``digits/frontier.json`` and ``digits/frontier.png`` next to this file (the
+Writes ``digits-segments/plan.json``, ``frontier.json`` and ``frontier.png`` next to this file (the
 folder must not hold them yet), with the search's wall-clock and CPU seconds and its cost in model
 evaluations.
 
@@ -30,7 +30,7 @@ def main() -> None:
     parser.add_argument("--side", type=int, default=4, help="longest digits-b run before digits-xl")
     parser.add_argument("--tolerance", type=float, default=1.05)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--out", default=str(Path(__file__).parent / "digits"))
+    parser.add_argument("--out", default=str(Path(__file__).parent / "digits-segments"))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
