@@ -29,7 +29,7 @@ from tstitch.tune import (
 )
 from tstitch.tune.engine import PrefixSampler
 from tstitch.tune.plans import as_plan, label, runs, short_names, single_fraction
-from tstitch.tune.search import moves, pareto
+from tstitch.tune.search import default_order, moves, pareto, segment_plans, segment_search
 from tstitch.tune.stats import frechet_distance, gaussian_statistics, jackknife_fid_ratio
 from tstitch.tune.verify import meets, verify_plans
 
@@ -211,6 +211,52 @@ def test_greedy_search_descends_from_the_large_model():
     best = result.best_within(0.7)
     assert best["predicted_cost"] <= 0.7
     assert best["distance"] == min(r["distance"] for r in result.scored if r["predicted_cost"] <= 0.7)
+
+
+def test_segment_plans_enumerate_one_order_within_the_cost_window():
+    assert default_order(3, 20) == [(0, 20), (1, 4), (2, -1), (1, 2), (0, 1)]
+    assert default_order(2, 5) == [(0, 5), (1, -1), (0, 1)]
+    costs = CostModel((0.1, 0.3, 1.0), batch_size=4, guidance_scale=1.0, dtype="float32", device="cpu",
+                      repetitions=1)
+
+    def cost(sequence):
+        return costs.relative(sequence, 4)
+
+    everything = segment_plans([(0, 4), (1, 1), (2, -1), (1, 1)], 4, cost)
+    # S a > B b > XL c > B d with b, d in {0, 1}, c >= 1: 4 + 3 + 3 + 2 plans with no repeats
+    assert len(everything) == len(set(everything)) == 12 and everything == sorted(everything)
+    assert (2, 2, 2, 2) in everything and (0, 0, 0, 2) in everything and (0, 1, 2, 1) in everything
+    assert (2, 0, 2, 2) not in everything and (1, 0, 2, 2) not in everything  # the order: S, B, XL, B
+    window = segment_plans([(0, 4), (1, 1), (2, -1), (1, 1)], 4, cost, min_cost=0.5, max_cost=0.8)
+    assert window == [p for p in everything if 0.5 <= cost(p) <= 0.8] and window
+    with pytest.raises(ValueError, match="exactly one run of -1"):
+        segment_plans([(0, 2), (1, 2)], 4, cost)
+
+
+def test_segment_search_scores_the_order_and_the_single_fractions():
+    models = tiny_models()
+    noise, labels = start(6)
+    real = gaussian_statistics(torch.randn(40, 64, generator=torch.Generator().manual_seed(5)))
+    signal = PairedSignal(PrefixSampler(models, ddim(), noise, labels), real_statistics=real, reference_steps=5)
+    costs = CostModel((0.1, 0.3, 1.0), batch_size=4, guidance_scale=1.0, dtype="float32", device="cpu",
+                      repetitions=1)
+    result = segment_search(signal, costs, ["S", "B", "XL"], num_steps=5, reference_steps=5, min_cost=0.4,
+                            max_cost=0.9, progress=False)
+    expected = segment_plans(default_order(3, 5), 5, lambda p: costs.relative(p, 5), min_cost=0.4, max_cost=0.9)
+    singles = [single_fraction(k, 5, 0, 2, 3) for k in range(6)]
+    order = [tuple(r["sequence"]) for r in result.scored]
+    assert order == list(dict.fromkeys([(2,) * 5, *expected, *singles]))
+    assert result.baseline == singles and result.rank_by == "small_fid_ratio"
+    assert result.row((2,) * 5)["small_fid_ratio"] == 1.0
+    front = result.frontier()
+    assert all(a["predicted_cost"] < b["predicted_cost"] and a["small_fid_ratio"] > b["small_fid_ratio"]
+               for a, b in zip(front, front[1:], strict=False))
+    # every beginning is sampled once: the large model's run (2 steps after S2 > B1) serves S2 > B1 > XL2 too
+    assert sum(signal.sampler.model_steps) < 6 * sum(len(p) for p in order) / 2
+    with pytest.raises(ValueError, match="rank_by='small_fid_ratio' needs a signal with real statistics"):
+        segment_search(PairedSignal(signal.sampler, reference_steps=5), costs, ["S", "B", "XL"], num_steps=5)
+    with pytest.raises(ValueError, match="need 0 <= min_cost < max_cost, got 0.9 and 0.5"):
+        segment_search(signal, costs, ["S", "B", "XL"], num_steps=5, min_cost=0.9, max_cost=0.5)
 
 
 # -- verification, API, CLI ----------------------------------------------------------------------------------

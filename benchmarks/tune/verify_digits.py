@@ -1,14 +1,15 @@
 # Copyright 2026 The tstitch authors. Licensed under the Apache License, Version 2.0.
 """Held-out verification on the digits family: tuned plans against T-Stitch's single fractions.
 
-Samples every plan (and digits-xl alone, 20 DDIM steps) on ``--samples`` samples of a held-out seed (never
-used by the search), keeps each plan's features in ``--cache`` (so a run cut short resumes), then times
+Samples every plan (and digits-xl alone, 20 DDIM steps) on ``--samples`` samples of each held-out seed of
+``--seeds`` (never used by the search; the seeds' samples are pooled, sample ``i`` of every plan from the same
+noise), keeps each plan's features in ``--cache`` (so a run cut short resumes), then times
 every plan's whole sampling loop, interleaved, and writes ``verify.json`` / ``verify.png`` with the paired
 FID ratio to digits-xl alone and its 95% paired-bootstrap interval, the measured and predicted cost, and
 the targets: for T = 1.02, 1.05, 1.10, the cheapest single-fraction plan and the cheapest tuned plan whose
 interval's upper end is <= T.
 
-    PYTHONPATH=src python benchmarks/tune/verify_digits.py --search benchmarks/tune/search.json
+    PYTHONPATH=src python benchmarks/tune/verify_digits.py --seeds 1000 1001 --plans "S8 > XL11 > S1"
 """
 
 from __future__ import annotations
@@ -34,9 +35,8 @@ SINGLE_ORDER = (8, 10, 9, 6, 7, 11, 5, 12, 4)
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--samples", type=int, default=3000)
-    parser.add_argument("--seed", type=int, default=1000)
-    parser.add_argument("--search", help="search.json whose chosen plans to verify")
-    parser.add_argument("--plans", nargs="*", default=[], help="more tuned plans, as labels (S8 > XL11 > S1)")
+    parser.add_argument("--seeds", "--seed", type=int, nargs="+", default=[1000])
+    parser.add_argument("--plans", nargs="*", default=[], help="tuned plans, as labels (S8 > XL11 > S1)")
     parser.add_argument("--study-plans", nargs="*", default=[],
                         help="hand-picked plans (from the signal study, not the search), as labels")
     parser.add_argument("--singles", type=int, nargs="*", default=list(SINGLE_ORDER))
@@ -52,34 +52,29 @@ def main() -> None:
     names = work.short
     reference = (2,) * 20
     plans = [reference]
-    tuned = []
-    if args.search:
-        search = json.loads(Path(args.search).read_text())
-        tuned = [tuple(r["sequence"]) for r in search["verify"]]
-        plans += tuned
-    plans += [Plan.parse(p, names).sequence for p in args.plans]
-    tuned += [Plan.parse(p, names).sequence for p in args.plans]
+    tuned = [Plan.parse(p, names).sequence for p in args.plans]
+    plans += tuned
     picked = [Plan.parse(p, names).sequence for p in args.study_plans]
     plans += picked
     singles = [single_fraction(k, 20, 0, 2, 3) for k in args.singles]
     plans = list(dict.fromkeys(plans + singles))
-    cache = Path(args.cache) / f"seed{args.seed}-n{args.samples}"
-    cache.mkdir(parents=True, exist_ok=True)
+    def path_of(seed: int, sequence: tuple[int, ...]) -> Path:
+        return Path(args.cache) / f"seed{seed}-n{args.samples}" / (label(sequence, names).replace(" > ", "_") + ".pt")
 
-    def path_of(sequence: tuple[int, ...]) -> Path:
-        return cache / (label(sequence, names).replace(" > ", "_") + ".pt")
-
-    missing = [p for p in plans if not path_of(p).exists()]
-    sample_features(work, missing, seed=args.seed, num_samples=args.samples,
-                    on_plan=lambda s, f: torch.save(f, path_of(s)))
+    for seed in args.seeds:
+        path_of(seed, reference).parent.mkdir(parents=True, exist_ok=True)
+        missing = [p for p in plans if not path_of(seed, p).exists()]
+        sample_features(work, missing, seed=seed, num_samples=args.samples,
+                        on_plan=lambda s, f, seed=seed: torch.save(f, path_of(seed, s)))
     if args.features_only:
         return
-    features = {p: torch.load(path_of(p), weights_only=True) for p in plans}
+    features = {p: torch.cat([torch.load(path_of(seed, p), weights_only=True) for seed in args.seeds])
+                for p in plans}
     costs = measure_step_costs(work.models, work.sample_shape, batch_size=args.timing_batch,
                                num_classes=work.num_classes)
     seconds = time_plans(work, plans, batch_size=args.timing_batch, repetitions=args.timing_repetitions,
-                         seed=args.seed)
-    rows = summarize(work, features, seconds, reference, costs=costs, seed=args.seed)
+                         seed=args.seeds[0])
+    rows = summarize(work, features, seconds, reference, costs=costs, seed=args.seeds[0])
     for row in rows:
         row["kind"] = ("reference" if tuple(row["sequence"]) == reference else
                        "single fraction" if tuple(row["sequence"]) in singles else
@@ -107,7 +102,7 @@ def main() -> None:
         "what": "held-out verification, digits family, DDIM 20 steps, reference digits-xl alone; FID ratio with a "
                 "95% paired bootstrap interval (300 resamples); measured cost = median of interleaved whole-loop "
                 "runs on one batch (timing_batch) over digits-xl alone's",
-        "seed": args.seed, "num_samples": args.samples, "threads": args.threads,
+        "seeds": args.seeds, "num_samples": args.samples * len(args.seeds), "threads": args.threads,
         "timing_repetitions": args.timing_repetitions, "timing_batch": args.timing_batch, "cost_model": costs.as_dict(),
         "targets": targets,
         "moonshot": {"cheapest_at_parity": cheapest["plan"], "measured_cost": cheapest["measured_cost"],

@@ -35,11 +35,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--verify-seed", type=int, default=1000, help="held-out seed (default: %(default)s)")
     parser.add_argument("--batch-size", type=int, default=500, help="samples per model call (default: %(default)s)")
     parser.add_argument("--guidance", type=float, default=1.0, help="guidance scale (default: %(default)s)")
-    parser.add_argument("--max-segments", type=int, default=4, help="most segments per plan (default: %(default)s)")
+    parser.add_argument("--search", choices=("segments", "greedy"), default="segments",
+                        help="every plan S > B > XL > B > S within the cost window, or a greedy cost descent "
+                             "(default: %(default)s)")
+    parser.add_argument("--max-segments", type=int, default=4,
+                        help="most segments per plan, greedy search (default: %(default)s)")
     parser.add_argument("--min-cost", type=float, default=0.35,
-                        help="the search stops below this predicted cost (default: %(default)s)")
-    parser.add_argument("--rank-by", choices=("distance", "small_fid_ratio"), default="distance",
-                        help="the signal the search judges moves by (default: %(default)s)")
+                        help="cheapest predicted cost searched (default: %(default)s)")
+    parser.add_argument("--max-cost", type=float, default=0.9,
+                        help="dearest predicted cost searched, segment search (default: %(default)s)")
+    parser.add_argument("--rank-by", choices=("distance", "small_fid_ratio"),
+                        help="the signal plans are ranked by (default: small_fid_ratio with an FID, else distance)")
     parser.add_argument("--device", default="cpu", help="torch device (default: %(default)s)")
     parser.add_argument("--weights", help="folder of the embedded family's weights (default: the shipped ones)")
     parser.add_argument("--checkpoint-dir", help="folder of downloaded checkpoints, for --preset")
@@ -63,7 +69,8 @@ def run(args: argparse.Namespace) -> int:
         args.out, workload=workload, num_steps=args.steps, budget=args.budget, tolerance=args.tolerance,
         search_samples=args.search_samples, search_seed=args.seed, verify_samples=args.verify_samples,
         verify_seed=args.verify_seed, batch_size=args.batch_size, guidance_scale=args.guidance,
-        max_segments=args.max_segments, min_cost=args.min_cost, rank_by=args.rank_by,
+        max_segments=args.max_segments, min_cost=args.min_cost, max_cost=args.max_cost, search=args.search,
+        rank_by=args.rank_by,
         progress=not args.no_progress,
     )
     print(format_summary(result))

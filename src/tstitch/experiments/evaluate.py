@@ -22,6 +22,7 @@ Layout of the output folder::
     <schedule>/samples.npz               arr_0: uint8 (N, H, W, C) images, arr_1: int64 labels (ADM format)
     <schedule>/png/000000.png            with png=True
     <schedule>/metrics.json              the metrics and the metric settings they were computed with
+    <schedule>/features.npy              the samples' features in the metric's space (for the FID intervals)
     results.json, results.csv, pareto.png
     reference-*.npz                      cached reference features
 
@@ -66,7 +67,15 @@ from .evaluation_files import (
     write_bytes,
     write_samples_npz,
 )
-from .evaluation_report import earlier_rows, format_rows, metric_space, result_row, score_schedule, write_report
+from .evaluation_report import (
+    add_fid_intervals,
+    earlier_rows,
+    format_rows,
+    metric_space,
+    result_row,
+    score_schedule,
+    write_report,
+)
 from .processes import PeerError, Processes
 from .study import Allocation, build_schedules, schedule_slug
 
@@ -440,6 +449,8 @@ def run_evaluate(config: EvaluateConfig, *, progress: bool = True) -> EvaluateRe
         logger.info("results also list %d schedule(s) sampled earlier in %s with the same settings",
                     len(earlier), run.out)
         rows = sorted(rows + earlier, key=lambda row: (len(row["models"]), row["fractions"]))
+    if reference is not None:
+        add_fid_intervals(run, rows, reference)
     files = write_report(run, rows, metric_key, processes.world, earlier=[row["schedule"] for row in earlier])
     return EvaluateResult(rows, run.settings, metric_key, run.out, files, [row["schedule"] for row in earlier])
 

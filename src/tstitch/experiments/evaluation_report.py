@@ -1,9 +1,16 @@
 # Copyright 2026 The tstitch authors. Licensed under the Apache License, Version 2.0.
-"""Scoring the evaluation's schedules and writing its report (process 0 only)."""
+"""Scoring the evaluation's schedules and writing its report (process 0 only).
+
+Every schedule of a run starts sample ``i`` from the same noise and label (per-sample seeds), so each
+schedule's samples pair with the large model's own: the FID ratio to the large model alone gets a 95%
+interval from a paired resampling of the samples' features (:func:`add_fid_intervals`, with
+:mod:`tstitch.tune.stats`). The features are kept beside the metrics (``<schedule>/features.npy``).
+"""
 
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -23,7 +30,8 @@ from ..metrics import (
     npz_batches,
     score_features,
 )
-from ..utils import write_csv, write_json
+from ..tune.stats import RatioEstimate, gaussian_statistics, jackknife_fid_ratio, paired_fid_ratio
+from ..utils import atomic_write, write_csv, write_json
 from .evaluation_files import fingerprint, samples_ok
 from .plots import plot_pareto
 from .study import Allocation, add_relative_columns
@@ -31,7 +39,17 @@ from .study import Allocation, add_relative_columns
 if TYPE_CHECKING:
     from .evaluate import EvaluationRun
 
-__all__ = ["metric_space", "score_schedule", "result_row", "earlier_rows", "write_report", "format_rows"]
+logger = logging.getLogger(__name__)
+
+__all__ = ["metric_space", "score_schedule", "result_row", "earlier_rows", "write_report", "format_rows",
+           "fid_ratio_interval", "add_fid_intervals"]
+
+FEATURES_FILE = "features.npy"
+INTERVAL_RESAMPLES = 300
+# Wider features (Inception's 2,048) take the delete-a-group jackknife: 20 Frechet distances per schedule
+# instead of the bootstrap's 600, each a 2,048 x 2,048 eigen-decomposition.
+BOOTSTRAP_MAX_WIDTH = 256
+JACKKNIFE_GROUPS = 10
 
 
 def metric_space(run: EvaluationRun) -> tuple[FeatureSpace, Reference, dict[str, Any]]:
@@ -65,14 +83,18 @@ def metric_space(run: EvaluationRun) -> tuple[FeatureSpace, Reference, dict[str,
 
 def score_schedule(run: EvaluationRun, schedule: Allocation, space: FeatureSpace, reference: Reference,
            key: dict[str, Any]) -> dict[str, float]:
+    """The schedule's metrics (from ``metrics.json`` when it was scored with ``key`` already); its features
+    are kept in ``features.npy`` for the FID ratio's interval."""
     folder = run.folder(schedule)
     path = folder / "metrics.json"
-    if path.is_file():
+    if path.is_file() and (folder / FEATURES_FILE).is_file():
         stored = json.loads(path.read_text())
         if stored.get("key") == key and stored.get("settings_hash") == run.settings_hash:
             return stored["metrics"]
     npz = folder / "samples.npz"
     features, logits = extract(space, npz_batches(npz, "arr_0", run.config.metric_batch_size))
+    array = features.float().cpu().numpy()
+    atomic_write(folder / FEATURES_FILE, lambda tmp: np.save(tmp, array))
     with np.load(npz) as stored_samples:
         labels = torch.from_numpy(stored_samples["arr_1"])
     metrics = score_features(features, logits, reference, labels=labels if space.labels_match_logits else None,
@@ -103,6 +125,47 @@ def result_row(run: EvaluationRun, schedule: Allocation, metrics: dict[str, floa
     row["samples"] = str((folder / "samples.npz").relative_to(run.out))
     row["model_per_step"] = info["model_per_step"]
     return row
+
+
+def fid_ratio_interval(features: torch.Tensor, alone_features: torch.Tensor, reference: Reference, *,
+                       confidence: float = 0.95, seed: int = 0) -> RatioEstimate:
+    """The FID ratio of paired sample sets (row ``i`` of each from the same noise and label) with its interval:
+    the paired bootstrap (bias-corrected, :func:`~tstitch.tune.stats.paired_fid_ratio`) for features of up to
+    ``BOOTSTRAP_MAX_WIDTH`` dimensions, else the delete-a-group jackknife (10 groups)."""
+    if reference.mean is not None and reference.cov is not None:
+        real = (torch.as_tensor(reference.mean, dtype=torch.float64),
+                torch.as_tensor(reference.cov, dtype=torch.float64))
+    else:
+        real = gaussian_statistics(reference.features)
+    features, alone_features = features.double(), alone_features.double()
+    if features.shape[1] <= BOOTSTRAP_MAX_WIDTH or len(features) < 2 * JACKKNIFE_GROUPS:
+        return paired_fid_ratio(features, alone_features, real, resamples=INTERVAL_RESAMPLES,
+                                confidence=confidence, seed=seed)
+    return jackknife_fid_ratio(features, alone_features, real, groups=JACKKNIFE_GROUPS, confidence=confidence)
+
+
+def add_fid_intervals(run: EvaluationRun, rows: Sequence[dict[str, Any]], reference: Reference) -> None:
+    """Add ``fid_vs_large_low`` / ``fid_vs_large_high`` (95%) and ``fid_vs_large_interval`` (the method) to the
+    rows with an FID, from their features paired with the large model alone's (the row without fractions)."""
+    alone = [r for r in rows if not any(r["fractions"]) and "fid" in r]
+    if not alone:
+        return
+
+    def features_of(row: dict[str, Any]) -> torch.Tensor:
+        return torch.from_numpy(np.load(run.out / Path(row["samples"]).parent / FEATURES_FILE))
+
+    alone_features = features_of(alone[0])
+    for row in rows:
+        if "fid" not in row:
+            continue
+        features = features_of(row)
+        if features.shape != alone_features.shape:  # not paired (cannot happen within one manifest)
+            logger.warning("no FID interval for %s: %d samples, the large model alone %d", row["schedule"],
+                           len(features), len(alone_features))
+            continue
+        estimate = fid_ratio_interval(features, alone_features, reference, seed=run.config.seed)
+        row["fid_vs_large_low"], row["fid_vs_large_high"] = estimate.low, estimate.high
+        row["fid_vs_large_interval"] = f"95% {estimate.method}"
 
 
 def earlier_rows(run: EvaluationRun, space: FeatureSpace | None, reference: Reference | None,
@@ -157,11 +220,16 @@ def format_rows(rows: Sequence[dict[str, Any]]) -> str:
     metric_columns = [(k, h) for k, h in (("fid", "FID"), ("inception_score", "IS"), ("precision", "prec"),
                                           ("recall", "recall"), ("accuracy", "acc")) if rows and k in rows[0]]
     width = max([len("schedule"), *(len(r["schedule"]) for r in rows)])
+    interval = any("fid_vs_large_high" in r for r in rows)
     lines = [f"{'schedule':<{width}} " + " ".join(f"{h:>8}" for _, h in metric_columns)
-             + f" {'ms/img':>9} {'speed-up':>8}"]
+             + (f" {'FID/large [95%]':>22}" if interval else "") + f" {'ms/img':>9} {'speed-up':>8}"]
     for row in rows:
         speedup = f"{row['speedup']:>7.2f}x" if "speedup" in row else f"{'':>8}"
+        ratio = ""
+        if interval:
+            ratio = (f" {row['fid_vs_large']:>6.3f} [{row['fid_vs_large_low']:.3f}, {row['fid_vs_large_high']:.3f}]"
+                     if "fid_vs_large_high" in row else f" {'':>22}")
         lines.append(f"{row['schedule']:<{width}} " + " ".join(f"{row[k]:>8.3f}" for k, _ in metric_columns)
-                     + f" {1000 * row['seconds_per_image']:>9.3f} {speedup}")
+                     + ratio + f" {1000 * row['seconds_per_image']:>9.3f} {speedup}")
     return "\n".join(lines)
 

@@ -16,7 +16,7 @@ from .cost import CostModel, measure_step_costs
 from .engine import PrefixSampler
 from .plans import as_plan
 from .quality import PairedSignal
-from .search import SearchResult, fit_ratio_curve, greedy_search
+from .search import SearchResult, fit_ratio_curve, greedy_search, segment_search
 from .verify import meets, verify_plans
 from .workload import Workload, digits_workload
 
@@ -69,8 +69,11 @@ def tune(
     guidance_scale: float = 1.0,
     max_segments: int = 4,
     min_cost: float = 0.35,
+    max_cost: float = 0.9,
+    search: str = "segments",
+    order: Sequence[tuple[int, int]] | None = None,
     timing_repetitions: int = 5,
-    rank_by: str = "distance",
+    rank_by: str | None = None,
     costs: CostModel | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
@@ -87,7 +90,14 @@ def tune(
         budgets: the budgets of the frontier table.
         search_samples, search_seed: the noise the search scores plans on.
         verify_samples, verify_seed: held-out samples to verify the chosen plan on (0: no verification).
-        max_segments, min_cost, rank_by: the search's limits and signal (see :func:`greedy_search`).
+        search: ``"segments"`` (every plan of one segment order within ``[min_cost, max_cost]``,
+            :func:`~tstitch.tune.search.segment_search`) or ``"greedy"`` (cost descent from the large model,
+            at most ``max_segments`` runs, down to ``min_cost``: :func:`~tstitch.tune.search.greedy_search`).
+        order: the segment search's order, ``(model index, longest run)`` with one run of ``-1`` (the rest);
+            default :func:`~tstitch.tune.search.default_order`.
+        rank_by: the signal plans are ranked by: ``"small_fid_ratio"`` (the paired FID ratio on the search's
+            samples; the default when the workload has an FID) or ``"distance"`` (the paired feature distance;
+            the default otherwise).
         costs: a cost model measured before (default: measured now, ``timing_repetitions`` rounds).
 
     Returns ``{"plan": Plan, "chosen": ..., "frontier": ...}``: the chosen :class:`~tstitch.plan.Plan` (saved
@@ -106,6 +116,8 @@ def tune(
         raise ValueError(f"search_samples must be >= 2, got {search_samples}")
     if verify_samples < 0 or verify_samples == 1:
         raise ValueError(f"verify_samples must be 0 or >= 2, got {verify_samples}")
+    if search not in ("segments", "greedy"):
+        raise ValueError(f"search must be 'segments' or 'greedy', got {search!r}")
     if search_seed == verify_seed and verify_samples:
         raise ValueError(f"verify_seed must differ from search_seed (held-out), both are {search_seed}")
     out = _check_fresh(out_dir)
@@ -116,6 +128,9 @@ def tune(
         raise ValueError("tolerance needs a workload with real statistics (an FID); give a budget instead")
     if budget is None and tolerance is None:
         tolerance, budget = (1.05, None) if has_fid else (None, 0.6)
+    rank_by = rank_by or ("small_fid_ratio" if has_fid else "distance")
+    if rank_by == "small_fid_ratio" and not has_fid:
+        raise ValueError("rank_by='small_fid_ratio' needs a workload with real statistics (an FID)")
 
     started, started_cpu = time.perf_counter(), time.process_time()
     costs = costs or measure_step_costs(workload.models, workload.sample_shape, batch_size=batch_size,
@@ -126,14 +141,22 @@ def tune(
                             guidance_scale=guidance_scale)
     signal = PairedSignal(sampler, workload.features, real_statistics=workload.real_statistics,
                           reference_steps=num_steps)
-    result = greedy_search(signal, costs, workload.short, num_steps=num_steps, reference_steps=num_steps,
-                           max_segments=max_segments, min_cost=min_cost, rank_by=rank_by, progress=progress)
+    if search == "segments":
+        result = segment_search(signal, costs, workload.short, num_steps=num_steps, reference_steps=num_steps,
+                                order=order, min_cost=min_cost, max_cost=max_cost, rank_by=rank_by,
+                                progress=progress)
+    else:
+        result = greedy_search(signal, costs, workload.short, num_steps=num_steps, reference_steps=num_steps,
+                               max_segments=max_segments, min_cost=min_cost, rank_by=rank_by, progress=progress)
     curve = None
     if has_fid:
         curve = fit_ratio_curve(result.scored)
-    for row in result.scored:
-        row["estimated_fid_ratio"] = (1 + curve[0] * row["distance"] + curve[1] * row["distance"] ** 2
-                                      if curve else None)
+    for row in result.scored:  # the FID ratio read from the ranking signal
+        if rank_by == "small_fid_ratio":
+            row["estimated_fid_ratio"] = row["small_fid_ratio"]
+        else:
+            row["estimated_fid_ratio"] = (1 + curve[0] * row["distance"] + curve[1] * row["distance"] ** 2
+                                          if curve else None)
     chosen = choose(result, budget=budget, tolerance=tolerance)
     if chosen is None:
         raise ValueError(f"no searched plan meets the target (budget={budget}, tolerance={tolerance}); the "
@@ -166,7 +189,8 @@ def tune(
         "chosen": details,
         "models": list(workload.names), "num_steps": num_steps, "reference": f"{workload.names[-1]} alone",
         "cost_model": costs.as_dict(),
-        "search": {"samples": search_samples, "seed": search_seed, "seconds": search_seconds,
+        "search": {"method": search, "rank_by": rank_by, "samples": search_samples, "seed": search_seed,
+                   "seconds": search_seconds,
                    "cpu_seconds": search_cpu_seconds,
                    "search_loop_seconds": result.seconds, "model_steps": dict(zip(workload.names, result.model_steps,
                                                                                    strict=True)),
@@ -190,7 +214,7 @@ def plot_frontier(frontier: dict[str, Any], path: Path) -> Path:
     from ..experiments.plots import pyplot, save_figure
 
     plt = pyplot()
-    key = "estimated_fid_ratio" if frontier["search"]["fid_curve"] else "distance"
+    key = "estimated_fid_ratio" if frontier["search"]["fid_curve"] is not None else "distance"
     fig, ax = plt.subplots(figsize=(7, 4.5))
     scored = frontier["scored"]
     ax.scatter([r["predicted_cost"] for r in scored], [r[key] for r in scored], s=8, color="0.7", label="scored plans")

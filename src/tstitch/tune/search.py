@@ -1,5 +1,12 @@
 # Copyright 2026 The tstitch authors. Licensed under the Apache License, Version 2.0.
-"""The search: greedy cost descent over per-step plans, scored by the paired signal.
+"""The searches over per-step plans, scored by the paired signal.
+
+:func:`segment_search` (the default of :func:`tstitch.tune`) scores every plan of one segment order within a
+cost window: for three models ``S a > B b > XL c > B d > S e`` (the small model first, digits-b before
+and after the large model, the final step handed back to the small model), the single fractions among
+them. Plans are scored in lexicographic order, so the sampler shares every common beginning.
+
+:func:`greedy_search` is a greedy cost descent:
 
 It starts from the large model alone and, at each round, tries every plan that hands one step at a segment
 boundary (the first or last step of a run of one model) to a cheaper model, keeping at most
@@ -14,10 +21,11 @@ share a beginning share its steps, so a move near the end of the trajectory cost
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,7 +37,7 @@ from .quality import PairedSignal, PlanScore
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["SearchResult", "greedy_search", "pareto", "fit_ratio_curve"]
+__all__ = ["SearchResult", "greedy_search", "segment_search", "segment_plans", "pareto", "fit_ratio_curve"]
 
 
 @dataclass
@@ -164,6 +172,81 @@ def greedy_search(signal: PairedSignal, costs: CostModel, names: Sequence[str], 
             score(sequence)
             result.baseline.append(sequence)
         result.baseline.reverse()
+    result.seconds = time.perf_counter() - begin
+    result.model_steps = list(signal.sampler.model_steps)
+    return result
+
+
+def default_order(num_models: int, num_steps: int, side: int = 4, after: int = 2) -> list[tuple[int, int]]:
+    """``(model, longest run)`` of the default segment order, the large model's run (``-1``) the rest of the
+    steps: the models smallest first (the smallest up to every step, the others up to ``side``), the large
+    one, the middle models again in reverse (up to ``after``) and the smallest for the final step."""
+    large = num_models - 1
+    before = [(0, num_steps)] + [(m, side) for m in range(1, large)]
+    return before + [(large, -1)] + [(m, after) for m in range(large - 1, 0, -1)] + [(0, 1)]
+
+
+def segment_plans(order: Sequence[tuple[int, int]], num_steps: int, cost: Callable[[tuple[int, ...]], float], *,
+                  min_cost: float = 0.0, max_cost: float = 1.0) -> list[tuple[int, ...]]:
+    """Every plan of ``num_steps`` steps made of the runs of ``order`` (``(model, longest run)``, one run of
+    ``-1``: the rest of the steps, at least 1), runs of length 0 left out, with ``cost(plan)`` in
+    ``[min_cost, max_cost]``; sorted (plans that begin alike are neighbours)."""
+    rest = [i for i, (_, longest) in enumerate(order) if longest == -1]
+    if len(rest) != 1:
+        raise ValueError(f"order needs exactly one run of -1 (the rest of the steps), got {len(rest)}")
+    choices = [range(longest + 1) if longest != -1 else [0] for _, longest in order]
+    found = set()
+    for lengths in itertools.product(*choices):
+        remaining = num_steps - sum(lengths)
+        if remaining < 1:
+            continue
+        lengths = list(lengths)
+        lengths[rest[0]] = remaining
+        sequence = tuple(m for (m, _), n in zip(order, lengths, strict=True) for _ in range(n))
+        if min_cost - 1e-9 <= cost(sequence) <= max_cost + 1e-9:
+            found.add(sequence)
+    return sorted(found)
+
+
+def segment_search(signal: PairedSignal, costs: CostModel, names: Sequence[str], *, num_steps: int = 20,
+                   reference_steps: int = 20, order: Sequence[tuple[int, int]] | None = None,
+                   min_cost: float = 0.35, max_cost: float = 0.9, rank_by: str = "small_fid_ratio",
+                   progress: bool = True) -> SearchResult:
+    """Score every plan of ``order`` (default: :func:`default_order`) whose predicted cost is within
+    ``[min_cost, max_cost]``, then the single fractions (see the module docstring). ``rank_by`` as in
+    :func:`greedy_search`; the result's frontier and budgets follow it."""
+    if rank_by not in ("distance", "small_fid_ratio"):
+        raise ValueError(f"rank_by must be 'distance' or 'small_fid_ratio', got {rank_by!r}")
+    if rank_by == "small_fid_ratio" and signal.real_statistics is None:
+        raise ValueError("rank_by='small_fid_ratio' needs a signal with real statistics")
+    if num_steps < 1:
+        raise ValueError(f"num_steps must be >= 1, got {num_steps}")
+    if not 0 <= min_cost < max_cost:
+        raise ValueError(f"need 0 <= min_cost < max_cost, got {min_cost} and {max_cost}")
+    begin = time.perf_counter()
+    large = len(costs.seconds_per_step) - 1
+    order = list(order) if order is not None else default_order(large + 1, num_steps)
+    if any(not 0 <= m <= large for m, _ in order):
+        raise ValueError(f"order names model indices outside [0, {large}]: {[m for m, _ in order]}")
+    result = SearchResult(list(names), reference_steps, rank_by=rank_by)
+
+    def cost(sequence: tuple[int, ...]) -> float:
+        return costs.relative(sequence, reference_steps)
+
+    plans = segment_plans(order, num_steps, cost, min_cost=min_cost, max_cost=max_cost)
+    baseline = [single_fraction(k, num_steps, 0, large, large + 1) for k in range(num_steps + 1)]
+    reference = (large,) * reference_steps
+    logger.info("scoring %d plans of %s", len(plans), " > ".join(names[m] for m, _ in order))
+    seen = set()
+    for sequence in tqdm([reference, *plans, *baseline], desc="scoring plans", disable=not progress):
+        if sequence in seen:
+            continue
+        seen.add(sequence)
+        scored = signal.score(sequence)
+        result.scored.append({"plan": label(sequence, names), "sequence": list(sequence),
+                              "predicted_cost": cost(sequence), "distance": scored.distance,
+                              "small_fid_ratio": scored.fid_ratio})
+    result.baseline = baseline
     result.seconds = time.perf_counter() - begin
     result.model_steps = list(signal.sampler.model_steps)
     return result
