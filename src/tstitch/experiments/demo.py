@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -181,6 +182,15 @@ def _run_section(section: DemoSection, models: dict[str, Any], noise: torch.Tens
         features = metric.features(images)
         return features, metric.score_features(features), classifier_accuracy(classifier, images, labels[:count])
 
+    phases: dict[str, float] = {}
+    clock = time.perf_counter()
+
+    def lap(name: str) -> None:
+        nonlocal clock
+        now = time.perf_counter()
+        phases[name] = now - clock
+        clock = now
+
     # 1. A short guidance sweep of the single models on a subset; the large model's best scale is used from here.
     scales = section.guidance_scales or config.guidance_scales
     count = min(config.guidance_samples, config.num_samples)
@@ -198,6 +208,8 @@ def _run_section(section: DemoSection, models: dict[str, Any], noise: torch.Tens
                                                    if r["model"] == section.large and r["guidance"] == g)) \
         if guidance_rows else scales[0]
 
+    lap("guidance_sweep")
+
     # 2. Each model's cost per step at the chunks' batch size, then every schedule in interleaved chunks.
     chunks = min(config.timing_chunks, config.num_samples)
     bounds = chunk_bounds(config.num_samples, chunks)
@@ -205,6 +217,7 @@ def _run_section(section: DemoSection, models: dict[str, Any], noise: torch.Tens
     costs = measure_step_costs([models[name] for name in section.model_names], tuple(noise.shape[1:]),
                                batch_size=batch, num_classes=NUM_CLASSES, guidance_scale=best_guidance,
                                device=noise.device)
+    lap("step_costs")
     step_cost = dict(zip(section.model_names, costs.seconds_per_step, strict=True))
     schedules = [*section.fraction_sweep(config.fraction_step), *section.three_model(config.three_model)]
 
@@ -216,10 +229,14 @@ def _run_section(section: DemoSection, models: dict[str, Any], noise: torch.Tens
     runs = run_interleaved(schedules, run_chunk, config.num_samples, chunks, progress=progress,
                            desc=f"{section.name}: schedules x {chunks} chunks")
 
+    lap("schedules")
+
     # 3. Quality with intervals, times with their spread, against the large model alone (r = 0, the first run).
     rows, grid = _rows(section, runs, score, metric, step_cost, batch, best_guidance, config), []
     for run in runs[: len(section.fraction_sweep(config.fraction_step))]:
         grid.append(to_unit(run.latents[:10].clamp(-1, 1)).cpu())
+
+    lap("scores_and_intervals")
 
     # 4. The small models' predictions along the large model's trajectory.
     count = min(config.similarity_samples, config.num_samples)
@@ -228,6 +245,7 @@ def _run_section(section: DemoSection, models: dict[str, Any], noise: torch.Tens
                                      num_steps=config.num_steps, guidance_scale=best_guidance)
     similarity = {f"{name} vs {section.large}": found.as_dict() for name, found in agreement.items()}
 
+    lap("similarity")
     summary = summarize_section(rows, costs.seconds_per_step, config.fraction_step)
     sweep = section.fraction_sweep(config.fraction_step)
     result = {
@@ -247,6 +265,10 @@ def _run_section(section: DemoSection, models: dict[str, Any], noise: torch.Tens
               title=f"fraction r of {section.small} before {section.large}: same seeds and labels per column")
     plot_similarity(similarity, out / section.file("similarity"),
                     title=f"{section.name}: predictions along {section.large}'s trajectory ({count} samples)")
+    lap("figures")
+    result["phase_seconds"] = phases
+    logger.info("demo section %s took %.0f s: %s", section.name, sum(phases.values()),
+                ", ".join(f"{k} {v:.0f} s" for k, v in phases.items()))
     return result, result["files"]
 
 
