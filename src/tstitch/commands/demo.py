@@ -28,7 +28,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_overwrite(parser)
     parser.add_argument("--quick", action="store_true", help="fewer samples and steps: under a minute on a CPU")
     parser.add_argument("--samples", type=integer(2, 1797),
-                        help="images per schedule, in [2, 1797] (the digits set) (default 600, quick 300)")
+                        help="images per schedule, in [2, 1797] (the digits set) (default 600, quick 200)")
     parser.add_argument("--steps", type=integer(1, 1000), help="DDIM steps, in [1, 1000] (default 20, quick 10)")
     parser.add_argument("--guidance", type=real(1, 100), nargs="+", metavar="SCALE", action=Unique,
                         help="guidance scales in [1, 100] to sweep; the large model's best is used "

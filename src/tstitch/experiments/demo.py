@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -36,7 +37,7 @@ from ..tune.cost import measure_step_costs
 from ..tune.stats import paired_fid_ratio
 from ..utils import ensure_writable_dir, write_csv, write_json
 from ..zoo import load_classifier, scheduler_config
-from ..zoo.data import NUM_CLASSES, load_digits_tensors, to_unit
+from ..zoo.data import IMAGE_SIZE, NUM_CLASSES, load_digits_tensors, to_unit
 from .demo_report import format_table, summarize_section
 from .demo_sections import DemoSection, default_sections, load_sections
 from .plots import plot_grid, plot_similarity, plot_stitch_section
@@ -73,8 +74,8 @@ class DemoConfig:
     @classmethod
     def quick(cls, **overrides: Any) -> DemoConfig:
         """Under a minute on a 2-core CPU: fewer samples and steps, no guidance sweep."""
-        settings = {"num_samples": 300, "num_steps": 10, "guidance_scales": (1.0,), "guidance_samples": 100,
-                    "three_model": ((0.2, 0.2), (0.4, 0.2)), "similarity_samples": 50, "bootstrap_resamples": 200}
+        settings = {"num_samples": 200, "num_steps": 10, "guidance_scales": (1.0,), "guidance_samples": 100,
+                    "three_model": ((0.2, 0.2), (0.4, 0.2)), "similarity_samples": 50, "bootstrap_resamples": 100}
         return cls(**{**settings, **overrides})
 
     def validate(self) -> None:
@@ -100,14 +101,19 @@ class DemoConfig:
             raise ValueError("sections is empty: give at least one DemoSection (or None for the default)")
 
 
-def _initial_noise(seed: int, count: int, shape: tuple[int, ...], generator: torch.Generator | None = None):
+def _initial_noise(seed: int, count: int, shape: tuple[int, ...],
+                   generator: torch.Generator | None = None) -> torch.Tensor:
+    """``count`` initial latents from ``seed`` (sections with latents of one shape get the same noise)."""
     generator = generator or torch.Generator().manual_seed(seed)
     return torch.randn(count, *shape, generator=generator)
 
 
 def _latent_shape(model: Any) -> tuple[int, int, int]:
+    """``(channels, height, width)`` of a diffusers model's samples (``sample_size`` an int or a pair)."""
     config = model.config
-    return int(config.get("in_channels", 1)), int(config.get("sample_size", 8)), int(config.get("sample_size", 8))
+    size = config.get("sample_size", IMAGE_SIZE)
+    height, width = (size, size) if isinstance(size, int) else size
+    return int(config.get("in_channels", 1)), int(height), int(width)
 
 
 def run_demo(out_dir: str | Path, config: DemoConfig | None = None, *, progress: bool = True) -> dict[str, Any]:
@@ -116,6 +122,7 @@ def run_demo(out_dir: str | Path, config: DemoConfig | None = None, *, progress:
     config = config or DemoConfig()
     config.validate()
     out = ensure_writable_dir(out_dir)
+    load_at_start = os.getloadavg()
     device = torch.device(config.device)
     loaded, skipped = load_sections(config.sections or default_sections(), config.weights_dir, device)
     classifier = load_classifier(config.weights_dir, device=device)
@@ -148,9 +155,12 @@ def run_demo(out_dir: str | Path, config: DemoConfig | None = None, *, progress:
 
     first = sections[0]
     results = {
-        "config": {k: v for k, v in asdict(config).items() if k not in ("extra", "sections")},
+        "config": {**{k: v for k, v in asdict(config).items() if k not in ("extra", "sections")},
+                   "sections": [section["name"] for section in sections]},
         "device": str(device),
         "torch_threads": torch.get_num_threads(),
+        # the machine's load (1, 5 and 15 minute averages): times on a shared CPU depend on it
+        "load_average": {"start": list(load_at_start), "end": list(os.getloadavg())},
         "floor": floor,
         "sections": sections,
         "skipped_sections": skipped,
