@@ -211,6 +211,9 @@ def test_demo_runs_every_section_with_intervals_and_interleaved_times(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(written)
     dit, pair = results["sections"]
     assert [s["name"] for s in results["sections"]] == ["DiT", "B"] and results["skipped_sections"] == []
+    assert results["config"]["sections"] == ["DiT", "B"] and len(results["load_average"]["end"]) == 3
+    assert list(dit["phase_seconds"]) == ["guidance_sweep", "step_costs", "schedules", "scores_and_intervals",
+                                          "similarity", "figures"]
     assert [r["schedule"] for r in dit["rows"]] == [
         "digits-s:0 -> digits-xl:1", "digits-s:0.5 -> digits-xl:0.5", "digits-s:1 -> digits-xl:0",
         "digits-s:0.5 -> digits-b:0.5 -> digits-xl:0"]
