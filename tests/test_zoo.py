@@ -140,18 +140,18 @@ def test_demo_rejects_bad_settings(tmp_path):
 
 def test_demo_on_a_tiny_setting_writes_every_output(tmp_path):
     config = DemoConfig.quick(num_samples=20, num_steps=2, batch_size=10, similarity_samples=4,
-                              guidance_scales=(1.0, 1.5))
+                              guidance_scales=(1.0, 1.5), guidance_samples=10, bootstrap_resamples=20)
     results = run_demo(tmp_path, config, progress=False)
-    assert sorted(p.name for p in tmp_path.iterdir()) == [
-        "grid.png", "pareto.png", "results.csv", "results.json", "similarity.png"]
-    rows = results["rows"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(results["files"])
+    assert {"grid.png", "pareto.png", "results.csv", "results.json", "similarity.png"} <= set(results["files"])
+    rows = results["sections"][0]["rows"]
     assert [r["fractions"] for r in rows[:11]] == [[round(0.1 * i, 6)] for i in range(11)]
     assert len(rows) == 11 + len(config.three_model)
     assert rows[0]["model_per_step"] == [1, 1] and rows[-3]["model_per_step"] == [0, 0]
     assert rows[0]["speedup"] == pytest.approx(1.0)
     assert all(r["seconds_per_image"] > 0 and r["fid"] >= 0 for r in rows)
     assert {r["guidance"] for r in results["guidance_sweep"]} == {1.0, 1.5}
-    assert len(results["similarity"]["digits-s vs digits-xl"]["cosine"]) == 2
+    assert len(results["similarity"]["digits-s vs digits-xl"]["x0_relative_l2"]) == 2
     on_disk = json.loads((tmp_path / "results.json").read_text())
     assert on_disk["rows"][3]["fid"] == pytest.approx(rows[3]["fid"])
     assert "T-Stitch point" in format_table(results)
@@ -160,10 +160,11 @@ def test_demo_on_a_tiny_setting_writes_every_output(tmp_path):
 
 def test_demo_is_deterministic(tmp_path):
     config = DemoConfig.quick(num_samples=10, num_steps=2, batch_size=10, similarity_samples=2,
-                              three_model=((0.2, 0.2),))
+                              three_model=((0.2, 0.2),), guidance_samples=10, bootstrap_resamples=20)
     first = run_demo(tmp_path / "a", config, progress=False)
     second = run_demo(tmp_path / "b", config, progress=False)
     assert [r["fid"] for r in first["rows"]] == [r["fid"] for r in second["rows"]]
+    assert [r["fid_vs_large_high"] for r in first["rows"]] == [r["fid_vs_large_high"] for r in second["rows"]]
 
 
 def test_train_zoo_refuses_bad_steps_before_touching_the_folder(tmp_path, capsys):

@@ -8,23 +8,27 @@ import time
 
 from .checks import SEED, Unique, add_overwrite, device, existing_folder, integer, out_folder, real
 
-#: The files the demo writes into --out.
-OUTPUTS = ("results.json", "results.csv", "pareto.png", "grid.png", "similarity.png")
+#: The files the demo can write into --out: the results, and each section's figures (the DiT family's
+#: pareto.png, grid.png, similarity.png; the U-Net pair's pareto-unet.png, ...).
+OUTPUTS = ("results.json", "results.csv", "pareto.png", "grid.png", "similarity.png",
+           "pareto-unet.png", "grid-unet.png", "similarity-unet.png")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "demo",
         help="run the T-Stitch study on the embedded digits models (offline, CPU)",
-        description="Samples the embedded digits family at every fraction 0, 0.1, ..., 1 of the small model "
-        "(and a few S -> B -> XL allocations) from the same noise, and writes results.json/.csv, pareto.png, "
-        "grid.png and similarity.png with measured digits-FID, accuracy and seconds per image.",
+        description="Samples the embedded digits models at every fraction 0, 0.1, ..., 1 of the small model "
+        "(and a few S -> B -> XL allocations) from the same noise, in sections: the DiT family, then the U-Net "
+        "pair when its weights are in the zoo. Writes results.json/.csv and per section pareto.png, grid.png "
+        "and similarity.png (pareto-unet.png, ... for the U-Net pair) with digits-FID ratios with 95% "
+        "intervals, accuracy, and seconds per image from interleaved repetitions.",
     )
     parser.add_argument("--out", default="outputs/demo", type=out_folder, help="output folder (default: %(default)s)")
     add_overwrite(parser)
     parser.add_argument("--quick", action="store_true", help="fewer samples and steps: under a minute on a CPU")
     parser.add_argument("--samples", type=integer(2, 1797),
-                        help="images per schedule, in [2, 1797] (the digits set) (default 600, quick 300)")
+                        help="images per schedule, in [2, 1797] (the digits set) (default 600, quick 200)")
     parser.add_argument("--steps", type=integer(1, 1000), help="DDIM steps, in [1, 1000] (default 20, quick 10)")
     parser.add_argument("--guidance", type=real(1, 100), nargs="+", metavar="SCALE", action=Unique,
                         help="guidance scales in [1, 100] to sweep; the large model's best is used "
@@ -57,10 +61,10 @@ def run(args: argparse.Namespace) -> int:
     args.on_interrupt = f"{args.out} may hold figures of an earlier run; run the command again"
     results = run_demo(args.out, config, progress=not args.no_progress)
     args.on_interrupt = None
-    others = folder.finish([folder.path / name for name in OUTPUTS])
+    others = folder.finish([folder.path / name for name in results["files"]])
     print(format_table(results))
-    print(f"wrote {args.out}/results.json, results.csv, pareto.png, grid.png, similarity.png "
-          f"in {time.perf_counter() - start:.0f} s on {results['device']}")
+    print(f"wrote {args.out}/{', '.join(results['files'])} in {time.perf_counter() - start:.0f} s on "
+          f"{results['device']}")
     if others:
         print(f"note: {args.out} also holds {', '.join(others)}, not from this run")
     return 0

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
@@ -24,6 +24,9 @@ __all__ = [
     "pareto_front",
     "add_relative_columns",
     "trajectory_similarity",
+    "trajectory_agreement",
+    "TrajectoryAgreement",
+    "predicted_clean",
     "build_schedules",
     "schedule_slug",
 ]
@@ -120,6 +123,80 @@ def pareto_front(rows: Sequence[Mapping[str, Any]], x: str = "seconds_per_image"
     return front
 
 
+def predicted_clean(x: torch.Tensor, eps: torch.Tensor, alpha_bar: torch.Tensor | float) -> torch.Tensor:
+    """The clean image an epsilon prediction implies: ``x0 = (x_t - sqrt(1 - a_t) eps) / sqrt(a_t)``, with
+    ``a_t`` the cumulative product of the alphas at the step's timestep (DDPM's equation 15, solved for x0)."""
+    alpha_bar = torch.as_tensor(alpha_bar, dtype=x.dtype, device=x.device)
+    return (x - (1 - alpha_bar).sqrt() * eps) / alpha_bar.sqrt()
+
+
+@dataclass
+class TrajectoryAgreement:
+    """Per step of the large model's trajectory (timesteps from high noise to low), the mean over samples of
+    how a small model's predictions agree with the large model's at the same points: the cosine similarity
+    of the noise predictions, and of the clean-image (x0) predictions with their relative L2 distance
+    ``|x0_small - x0_large| / |x0_large|``."""
+
+    timesteps: list[float]
+    eps_cosine: list[float]
+    x0_cosine: list[float]
+    x0_relative_l2: list[float]
+
+    def as_dict(self) -> dict[str, list[float]]:
+        return asdict(self)
+
+
+def trajectory_agreement(
+    smalls: Mapping[str, nn.Module],
+    large: nn.Module,
+    scheduler: Any,
+    noise: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    num_steps: int,
+    guidance_scale: float,
+) -> dict[str, TrajectoryAgreement]:
+    """How each of ``smalls`` (by name) agrees with ``large`` along one trajectory of the large model: the
+    same guided call the sampler makes, at the same latents and timestep (see :class:`TrajectoryAgreement`).
+    The scheduler must predict epsilon on unscaled latents (DDPM, DDIM: ``init_noise_sigma`` 1), so that its
+    ``alphas_cumprod`` turn predictions into x0."""
+    if not smalls:
+        raise ValueError("smalls is empty: give at least one model to compare with the large one")
+    prediction = scheduler.config.get("prediction_type", "epsilon")
+    if prediction != "epsilon":
+        raise ValueError(f"the scheduler's prediction_type must be 'epsilon' to compare x0 predictions, "
+                         f"got {prediction!r}")
+    if float(getattr(scheduler, "init_noise_sigma", 1.0)) != 1.0:
+        raise ValueError(f"{type(scheduler).__name__} scales its latents (init_noise_sigma "
+                         f"{float(scheduler.init_noise_sigma):g}); compare x0 predictions with DDPM or DDIM")
+    guidance = Guidance(guidance_scale, null_class=num_classes_of(large))
+    found = {name: TrajectoryAgreement([], [], [], []) for name in smalls}
+    channels = noise.shape[1]
+
+    def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
+        return float(torch.nn.functional.cosine_similarity(a.flatten(1), b.flatten(1), dim=1).mean())
+
+    def compare(state: dict[str, Any]) -> None:
+        x, t = state["x"], state["t"]
+        keep_variance = state["model_output"].shape[1] > x.shape[1]
+        alpha_bar = scheduler.alphas_cumprod[int(t)]
+        large_eps = state["model_output"][:, :channels]
+        large_x0 = predicted_clean(x, large_eps, alpha_bar)
+        for name, small in smalls.items():
+            small_eps = guidance(small, scheduler, x, t, labels, keep_variance=keep_variance)[:, :channels]
+            small_x0 = predicted_clean(x, small_eps, alpha_bar)
+            distance = (small_x0 - large_x0).flatten(1).norm(dim=1) / large_x0.flatten(1).norm(dim=1)
+            record = found[name]
+            record.timesteps.append(float(t))
+            record.eps_cosine.append(cosine(small_eps, large_eps))
+            record.x0_cosine.append(cosine(small_x0, large_x0))
+            record.x0_relative_l2.append(float(distance.mean()))
+
+    denoise(lambda step: large, scheduler, noise, class_labels=labels, num_inference_steps=num_steps,
+            guidance=guidance, callback=compare)
+    return found
+
+
 def trajectory_similarity(
     small: nn.Module,
     large: nn.Module,
@@ -129,23 +206,16 @@ def trajectory_similarity(
     *,
     num_steps: int,
     guidance_scale: float,
+    prediction: str = "eps",
 ) -> tuple[list[float], list[float]]:
     """Per step, the mean cosine similarity of the small and large model's predictions at the same
-    points of the large model's trajectory. Returns ``(timesteps, similarities)``."""
-    guidance = Guidance(guidance_scale, null_class=num_classes_of(large))
-    timesteps, similarities = [], []
-
-    def compare(state: dict[str, Any]) -> None:
-        keep_variance = state["model_output"].shape[1] > state["x"].shape[1]
-        small_output = guidance(small, scheduler, state["x"], state["t"], labels, keep_variance=keep_variance)
-        cosine = torch.nn.functional.cosine_similarity(small_output.flatten(1), state["model_output"].flatten(1),
-                                                       dim=1)
-        timesteps.append(float(state["t"]))
-        similarities.append(float(cosine.mean()))
-
-    denoise(lambda step: large, scheduler, noise, class_labels=labels, num_inference_steps=num_steps,
-            guidance=guidance, callback=compare)
-    return timesteps, similarities
+    points of the large model's trajectory: of the noise (``prediction="eps"``) or of the clean image
+    (``"x0"``). Returns ``(timesteps, similarities)``; :func:`trajectory_agreement` gives every measure."""
+    if prediction not in ("eps", "x0"):
+        raise ValueError(f"prediction must be 'eps' or 'x0', got {prediction!r}")
+    found = trajectory_agreement({"small": small}, large, scheduler, noise, labels, num_steps=num_steps,
+                                 guidance_scale=guidance_scale)["small"]
+    return found.timesteps, found.eps_cosine if prediction == "eps" else found.x0_cosine
 
 
 def build_schedules(names: Sequence[str], *, fractions: Sequence[float] | None, sweep: bool,
