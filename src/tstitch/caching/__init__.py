@@ -12,7 +12,16 @@ Methods: :data:`CACHE_METHODS` (diffusers' First Block Cache and TaylorSeer for 
 U-Nets); methods that cannot work on a stitched model are refused (:data:`REFUSED`).
 """
 
-from .apply import CacheCall, CacheController, CacheRecord, cached, disable_cache, enable_cache, get_cache_record
+from .apply import (
+    CacheCall,
+    CacheController,
+    CacheRecord,
+    cache_settings,
+    cached,
+    disable_cache,
+    enable_cache,
+    get_cache_record,
+)
 from .config import (
     REFUSED,
     SPEC_HELP,
@@ -29,5 +38,5 @@ from .registry import CACHE_METHODS, CacheMethod
 __all__ = [
     "enable_cache", "disable_cache", "cached", "get_cache_record", "CacheController", "CacheRecord", "CacheCall",
     "FirstBlockCache", "TaylorSeerCache", "DeepCache", "CacheConfig", "parse_cache_spec", "parse_cache_option",
-    "spec_of", "REFUSED", "SPEC_HELP", "CACHE_METHODS", "CacheMethod",
+    "spec_of", "cache_settings", "REFUSED", "SPEC_HELP", "CACHE_METHODS", "CacheMethod",
 ]

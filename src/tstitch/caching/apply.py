@@ -28,7 +28,7 @@ from .config import CacheConfig, parse_cache_spec
 from .registry import method_of
 
 __all__ = ["CacheController", "CacheRecord", "CacheCall", "enable_cache", "disable_cache", "cached",
-           "get_cache_record", "resolve_caches"]
+           "get_cache_record", "resolve_caches", "cache_settings"]
 
 logger = logging.getLogger(__name__)
 _ATTR = "_tstitch_cache"
@@ -86,6 +86,16 @@ def resolve_caches(cache: Mapping[int | str, CacheSpec] | CacheSpec, model_names
             method_of(config)  # a clear error for anything that is not a config
             resolved[index] = config
     return resolved
+
+
+def cache_settings(cache: Mapping[int | str, CacheSpec] | CacheSpec, model_names: list[str],
+                   official: bool = False) -> dict[str, str]:
+    """``{model name: spec}`` of a run's caches (for its settings and summary), checked before any work."""
+    configs = resolve_caches(cache, model_names)
+    if configs and official:
+        raise ValueError("--cache applies to the bare loop and to pipelines; the published DiT sampler (--mode "
+                         "official) runs without caches: use --mode diffusers")
+    return {model_names[index]: config.spec() for index, config in sorted(configs.items())}
 
 
 class CacheController:
@@ -198,8 +208,11 @@ def enable_cache(pipe_or_denoiser: Any, cache: Mapping[int | str, CacheSpec] | C
 
 
 def disable_cache(pipe_or_denoiser: Any) -> None:
-    """Take every cache off the stitch's models (a no-op when none is on)."""
-    denoiser = _denoiser(pipe_or_denoiser)
+    """Take every cache off the stitch's models (a no-op when none is on, or when nothing is stitched)."""
+    try:
+        denoiser = _denoiser(pipe_or_denoiser)
+    except ValueError:
+        return
     controller = vars(denoiser).pop(_ATTR, None)
     if controller is not None:
         controller.remove()
