@@ -242,3 +242,44 @@ def test_a_method_the_model_does_not_fit_is_refused_before_any_hook():
         enable_cache(denoiser, {"large": "first-block:0.1"})
     assert not any(isinstance(getattr(m, "_diffusers_hook", None), HookRegistry) and m._diffusers_hook.hooks
                    for model in dits for m in model.modules())
+
+
+# -- the CLI ---------------------------------------------------------------------------------------------------
+
+def test_cli_sample_with_caches_per_model(tmp_path, capsys):
+    from tstitch import cli
+
+    out = tmp_path / "out"
+    code = cli.main(["sample", "--preset", "digits", "--fraction", "0.4", "--cache", "first-block:0.05", "--cache",
+                     "digits-s=taylorseer:3", "--num-images", "2", "--out", str(out), "--no-progress"])
+    printed = capsys.readouterr().out
+    assert code == 0, printed
+    assert "cache:     digits-s taylorseer:3:3:1, digits-xl first-block:0.05" in printed
+    import json
+
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["settings"]["cache"] == {"digits-s": "taylorseer:3:3:1", "digits-xl": "first-block:0.05"}
+
+
+@pytest.mark.parametrize(("command", "argv", "message"), [
+    ("sample", ("--cache", "bogus:1"), "cache spec 'bogus:1' is not one of: first-block:THRESHOLD"),
+    ("sample", ("--cache", "magcache"), "cache method 'magcache' is refused with stitching"),
+    ("sample", ("--cache", "digits-m=deepcache:2"), "--cache 'digits-m=deepcache:2': no model 'digits-m' among "
+                                                    "digits-s, digits-xl"),
+    ("sample", ("--cache", "deepcache:2"), "cache 'deepcache:2' for model digits-xl .* needs a U-Net"),
+    ("sample", ("--cache", "first-block:0.1", "--mode", "official"), "--mode official\\) runs without caches"),
+    ("bench", ("--cache", "small=first-block:x"), "cache spec 'first-block:x': the threshold must be a number"),
+    ("bench", ("--cache", "medium=first-block:0.1"), "no model 'medium' among small, large"),
+    ("evaluate", ("--models", "digits-s", "digits-xl", "--cache", "deepcache:0"),
+     "deepcache interval must be a whole number >= 1, got 0"),
+])
+def test_cli_refuses_bad_caches(tmp_path, capsys, command, argv, message):
+    import re
+
+    from tstitch import cli
+
+    preset = ("--preset", "digits", "--num-images", "1") if command == "sample" else ()
+    code = cli.main([command, *preset, *argv, "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == 2 and re.search(message, err), err
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
