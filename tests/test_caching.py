@@ -166,7 +166,9 @@ def test_a_dit_pipeline_with_first_block_cache_on_the_large_model():
     assert get_cache_record(pipe).summary()[0].startswith("DiTTransformer2DModel[0]")
     disable_cache(pipe)
     assert torch.equal(run(), plain) and hooks_left(large) == []
-    tstitch.unstitch(pipe)
+    enable_cache(pipe, {0: "first-block:0.5", 1: "taylorseer:2"})
+    tstitch.unstitch(pipe)  # takes the caches off with the stitch
+    assert hooks_left(large) == [] and hooks_left(small) == []
 
 
 def test_sample_batches_passes_the_cache_through():
