@@ -5,6 +5,7 @@ A small model runs the first, noisy fraction of the denoising steps and the larg
 
     import tstitch
     tstitch.stitch(pipe, small, 0.4)   # any diffusers pipeline, any scheduler
+    tstitch.enable_cache(pipe, "first-block:0.05")   # feature caching on the large model (tstitch.caching)
     tstitch.unstitch(pipe)
 """
 
@@ -24,6 +25,7 @@ _LAZY = {
     "load_dit": "models.checkpoints",
     "sample_official": "sampling.official",
     "load_preset": "models.loading",
+    **{name: "caching" for name in ("enable_cache", "disable_cache", "get_cache_record")},
 }
 
 
@@ -53,4 +55,7 @@ __all__ = [
     "load_dit",
     "sample_official",
     "load_preset",
+    "enable_cache",
+    "disable_cache",
+    "get_cache_record",
 ]

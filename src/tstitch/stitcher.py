@@ -488,6 +488,8 @@ def unstitch(pipe: Any) -> Any:
     denoiser = vars(pipe).pop(_STITCH_ATTR, None)
     release_prompts(pipe)
     if denoiser is not None:
+        if (cache := vars(denoiser).pop("_tstitch_cache", None)) is not None:  # tstitch.caching's hooks
+            cache.remove()
         denoiser._release()
         denoiser._large_forward = None
         hook = vars(denoiser.large).get(_HOOK_ATTR)

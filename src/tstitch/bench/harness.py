@@ -46,6 +46,7 @@ from typing import Any
 
 import torch
 
+from ..caching.report import cache_rows
 from ..models.fastpaths import FastPaths, compiled_graph_count
 from ..sampling.timing import warm_up
 from ..utils import ensure_writable_dir, write_json
@@ -72,6 +73,8 @@ class BenchSettings:
     offload_fraction: float = 0.4
     warmup_steps: int = 1
     dispatch_calls: int = 2000
+    #: Caches for ``cached@r`` runs beside ``stitched@r``: ``{model index: config}`` (0 small, 1 large).
+    cache: dict[int, Any] | None = None
 
 
 def interleaved(groups: Sequence[Sequence[str]], repetitions: int) -> Iterator[tuple[int, str]]:
@@ -111,6 +114,7 @@ def _run_case(case: BenchCase, settings: BenchSettings,
     if settings.fast.offload and offload is None:
         logger.info(f"{case.name}: offloading needs a CUDA device; skipped on {device.type}")
     runner = make_runner(case, settings.seed, offload)
+    runner.cache = settings.cache or {}
     groups = runner.groups()
     configs = [config for group in groups for config in group]
 
@@ -133,6 +137,8 @@ def _run_case(case: BenchCase, settings: BenchSettings,
             result["compile"] = {"compile_seconds": passes[0] - passes[1],
                                  "graphs_compiled_during_timing": compiled_graph_count() - graphs_before,
                                  "method": "first warm-up pass minus the second, identical one"}
+        if runner.cache:
+            result["cache"] = cache_rows(runner.cache, ["small", "large"], case.all_fractions, seconds, case.num_images)
         if offload is not None:
             key, stitched = f"offload@{offload:g}", f"stitched@{offload:g}"
             result["offload"] = {

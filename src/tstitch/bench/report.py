@@ -164,6 +164,9 @@ def format_report(results: dict[str, Any]) -> str:
             compiled = case["compile"]
             lines.append(f"  compile: {compiled['compile_seconds']:.1f} s (apart from sampling); graphs compiled "
                          f"during the timed runs: {compiled['graphs_compiled_during_timing']}")
+        for row in case.get("cache", {}).get("rows", []):
+            lines.append(f"  cache {case['cache']['label']} at r={row['fraction']:g}: "
+                         f"{1000 * row['seconds_per_image']:.2f} ms/img, {_ratio(row['ratio_vs_stitched'])}x stitched")
         if "offload" in case:
             offload = case["offload"]
             ratio = offload["ratio_vs_stitched"]

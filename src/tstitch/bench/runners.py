@@ -11,6 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..caching import cached
 from ..models.fastpaths import disable_offload, enable_offload
 from ..plan import Plan
 from ..sampling import Guidance, denoise, num_classes_of, sample, sample_batches, timed
@@ -105,6 +106,7 @@ class Runner:
         self.dtype = next(case.large.parameters()).dtype
         self.models = [case.small, case.large]
         self.offload_fraction = offload_fraction
+        self.cache: dict[int, Any] = {}  # caches of the cached@r runs (tstitch.caching.enable_cache)
 
     def plan(self, fraction: float | Plan, num_steps: int) -> list[int]:
         """The model of every step at a fraction of the small model, or of the case's per-step plan."""
@@ -121,7 +123,8 @@ class Runner:
     def groups(self) -> list[list[str]]:
         """The configurations, in groups whose members are compared with each other and so run back to
         back: ``plain@r`` with ``stitched@r`` (and ``offload@r``), the pipeline pair."""
-        groups = [[f"plain@{r:g}", f"stitched@{r:g}"] for r in self.case.all_fractions]
+        groups = [[f"plain@{r:g}", f"stitched@{r:g}", *([f"cached@{r:g}"] if self.cache else [])]
+                  for r in self.case.all_fractions]
         if self.case.plan is not None:
             groups.append(["plain@plan", "stitched@plan"])
         if self.pipeline_configs():
@@ -138,6 +141,7 @@ class Runner:
     def warmup_configs(self) -> list[str]:
         """One configuration of each kind, every model reached (warm-up and compilation)."""
         names = ["plain@0", "plain@1", "stitched@0", "stitched@1", *self.pipeline_configs()]
+        names += ["cached@0", "cached@1"] if self.cache else []
         if self.offload_fraction is not None:
             names.append(f"offload@{self.offload_fraction:g}")
         return list(dict.fromkeys(names))
@@ -186,13 +190,16 @@ class ClassRunner(Runner):
                                   self.device)
         return ConfigRun(seconds, latents, plan)
 
-    def _run_stitched(self, fraction: float, steps: int) -> ConfigRun:
+    def _run_stitched(self, fraction: float, steps: int, cache: dict | None = None) -> ConfigRun:
         latents, seconds, per_step = sample_batches(
             self.models, fraction if isinstance(fraction, Plan) else [fraction], self.case.make_scheduler, self.noise,
             self.labels, num_steps=steps,
-            guidance_scale=self.case.guidance_scale, batch_size=self.case.num_images,
+            guidance_scale=self.case.guidance_scale, batch_size=self.case.num_images, cache=cache,
         )
         return ConfigRun(seconds, latents, per_step)
+
+    def _run_cached(self, fraction: float, steps: int) -> ConfigRun:
+        return self._run_stitched(fraction, steps, self.cache)
 
     def _run_offload(self, fraction: float, steps: int) -> ConfigRun:
         denoiser = StitchedDenoiser(self.models, Plan.from_small_fractions(fraction))
@@ -271,6 +278,12 @@ class TextRunner(Runner):
     def _run_stitched(self, fraction: float, steps: int) -> ConfigRun:
         pipe = self._pipe(f"stitched@{fraction}", fraction)
         seconds, latents = self._call(pipe, steps)
+        return ConfigRun(seconds, latents, get_record(pipe).model_per_step())
+
+    def _run_cached(self, fraction: float, steps: int) -> ConfigRun:
+        pipe = self._pipe(f"stitched@{fraction}", fraction)
+        with cached(pipe, self.cache):  # on only for this run: the pipelines share the models
+            seconds, latents = self._call(pipe, steps)
         return ConfigRun(seconds, latents, get_record(pipe).model_per_step())
 
     def _run_offload(self, fraction: float, steps: int) -> ConfigRun:

@@ -49,6 +49,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "any order of the two models), its overhead beside the prefix plan's with as many small "
                         "steps; a per-step plan sets --steps")
     parser.add_argument("--seed", type=SEED, default=0, help="seed of the noise, labels and weights (default: 0)")
+    parser.add_argument("--cache", action="append", metavar="[MODEL=]SPEC",
+                        help="also time every fraction with feature caching (cached@r beside stitched@r), repeatable: "
+                        "SPEC for the large model, small=SPEC or large=SPEC; first-block:THRESHOLD, "
+                        "taylorseer:INTERVAL[:WARMUP[:ORDER]] (DiTs), deepcache:INTERVAL (U-Nets) (docs/caching.md)")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory runs")
     fast = parser.add_argument_group("fast paths (none changes which model runs at which step)")
     fast.add_argument("--compile", action="store_true", help="torch.compile each model (compile time reported apart)")
@@ -81,6 +85,9 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("--compile-mode applies with --compile")
     if args.offload and torch.device(device).type != "cuda":
         raise ValueError("--offload moves the idle model to the CPU: it needs a CUDA --device")
+    from ..caching import parse_cache_option
+
+    cache = parse_cache_option(args.cache, ["small", "large"])
     folder = OutputFolder(args.out, "bench", names=OUTPUTS, overwrite=args.overwrite)
     folder.check()
     threads = args.threads or (1 if args.quick else None)
@@ -107,6 +114,7 @@ def run(args: argparse.Namespace) -> int:
     settings = BenchSettings(
         seed=args.seed,
         memory=not args.no_memory,
+        cache=cache,
         fast=FastPaths(compile=args.compile, compile_mode=args.compile_mode, compile_backend=args.compile_backend,
                        dtype=args.dtype, channels_last=args.channels_last, offload=args.offload,
                        cuda_graphs=args.cuda_graphs, tf32=args.tf32, attention=args.attention),

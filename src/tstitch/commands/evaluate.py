@@ -85,6 +85,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     what.add_argument("--scheduler", type=one_of("scheduler", list(SCHEDULERS), scheduler_name),
                       help=f"diffusers scheduler name ({', '.join(SCHEDULERS)}; default: the "
                       "preset's)")
+    what.add_argument("--cache", action="append", metavar="[MODEL=]SPEC",
+                      help="feature caching, repeatable: SPEC for the large model, MODEL=SPEC for one model "
+                      "(first-block:THRESHOLD, taylorseer:INTERVAL[:WARMUP[:ORDER]], deepcache:INTERVAL; "
+                      "docs/caching.md); part of the settings")
     what.add_argument("--batch-size", type=integer(1, 100_000),
                       help="images per batch and per shard, per process (default: 100 digits, 32 otherwise); "
                       "part of the settings: a resume must use the same")
@@ -153,7 +157,7 @@ def run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size, seed=args.seed, device=args.device, dtype=args.dtype, png=args.png,
         keep_shards=args.keep_shards, metric=args.metric, reference=args.reference,
         inception_weights=args.inception_weights, pr_k=args.pr_k, is_splits=args.is_splits, threads=args.threads,
-        max_schedules=None if args.many_schedules else MAX_SCHEDULES,
+        max_schedules=None if args.many_schedules else MAX_SCHEDULES, cache=tuple(args.cache or ()),
     )
     config.validate()
     out = Path(args.out)

@@ -36,6 +36,9 @@ examples:
   tstitch tune --out runs/tune --models digits-s digits-b digits-xl
   tstitch sample --preset digits-s-b-xl --plan runs/tune/plan.json --compare
 
+  # feature caching on top: First Block Cache on the large model, TaylorSeer on the small one
+  tstitch sample --preset digits --fraction 0.4 --cache first-block:0.05 --cache digits-s=taylorseer:3
+
   # what the presets hold
   tstitch sample --list-presets
 
@@ -100,6 +103,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     schedule.add_argument("--guidance", type=real(0, 100), metavar="SCALE",
                           help="classifier-free guidance scale in [0, 100] (default: DiT 1.5, digits 1.0, SD the "
                           "pipeline's)")
+    schedule.add_argument("--cache", action="append", metavar="[MODEL=]SPEC",
+                          help="feature caching, repeatable: SPEC for the large model, MODEL=SPEC (a name or index "
+                          "of the models) for one model; SPEC is first-block:THRESHOLD or "
+                          "taylorseer:INTERVAL[:WARMUP[:ORDER]] (DiTs), deepcache:INTERVAL (U-Nets), or none. Each "
+                          "model keeps its own cache state, reset every run (docs/caching.md)")
     schedule.add_argument("--compare", action="store_true",
                           help="also sample with the large model alone from the same noise; print both times")
     schedule.add_argument("--no-warmup", action="store_true",
@@ -171,6 +179,11 @@ def _check_args(args: argparse.Namespace) -> None:
         from ..experiments.sample_plans import check_plan
 
         check_plan(args.plan, None, args.steps)  # the step count now; the model count once they are loaded
+    if args.cache:
+        from ..caching import parse_cache_spec
+
+        for value in args.cache:  # the specs now; the model names once the models are loaded
+            parse_cache_spec(value.split("=", 1)[-1])
     if args.negative_prompt is not None and not args.prompt:
         raise ValueError("--negative-prompt applies with --prompt (text-to-image pipelines)")
     if args.size is not None and args.size % 8:
@@ -247,12 +260,15 @@ def run(args: argparse.Namespace) -> int:
     if threads:
         torch.set_num_threads(threads)
     fractions = [args.fraction] if args.fraction is not None else args.fractions
+    from ..caching import parse_cache_option
+
+    cache = parse_cache_option(args.cache, list(loaded.names))
     options = SampleOptions(
         fractions=fractions, plan=args.plan, num_steps=args.steps, scheduler=args.scheduler, mode=args.mode,
         guidance_scale=args.guidance, class_labels=args.class_labels, prompts=args.prompt,
         negative_prompt=args.negative_prompt, num_images=args.num_images, batch_size=args.batch_size,
         seed=args.seed, size=args.size, progress=not args.no_progress, warmup=not args.no_warmup,
-        fast=_fast_paths(args, device),
+        fast=_fast_paths(args, device), cache=cache,
     )
     args.on_interrupt = f"nothing was written to {out}"
     result = generate(loaded, options, compare=args.compare)
@@ -274,6 +290,8 @@ def run(args: argparse.Namespace) -> int:
           + (f", {torch.get_num_threads()} thread{'s' if torch.get_num_threads() > 1 else ''}"
              if device.type == "cpu" else ""))
     print(f"fast paths: {settings.get('fast_paths', 'none')}")
+    if settings.get("cache"):
+        print(f"cache:     {', '.join(f'{name} {spec}' for name, spec in settings['cache'].items())}")
     print(f"stitched:  {_describe_run(result.stitched)}")
     if result.baseline is not None:
         print(f"{result.baseline.model_names[-1]} alone: {_describe_run(result.baseline)}")

@@ -48,6 +48,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ..caching.apply import eval_cache
 from ..metrics import find_inception_weights, images_to_uint8, npz_batches
 from ..sampling import Stopwatch, sample_batches, scheduler_factory, scheduler_name
 from ..sampling.timing import warm_up
@@ -183,7 +184,8 @@ class EvaluationRun:
                                          plan=config.plan)
         self.image_shape = self._image_shape()
         self.num_shards = math.ceil(self.num_samples / self.batch_size)
-        self.settings = self._settings()
+        self.cache = eval_cache(config.cache, loaded.names, self.mode)  # {model name: spec}
+        self.settings = self._settings() | ({"cache": self.cache} if self.cache else {})
 
     # -- settings ---------------------------------------------------------------------------------------------
 
@@ -334,6 +336,7 @@ class EvaluationRun:
                 models, schedule.runs_plan, new_scheduler, noise.to(loaded.large.dtype), labels,
                 num_steps=self.num_steps, guidance_scale=self.guidance, batch_size=len(indices),
                 generators=step_generators(self.config.seed, indices),
+                cache={schedule.models.index(n): spec for n, spec in self.cache.items() if n in schedule.models},
             )
         start = time.perf_counter()
         images = self._to_images(latents)

@@ -68,6 +68,8 @@ class EvaluateConfig:
     dist_timeout_minutes: float = 720.0
     threads: int | None = None
     max_schedules: int | None = MAX_SCHEDULES
+    #: ``--cache`` values (``SPEC`` for the large model, ``MODEL=SPEC``): part of the settings and their hash.
+    cache: tuple[str, ...] = ()
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the first bad field (before anything is loaded)."""
@@ -94,6 +96,11 @@ class EvaluateConfig:
                     f"{schedule_count(count, sweep=True, step=self.sweep_step):,} schedules of "
                     f"{self.num_samples or 'the default number of'} samples each, more than {self.max_schedules}; "
                     "take a larger step, or allow it (--many-schedules)")
+        if self.cache:
+            from ..caching import parse_cache_spec
+
+            for value in self.cache:  # the specs now; the model names once the models are loaded
+                parse_cache_spec(value.split("=", 1)[-1])
         if self.threads is not None and self.threads < 1:
             raise ValueError(f"threads must be >= 1, got {self.threads}")
         if self.num_samples is not None and self.num_samples < 2:

@@ -28,6 +28,7 @@ from typing import Any
 
 import torch
 
+from ..caching import cache_settings, cached, disable_cache, enable_cache
 from ..models.families import denoiser_of, official_sampler
 from ..models.fastpaths import FastPaths
 from ..models.loaded import MODES, OFFICIAL_MODES, ClassConditionalModels, LoadedModels, Mode, StitchedPipeline
@@ -37,7 +38,7 @@ from ..sampling.checks import check_guidance_scale
 from ..sampling.official import SAMPLERS as OFFICIAL_SAMPLERS
 from ..sampling.schedulers import check_scheduler
 from ..sampling.timing import Stopwatch, warm_up, warmup_fractions
-from ..stitcher import get_record, stitch
+from ..stitcher import StitchedDenoiser, get_record, stitch
 from ..utils import atomic_write, ensure_writable_dir, write_json
 from .plots import plot_grid
 from .sample_plans import check_plan, plan_text, run_plan
@@ -85,6 +86,8 @@ class SampleOptions:
     #: Speed options for the denoisers of class-conditional models in the bare loop (None: none); applied
     #: to the loaded models in place. The published sampler (``mode="official"``) and pipelines run without.
     fast: FastPaths | None = None
+    #: Caches of the stitched run, ``{model index: config}`` (:func:`tstitch.caching.enable_cache`); not official mode.
+    cache: dict[int, Any] | None = None
 
 
 @dataclass
@@ -303,11 +306,13 @@ def _class_run(
                 scheduler = make_scheduler(
                     settings["scheduler"], loaded.scheduler_config, learned_variance=loaded.learned_variance
                 )
-                out = sample(
-                    models, plan or list(full[:-1]), scheduler, noise=batch_noise.to(dtype), class_labels=batch_labels,
-                    num_inference_steps=settings["num_steps"], guidance_scale=settings["guidance_scale"],
-                    generator=generator, progress=progress,
-                )
+                denoiser = StitchedDenoiser(models, plan or list(full[:-1]))
+                with cached(denoiser, settings.get("cache") if k > 1 else None):
+                    out = sample(
+                        denoiser, None, scheduler, noise=batch_noise.to(dtype), class_labels=batch_labels,
+                        num_inference_steps=settings["num_steps"], guidance_scale=settings["guidance_scale"],
+                        generator=generator, progress=progress,
+                    )
                 per_step = out.record.model_per_step()
                 seconds = out.record.seconds
                 batch_latents = out.latents
@@ -342,7 +347,9 @@ def _pipeline_run(
     k = loaded.num_models
     alone = len(full) == 1  # the large model alone: every small model gets no step
     plan = None if alone else run_plan(settings)
+    disable_cache(pipe)
     stitch(pipe, loaded.small_models, [0.0] * (k - 1) if alone else (plan or list(full[:-1])))
+    enable_cache(pipe, {} if alone else settings.get("cache") or {})
     if settings["scheduler"] is not None:
         pipe.scheduler = make_scheduler(settings["scheduler"], pipe.scheduler)
     pipe.set_progress_bar_config(disable=not progress, leave=False)
@@ -409,6 +416,8 @@ def generate(loaded: LoadedModels, options: SampleOptions | None = None, *, comp
     """
     options = options or SampleOptions()
     settings = _resolve(loaded, options)
+    if options.cache:
+        settings["cache"] = cache_settings(options.cache, list(loaded.names), settings["mode"] in OFFICIAL_MODES)
     full = tuple(settings["fractions"])
     fast = options.fast if options.fast is not None and options.fast.enabled else None
     if fast is not None and (not isinstance(loaded, ClassConditionalModels) or settings["mode"] == "official"):

@@ -230,11 +230,13 @@ def sample_batches(
     batch_size: int,
     progress: bool = False,
     generators: Sequence[torch.Generator] | None = None,
+    cache: Any = None,
 ) -> tuple[torch.Tensor, float, list[int]]:
     """Stitched sampling of all of ``noise`` in batches of ``batch_size``, timed (CUDA synchronised).
 
     ``generators``: one per sample, for stochastic schedulers (each sample's step noise then depends on
-    its own generator only, not on the batch it is in).
+    its own generator only, not on the batch it is in). ``cache``: per-model caches, as
+    :func:`tstitch.caching.enable_cache` takes them (applied for each batch, taken off after it).
 
     Returns the latents, the wall-clock seconds of the sampling (model calls and scheduler steps), and
     the model index of each step.
@@ -251,9 +253,11 @@ def sample_batches(
         batch_noise, batch_labels = noise[start : start + batch_size], labels[start : start + batch_size]
         generator = None if generators is None else list(generators[start : start + batch_size])
         scheduler = scheduler_factory()
-        with watch:
+        from ..caching import cached
+
+        with cached(StitchedDenoiser(list(models), plan), cache or {}) as denoiser, watch:
             result = sample(
-                list(models), plan, scheduler, noise=batch_noise, class_labels=batch_labels,
+                denoiser, plan, scheduler, noise=batch_noise, class_labels=batch_labels,
                 num_inference_steps=num_steps, guidance_scale=guidance_scale, progress=progress,
                 generator=generator,
             )
