@@ -89,8 +89,8 @@ FAMILY: dict[str, ModelSpec | UNetSpec] = {
         ModelSpec("digits-xl", num_layers=8, num_attention_heads=4, attention_head_dim=48, train_steps=5000),
         UNetSpec("digits-unet-s", block_out_channels=(16, 32), layers_per_block=1, cross_attention_dim=32,
                  attention_heads=(1, 1), norm_num_groups=8, train_steps=1500),
-        UNetSpec("digits-unet", block_out_channels=(48, 96), layers_per_block=1, cross_attention_dim=64,
-                 attention_heads=(2, 3), norm_num_groups=16, train_steps=1500),
+        UNetSpec("digits-unet", block_out_channels=(64, 128), layers_per_block=1, cross_attention_dim=64,
+                 attention_heads=(2, 4), norm_num_groups=16, train_steps=1500),
     )
 }
 #: The DiT members (the default of :func:`load_family`) and the U-Net pair, smallest first.
