@@ -202,7 +202,7 @@ def test_the_unet_section_joins_when_the_pair_is_in_the_zoo_and_is_left_out_with
 def test_demo_runs_every_section_with_intervals_and_interleaved_times(tmp_path):
     second = DemoSection("B", "digits-b", "digits-xl", slug="b", guidance_scales=(1.0, 1.5))
     config = DemoConfig.quick(num_samples=12, num_steps=2, batch_size=12, guidance_samples=6, timing_chunks=2,
-                              similarity_samples=3, bootstrap_resamples=20, fraction_step=0.5,
+                              similarity_samples=3, interval_groups=4, fraction_step=0.5,
                               three_model=((0.5, 0.5),), sections=(DIT_SECTION, second))
     results = run_demo(tmp_path, config, progress=False)
     written = ["results.json", "results.csv", "pareto.png", "grid.png", "similarity.png", "pareto-b.png",
@@ -249,7 +249,7 @@ def test_demo_runs_every_section_with_intervals_and_interleaved_times(tmp_path):
 def test_demo_refuses_bad_timing_and_interval_settings(tmp_path):
     for overrides, message in (({"timing_chunks": 0}, "timing_chunks must be >= 1, got 0"),
                                ({"guidance_samples": 1}, "guidance_samples must be >= 2, got 1"),
-                               ({"bootstrap_resamples": -1}, "bootstrap_resamples must be >= 0, got -1"),
+                               ({"interval_groups": 1}, r"interval_groups must be 0 or in \[2, num_samples // 2"),
                                ({"sections": ()}, "sections is empty")):
         with pytest.raises(ValueError, match=message):
             run_demo(tmp_path / "out", DemoConfig.quick(**overrides), progress=False)

@@ -1,6 +1,6 @@
 # Copyright 2026 The tstitch authors. Licensed under the Apache License, Version 2.0.
 """``tstitch evaluate``'s FID ratios to the large model alone carry a 95% paired interval: the features kept
-per schedule, the paired bootstrap over the same sample indices, the jackknife for wide features."""
+per schedule, the paired jackknife (the same rows left out of both sets), the bootstrap for runs under 20 samples."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import torch
 from tstitch.experiments.evaluate import EvaluateConfig, run_evaluate
 from tstitch.experiments.evaluation_report import add_fid_intervals, fid_ratio_interval, format_rows
 from tstitch.metrics import Reference
-from tstitch.tune.stats import gaussian_statistics, jackknife_fid_ratio, paired_fid_ratio
+from tstitch.tune.stats import gaussian_statistics, jackknife_fid_ratio
 
 SLUGS = ["digits-s-0_digits-xl-1", "digits-s-0.5_digits-xl-0.5", "digits-s-1_digits-xl-0"]
 
@@ -41,7 +41,7 @@ def digits_reference() -> Reference:
     return Reference(features, source="digits")
 
 
-def test_rows_carry_the_paired_bootstrap_interval_of_the_saved_features(run):
+def test_rows_carry_the_paired_jackknife_interval_of_the_saved_features(run):
     rows = {Path(r["samples"]).parent.name: r for r in run.rows}
     features = {slug: torch.from_numpy(np.load(run.out_dir / slug / "features.npy")) for slug in SLUGS}
     assert all(f.shape == (24, 64) for f in features.values())
@@ -50,12 +50,11 @@ def test_rows_carry_the_paired_bootstrap_interval_of_the_saved_features(run):
     assert (alone["fid_vs_large_low"], alone["fid_vs_large"], alone["fid_vs_large_high"]) == (1.0, 1.0, 1.0)
     for slug in SLUGS[1:]:
         row = rows[slug]
-        expected = paired_fid_ratio(features[slug].double(), features[SLUGS[0]].double(), real, resamples=300,
-                                    seed=3)
+        expected = jackknife_fid_ratio(features[slug].double(), features[SLUGS[0]].double(), real, groups=10)
         assert (row["fid_vs_large_low"], row["fid_vs_large_high"]) == (expected.low, expected.high)
         assert expected.ratio == pytest.approx(row["fid_vs_large"], rel=1e-6)  # torchmetrics' FID, the same ratio
         assert row["fid_vs_large_low"] < row["fid_vs_large_high"]
-        assert row["fid_vs_large_interval"] == "95% paired bootstrap, bias-corrected FIDs"
+        assert row["fid_vs_large_interval"] == "95% jackknife, 10 groups"
     stored = json.loads((run.out_dir / "results.json").read_text())["rows"]
     assert [r["fid_vs_large_high"] for r in stored] == [r["fid_vs_large_high"] for r in run.rows]
     assert "fid_vs_large_low" in (run.out_dir / "results.csv").read_text().splitlines()[0]
@@ -72,7 +71,7 @@ def test_a_resumed_run_without_features_scores_again_and_gives_the_same_interval
         (r["fid_vs_large_low"], r["fid_vs_large_high"]) for r in run.rows]
 
 
-def test_the_pairing_matters_and_wide_features_take_the_jackknife():
+def test_the_pairing_matters_and_small_runs_take_the_bootstrap():
     generator = torch.Generator().manual_seed(0)
     alone = torch.randn(400, 4, generator=generator, dtype=torch.float64)
     close = alone + 0.1 * torch.randn(400, 4, generator=generator, dtype=torch.float64)
@@ -86,12 +85,11 @@ def test_the_pairing_matters_and_wide_features_take_the_jackknife():
     assert unpaired.ratio == pytest.approx(by_features.ratio, rel=1e-9)
     assert unpaired.high - unpaired.low > 2 * (by_features.high - by_features.low)
 
-    wide_alone = torch.randn(40, 300, generator=generator, dtype=torch.float64)
-    wide_real = torch.randn(350, 300, generator=generator, dtype=torch.float64)
-    wide = fid_ratio_interval(wide_alone * 1.1, wide_alone, Reference(wide_real.float()))
-    expected = jackknife_fid_ratio(wide_alone * 1.1, wide_alone, gaussian_statistics(wide_real.float()), groups=10)
-    assert wide.method == "jackknife, 10 groups"
-    assert (wide.low, wide.high) == pytest.approx((expected.low, expected.high), rel=1e-9)
+    expected = jackknife_fid_ratio(close, alone, gaussian_statistics(real_features.float()), groups=10)
+    assert by_features.method == "jackknife, 10 groups"
+    assert (by_features.low, by_features.high) == pytest.approx((expected.low, expected.high), rel=1e-9)
+    small = fid_ratio_interval(close[:19], alone[:19], Reference(real_features.float()))
+    assert small.method == "paired bootstrap, bias-corrected FIDs"
 
 
 def test_rows_without_the_large_model_alone_get_no_interval(run):

@@ -8,8 +8,9 @@
 Every point samples the same noise and labels (paired with the large model alone) in shards; the shards of all
 points run interleaved (shard k of every point, the points' order rotated at each shard), so that a busy
 machine slows all points alike, and each point's time is the median over shards of its time over the large
-model's in the same shard. Sampling runs on one CPU thread. FID intervals: the paired bootstrap of
-``tstitch.tune.stats.paired_fid_ratio`` (FID of the point over FID of the large model alone), times the large
+model's in the same shard. Sampling runs on one CPU thread. FID intervals: the paired jackknife
+of ``tstitch.tune.stats.jackknife_fid_ratio`` (20 groups; FID of the point over FID of the large model
+alone), times the large
 model's FID. Writes ``cache_study.json`` and ``cache_frontier.png`` (``cache_xl_timing.json`` with --xl-timing).
 """
 
@@ -28,7 +29,7 @@ import torch
 from tstitch import StitchedDenoiser, sample
 from tstitch.caching import cached, get_cache_record, parse_cache_spec
 from tstitch.metrics import FeatureFID
-from tstitch.tune.stats import paired_fid_ratio
+from tstitch.tune.stats import jackknife_fid_ratio
 from tstitch.tune.workload import digits_workload
 from tstitch.utils import ensure_writable_dir, write_json
 
@@ -53,7 +54,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--caches", nargs="+", help="caching alone, on the large model (default: by model kind)")
     parser.add_argument("--joint-fractions", type=float, nargs="+", default=[0.3, 0.4, 0.5])
     parser.add_argument("--joint-caches", nargs="+", help="caches of the joint points (default: by model kind)")
-    parser.add_argument("--resamples", type=int, default=300)
+    parser.add_argument("--groups", type=int, default=20, help="jackknife groups of the FID intervals")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="outputs/cache-study")
     parser.add_argument("--xl-timing", action="store_true", help="only the DiT-XL/2-shape timing (random weights)")
@@ -119,8 +120,7 @@ def study(args: argparse.Namespace) -> dict[str, Any]:
     fid_large = FeatureFID(statistics=workload.real_statistics).score_features(features[0])
     rows = []
     for i, (fraction, cache) in enumerate(points):
-        estimate = paired_fid_ratio(features[i], features[0], workload.real_statistics, resamples=args.resamples,
-                                    seed=args.seed)
+        estimate = jackknife_fid_ratio(features[i], features[0], workload.real_statistics, groups=args.groups)
         ratios = [a / b for a, b in zip(seconds[i], seconds[0], strict=True)]
         rows.append({
             "kind": kind_of(fraction, cache), "fraction": fraction, "cache": cache or "none",
