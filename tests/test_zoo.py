@@ -140,7 +140,7 @@ def test_demo_rejects_bad_settings(tmp_path):
 
 def test_demo_on_a_tiny_setting_writes_every_output(tmp_path):
     config = DemoConfig.quick(num_samples=20, num_steps=2, batch_size=10, similarity_samples=4,
-                              guidance_scales=(1.0, 1.5), guidance_samples=10, bootstrap_resamples=20)
+                              guidance_scales=(1.0, 1.5), guidance_samples=10, interval_groups=4)
     results = run_demo(tmp_path, config, progress=False)
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(results["files"])
     assert {"grid.png", "pareto.png", "results.csv", "results.json", "similarity.png"} <= set(results["files"])
@@ -160,7 +160,7 @@ def test_demo_on_a_tiny_setting_writes_every_output(tmp_path):
 
 def test_demo_is_deterministic(tmp_path):
     config = DemoConfig.quick(num_samples=10, num_steps=2, batch_size=10, similarity_samples=2,
-                              three_model=((0.2, 0.2),), guidance_samples=10, bootstrap_resamples=20)
+                              three_model=((0.2, 0.2),), guidance_samples=10, interval_groups=4)
     first = run_demo(tmp_path / "a", config, progress=False)
     second = run_demo(tmp_path / "b", config, progress=False)
     assert [r["fid"] for r in first["rows"]] == [r["fid"] for r in second["rows"]]

@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 from ..metrics import FeatureFID, classifier_accuracy
 from ..sampling import sample_batches, scheduler_factory
 from ..tune.cost import measure_step_costs
-from ..tune.stats import RatioEstimate, jackknife_fid_ratio
+from ..tune.stats import RatioEstimate, frechet_distance, gaussian_statistics, jackknife_fid_ratio
 from ..utils import ensure_writable_dir, write_csv, write_json
 from ..zoo import load_classifier, scheduler_config
 from ..zoo.data import IMAGE_SIZE, NUM_CLASSES, load_digits_tensors, to_unit
@@ -64,7 +64,7 @@ class DemoConfig:
     #: the timing repetitions
     timing_chunks: int = 3
     batch_size: int = 600
-    #: groups of the paired jackknife interval of each FID ratio (0: no interval)
+    #: groups of the paired jackknife interval of each FID ratio (0: no interval; at most num_samples // 2)
     interval_groups: int = 20
     similarity_samples: int = 100
     seed: int = 0
@@ -92,9 +92,8 @@ class DemoConfig:
             raise ValueError(f"guidance_samples must be >= 2, got {self.guidance_samples}")
         if self.timing_chunks < 1:
             raise ValueError(f"timing_chunks must be >= 1, got {self.timing_chunks}")
-        if self.interval_groups != 0 and not 2 <= self.interval_groups <= self.num_samples // 2:
-            raise ValueError(f"interval_groups must be 0 or in [2, num_samples // 2 = {self.num_samples // 2}], "
-                             f"got {self.interval_groups}")
+        if self.interval_groups < 0 or self.interval_groups == 1:
+            raise ValueError(f"interval_groups must be 0 (no interval) or >= 2, got {self.interval_groups}")
         scale_sets = [self.guidance_scales] + [s.guidance_scales for s in self.sections or () if s.guidance_scales]
         for scales in scale_sets:
             if not scales or any(not math.isfinite(g) or g < 1.0 for g in scales):
@@ -300,11 +299,14 @@ def _one_thread() -> Iterator[None]:
 
 def _interval(features: torch.Tensor, reference: torch.Tensor, real: tuple[torch.Tensor, torch.Tensor],
               config: DemoConfig) -> RatioEstimate:
-    """The FID ratio with its 95% paired jackknife interval (NaN bounds when ``interval_groups`` is 0)."""
-    if config.interval_groups == 0:
-        ratio = jackknife_fid_ratio(features, reference, real, groups=2).ratio
+    """The FID ratio with its 95% paired jackknife interval, in at most ``interval_groups`` groups of two or more
+    samples (NaN bounds when ``interval_groups`` is 0 or there are under 4 samples)."""
+    groups = min(config.interval_groups, len(features) // 2)
+    if groups < 2:
+        ratio = frechet_distance(*gaussian_statistics(features), *real) / frechet_distance(
+            *gaussian_statistics(reference), *real)
         return RatioEstimate(ratio, math.nan, math.nan, 0.95, "none", len(features))
-    return jackknife_fid_ratio(features, reference, real, groups=config.interval_groups)
+    return jackknife_fid_ratio(features, reference, real, groups=groups)
 
 
 def _rows(section: DemoSection, runs: list[ChunkedRun], score: Any, metric: FeatureFID, step_cost: dict[str, float],
