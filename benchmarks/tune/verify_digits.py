@@ -25,7 +25,7 @@ from tstitch.tune.cost import measure_step_costs
 from tstitch.tune.plans import label, single_fraction
 from tstitch.tune.verify import meets, sample_features, summarize, time_plans
 from tstitch.tune.workload import digits_workload
-from tstitch.utils import write_json
+from tstitch.utils import ensure_writable_dir, write_json
 
 HERE = Path(__file__).parent
 TOLERANCES = (1.02, 1.05, 1.10)
@@ -47,6 +47,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", default=str(HERE))
     args = parser.parse_args()
+    out = ensure_writable_dir(args.out)  # before any work: a missing folder once cost a whole run's timing
     torch.set_num_threads(args.threads)
     work = digits_workload()
     names = work.short
@@ -109,8 +110,8 @@ def main() -> None:
                      "met": cheapest["measured_cost"] <= 0.45},
         "rows": sorted(rows, key=lambda r: r["measured_cost"]),
     }
-    write_json(Path(args.out) / "verify.json", results)
-    plot(results["rows"], Path(args.out) / "verify.png")
+    write_json(out / "verify.json", results)
+    plot(results["rows"], out / "verify.png")
     print(json.dumps({"targets": targets, "moonshot": results["moonshot"]}, indent=1))
 
 
