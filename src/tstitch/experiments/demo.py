@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 from ..metrics import FeatureFID, classifier_accuracy
 from ..sampling import sample_batches, scheduler_factory
 from ..tune.cost import measure_step_costs
-from ..tune.stats import RatioEstimate, frechet_distance, gaussian_statistics, jackknife_fid_ratio
+from ..tune.stats import RatioEstimate, fid_ratio, jackknife_fid_ratio
 from ..utils import ensure_writable_dir, write_csv, write_json
 from ..zoo import load_classifier, scheduler_config
 from ..zoo.data import IMAGE_SIZE, NUM_CLASSES, load_digits_tensors, to_unit
@@ -303,9 +303,7 @@ def _interval(features: torch.Tensor, reference: torch.Tensor, real: tuple[torch
     samples (NaN bounds when ``interval_groups`` is 0 or there are under 4 samples)."""
     groups = min(config.interval_groups, len(features) // 2)
     if groups < 2:
-        ratio = frechet_distance(*gaussian_statistics(features), *real) / frechet_distance(
-            *gaussian_statistics(reference), *real)
-        return RatioEstimate(ratio, math.nan, math.nan, 0.95, "none", len(features))
+        return RatioEstimate(fid_ratio(features, reference, real), math.nan, math.nan, 0.95, "none", len(features))
     return jackknife_fid_ratio(features, reference, real, groups=groups)
 
 

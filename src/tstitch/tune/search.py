@@ -95,6 +95,16 @@ def moves(sequence: tuple[int, ...], step_costs: Sequence[float], max_segments: 
     return list(found)
 
 
+def _check_search(signal: PairedSignal, rank_by: str, num_steps: int) -> None:
+    """The arguments both searches share, checked before any sampling."""
+    if rank_by not in ("distance", "small_fid_ratio"):
+        raise ValueError(f"rank_by must be 'distance' or 'small_fid_ratio', got {rank_by!r}")
+    if rank_by == "small_fid_ratio" and signal.real_statistics is None:
+        raise ValueError("rank_by='small_fid_ratio' needs a signal with real statistics")
+    if num_steps < 1:
+        raise ValueError(f"num_steps must be >= 1, got {num_steps}")
+
+
 def greedy_search(signal: PairedSignal, costs: CostModel, names: Sequence[str], *, num_steps: int = 20,
                   reference_steps: int = 20, max_segments: int = 4, min_cost: float = 0.35,
                   baseline: bool = True, max_model_steps: int | None = None, rank_by: str = "distance",
@@ -114,12 +124,7 @@ def greedy_search(signal: PairedSignal, costs: CostModel, names: Sequence[str], 
         rank_by: the signal the moves are judged by: ``"distance"`` (the paired feature distance) or
             ``"small_fid_ratio"`` (the paired FID ratio on the search's samples; needs real statistics).
     """
-    if rank_by not in ("distance", "small_fid_ratio"):
-        raise ValueError(f"rank_by must be 'distance' or 'small_fid_ratio', got {rank_by!r}")
-    if rank_by == "small_fid_ratio" and signal.real_statistics is None:
-        raise ValueError("rank_by='small_fid_ratio' needs a signal with real statistics")
-    if num_steps < 1:
-        raise ValueError(f"num_steps must be >= 1, got {num_steps}")
+    _check_search(signal, rank_by, num_steps)
     if max_segments < 1:
         raise ValueError(f"max_segments must be >= 1, got {max_segments}")
     if not 0 < min_cost < 1:
@@ -215,12 +220,7 @@ def segment_search(signal: PairedSignal, costs: CostModel, names: Sequence[str],
     """Score every plan of ``order`` (default: :func:`default_order`) whose predicted cost is within
     ``[min_cost, max_cost]``, then the single fractions (see the module docstring). ``rank_by`` as in
     :func:`greedy_search`; the result's frontier and budgets follow it."""
-    if rank_by not in ("distance", "small_fid_ratio"):
-        raise ValueError(f"rank_by must be 'distance' or 'small_fid_ratio', got {rank_by!r}")
-    if rank_by == "small_fid_ratio" and signal.real_statistics is None:
-        raise ValueError("rank_by='small_fid_ratio' needs a signal with real statistics")
-    if num_steps < 1:
-        raise ValueError(f"num_steps must be >= 1, got {num_steps}")
+    _check_search(signal, rank_by, num_steps)
     if not 0 <= min_cost < max_cost:
         raise ValueError(f"need 0 <= min_cost < max_cost, got {min_cost} and {max_cost}")
     begin = time.perf_counter()

@@ -19,6 +19,7 @@ __all__ = [
     "RatioEstimate",
     "gaussian_statistics",
     "frechet_distance",
+    "fid_ratio",
     "paired_fid_ratio",
     "jackknife_fid_ratio",
     "interval_from_sets",
@@ -64,6 +65,27 @@ def _fid(features: torch.Tensor, real: tuple[torch.Tensor, torch.Tensor]) -> flo
     return frechet_distance(*gaussian_statistics(features), *real)
 
 
+Statistics = tuple[torch.Tensor, torch.Tensor]
+
+
+def _paired_statistics(features: torch.Tensor, reference_features: torch.Tensor, real_statistics: Statistics,
+                       confidence: float) -> Statistics:
+    """The checks both paired intervals make; the real statistics in float64."""
+    if features.shape != reference_features.shape:
+        raise ValueError(f"paired features must have one shape, got {tuple(features.shape)} and "
+                         f"{tuple(reference_features.shape)}")
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+    return real_statistics[0].double(), real_statistics[1].double()
+
+
+def fid_ratio(features: torch.Tensor, reference_features: torch.Tensor,
+              real_statistics: tuple[torch.Tensor, torch.Tensor]) -> float:
+    """FID of ``features`` over FID of ``reference_features``, both against ``real_statistics`` (no interval)."""
+    real = (real_statistics[0].double(), real_statistics[1].double())
+    return _fid(features, real) / _fid(reference_features, real)
+
+
 def paired_fid_ratio(
     features: torch.Tensor,
     reference_features: torch.Tensor,
@@ -82,12 +104,7 @@ def paired_fid_ratio(
     bias-corrected first (its resamples' mean shifted onto the measured FID) before the ratio is taken; the
     interval is the percentile interval of the corrected ratios.
     """
-    if features.shape != reference_features.shape:
-        raise ValueError(f"paired features must have one shape, got {tuple(features.shape)} and "
-                         f"{tuple(reference_features.shape)}")
-    if not 0 < confidence < 1:
-        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
-    real = (real_statistics[0].double(), real_statistics[1].double())
+    real = _paired_statistics(features, reference_features, real_statistics, confidence)
     fid, reference_fid = _fid(features, real), _fid(reference_features, real)
     ratio = fid / reference_fid
     if resamples < 1:
@@ -123,12 +140,9 @@ def jackknife_fid_ratio(
     repeated, so the FIDs keep their bias at (nearly) the full sample size."""
     from scipy.stats import t as student_t
 
-    if features.shape != reference_features.shape:
-        raise ValueError(f"paired features must have one shape, got {tuple(features.shape)} and "
-                         f"{tuple(reference_features.shape)}")
+    real = _paired_statistics(features, reference_features, real_statistics, confidence)
     if not 2 <= groups <= len(features) // 2:
         raise ValueError(f"groups must be in [2, {len(features) // 2}], got {groups}")
-    real = (real_statistics[0].double(), real_statistics[1].double())
     ratio = _fid(features, real) / _fid(reference_features, real)
     keep = torch.ones(len(features), dtype=torch.bool)
     partial = []
