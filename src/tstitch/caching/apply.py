@@ -192,10 +192,6 @@ class CacheController:
             self.denoiser.before_call = self._previous_hook
 
 
-def _denoiser(pipe_or_denoiser: Any) -> StitchedDenoiser:
-    return get_stitch(pipe_or_denoiser)
-
-
 def enable_cache(pipe_or_denoiser: Any, cache: Mapping[int | str, CacheSpec] | CacheSpec) -> CacheController | None:
     """Cache one or more models of a stitch (a stitched pipeline or a :class:`StitchedDenoiser`).
 
@@ -204,7 +200,7 @@ def enable_cache(pipe_or_denoiser: Any, cache: Mapping[int | str, CacheSpec] | C
     name. Replaces the stitch's caches; ``None``/``"none"`` everywhere leaves it uncached. Raises ``ValueError``
     before changing anything for a bad spec or a method the model does not fit.
     """
-    denoiser = _denoiser(pipe_or_denoiser)
+    denoiser = get_stitch(pipe_or_denoiser)
     configs = resolve_caches(cache, list(denoiser.record.model_names))
     disable_cache(denoiser)
     if not configs:
@@ -217,7 +213,7 @@ def enable_cache(pipe_or_denoiser: Any, cache: Mapping[int | str, CacheSpec] | C
 def disable_cache(pipe_or_denoiser: Any) -> None:
     """Take every cache off the stitch's models (a no-op when none is on, or when nothing is stitched)."""
     try:
-        denoiser = _denoiser(pipe_or_denoiser)
+        denoiser = get_stitch(pipe_or_denoiser)
     except ValueError:
         return
     controller = vars(denoiser).pop(_ATTR, None)
@@ -227,7 +223,7 @@ def disable_cache(pipe_or_denoiser: Any) -> None:
 
 def get_cache_record(pipe_or_denoiser: Any) -> CacheRecord:
     """The :class:`CacheRecord` of the last run of a cached stitch."""
-    controller = vars(_denoiser(pipe_or_denoiser)).get(_ATTR)
+    controller = vars(get_stitch(pipe_or_denoiser)).get(_ATTR)
     if controller is None:
         raise ValueError(f"{type(pipe_or_denoiser).__name__} has no cache: call tstitch.caching.enable_cache first")
     return controller.finished_record()
@@ -239,6 +235,6 @@ def cached(denoiser: StitchedDenoiser | nn.Module, cache: Mapping[int | str, Cac
     """Within the block the stitch is cached as :func:`enable_cache` says; the caches come off after it."""
     enable_cache(denoiser, cache)
     try:
-        yield _denoiser(denoiser)
+        yield get_stitch(denoiser)
     finally:
         disable_cache(denoiser)
