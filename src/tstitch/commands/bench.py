@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import time
 
+from ..names import BENCH_CASES
 from .checks import SEED, Unique, add_overwrite, device, integer, one_of, out_folder, plan_file, real
 
 #: The files the benchmark writes into --out.
@@ -13,8 +14,6 @@ OUTPUTS = ("bench.json", "bench.png")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from ..bench.cases import CASE_BUILDERS
-
     parser = subparsers.add_parser(
         "bench",
         help="time stitched sampling: overhead, linearity, no tax, speed-up, peak memory",
@@ -28,9 +27,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     mode.add_argument("--gpu-paper", action="store_true",
                       help="the paper's table setting on CUDA: DiT-S/2 -> DiT-XL/2 at 256, 100 DDIM steps, "
                       "8 images, guidance 1.5, fractions 0, 0.1, ..., 1")
-    parser.add_argument("--cases", nargs="+", metavar="CASE", type=one_of("case", list(CASE_BUILDERS)),
+    parser.add_argument("--cases", nargs="+", metavar="CASE", type=one_of("case", BENCH_CASES),
                         action=Unique,
-                        help=f"cases to run (default: all of the CPU suite): {', '.join(CASE_BUILDERS)}")
+                        help=f"cases to run (default: all of the CPU suite): {', '.join(BENCH_CASES)}")
     parser.add_argument("--out", default="outputs/bench", type=out_folder,
                         help="output folder (default: %(default)s)")
     add_overwrite(parser)

@@ -12,6 +12,8 @@ import sys
 import time
 from pathlib import Path
 
+from ..models.presets import MODES, PRESETS
+from ..names import EMBEDDED_MODELS, MAX_SCHEDULES, METRICS, SCHEDULER_NAMES, scheduler_name
 from .checks import (
     SEED,
     add_overwrite,
@@ -32,12 +34,6 @@ OUTPUTS = ("results.json", "results.csv", "pareto.png")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from ..experiments.evaluate import MAX_SCHEDULES, METRICS
-    from ..models.families import embedded_models
-    from ..models.loaded import MODES
-    from ..models.presets import PRESETS
-    from ..sampling.schedulers import SCHEDULERS, scheduler_name
-
     parser = subparsers.add_parser(
         "evaluate",
         help="sample N images per stitching schedule (resumable, torchrun-ready) and score them",
@@ -52,7 +48,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     models.add_argument("--preset", type=one_of("class-conditional preset", class_presets),
                         help="a named model set of a class-conditional family: " + ", ".join(class_presets))
     models.add_argument("--models", "--model", nargs="+", default=[], metavar="MODEL",
-                        help=f"models smallest first: embedded names ({embedded_models()[0]}), DiT files or folders, "
+                        help=f"models smallest first: embedded names ({EMBEDDED_MODELS[0]}), DiT files or folders, "
                         "hub ids; "
                         "with --preset, they replace its sources")
     models.add_argument("--vae", help="VAE folder or hub id for latent models (default: the preset's / sd-vae-ft-ema)")
@@ -82,8 +78,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                       help="classifier-free guidance scale, in [0, 100] (default: the preset's)")
     what.add_argument("--mode", choices=MODES,
                       help="diffusers schedulers through tstitch.sample, or the published DiT sampler (DDIM)")
-    what.add_argument("--scheduler", type=one_of("scheduler", list(SCHEDULERS), scheduler_name),
-                      help=f"diffusers scheduler name ({', '.join(SCHEDULERS)}; default: the "
+    what.add_argument("--scheduler", type=one_of("scheduler", SCHEDULER_NAMES, scheduler_name),
+                      help=f"diffusers scheduler name ({', '.join(SCHEDULER_NAMES)}; default: the "
                       "preset's)")
     what.add_argument("--cache", action="append", metavar="[MODEL=]SPEC",
                       help="feature caching, repeatable: SPEC for the large model, MODEL=SPEC for one model "
@@ -141,7 +137,7 @@ def _is_evaluation(folder: Path) -> bool:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..experiments.evaluate import MAX_SCHEDULES, EvaluateConfig, PeerError, format_rows, run_evaluate
+    from ..experiments.evaluate import EvaluateConfig, PeerError, format_rows, run_evaluate
     from ..utils import OutputFolder
 
     _check_args(args)

@@ -8,6 +8,8 @@ import importlib.util
 import sys
 from typing import Any
 
+from ..models.presets import MODES, PRESETS, describe_presets
+from ..names import EMBEDDED_MODELS, SCHEDULER_NAMES, scheduler_name
 from .checks import SEED, add_overwrite, device, existing_folder, integer, one_of, out_folder, plan_file, real, text
 
 #: Models with fewer parameters than this run on one CPU thread unless --threads says otherwise.
@@ -50,11 +52,6 @@ not available offline (HF_HUB_OFFLINE=1) are named in the error, with how to get
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from ..models.families import embedded_models
-    from ..models.loaded import MODES
-    from ..models.presets import PRESETS
-    from ..sampling.schedulers import SCHEDULERS, scheduler_name
-
     parser = subparsers.add_parser(
         "sample",
         help="sample images with a stitch of a preset or of your own models",
@@ -69,7 +66,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help=f"a named model pair: {', '.join(PRESETS)} (see --list-presets)")
     models.add_argument("--model", action="append", metavar="PATH_OR_ID",
                         help="a model, repeated smallest first (the last is the large model): an official DiT "
-                        f".pt/.safetensors file, a diffusers folder, a hub id, or {'/'.join(embedded_models())}. "
+                        f".pt/.safetensors file, a diffusers folder, a hub id, or {'/'.join(EMBEDDED_MODELS)}. "
                         "With --preset: replaces the preset's models, one per model")
     models.add_argument("--checkpoint-dir", metavar="DIR", type=existing_folder,
                         help="folder with downloaded checkpoint files (dit_s_256.pt, dit_b_256.pt, "
@@ -93,8 +90,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     schedule.add_argument("--steps", type=integer(1, 1000),
                           help="sampling steps, in [1, 1000] (default: the preset's; DiT 100, digits 25, "
                           "Stable Diffusion the pipeline's 50)")
-    schedule.add_argument("--scheduler", type=one_of("scheduler", list(SCHEDULERS), scheduler_name),
-                          help=f"{', '.join(SCHEDULERS)} (default: the preset's or the pipeline's "
+    schedule.add_argument("--scheduler", type=one_of("scheduler", SCHEDULER_NAMES, scheduler_name),
+                          help=f"{', '.join(SCHEDULER_NAMES)} (default: the preset's or the pipeline's "
                           "own)")
     schedule.add_argument("--mode", choices=MODES,
                           help="diffusers: the bare loop with a diffusers scheduler; official: the published DiT "
@@ -193,8 +190,6 @@ def _check_args(args: argparse.Namespace) -> None:
     if not args.preset and args.checkpoint_dir:
         raise ValueError("--checkpoint-dir applies to presets; give files directly with --model PATH")
     if args.preset:
-        from ..models.presets import PRESETS
-
         if PRESETS[args.preset].kind == "pipeline" and importlib.util.find_spec("transformers") is None:
             raise ValueError(f"preset {args.preset!r} is a Stable Diffusion pipeline: its text encoder needs the "
                              "transformers package, which is not installed. Install the extra: "
@@ -228,8 +223,6 @@ def _describe_run(run) -> str:
 
 def run(args: argparse.Namespace) -> int:
     if args.list_presets:
-        from ..models.presets import describe_presets
-
         print(describe_presets())
         return 0
     _check_args(args)

@@ -6,12 +6,11 @@ from __future__ import annotations
 import argparse
 import json
 
+from ..names import EMBEDDED_MODELS
 from .checks import SEED, Unique, add_overwrite, device, integer, one_of, out_folder
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from ..zoo import FAMILY
-
     parser = subparsers.add_parser(
         "train-zoo",
         help="train the embedded digits family and its classifier (the DiTs about 90 minutes, the U-Net pair under an "
@@ -24,9 +23,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--out", default="outputs/zoo", type=out_folder, help="output folder (default: %(default)s)")
     add_overwrite(parser)
-    parser.add_argument("--models", nargs="+", type=one_of("embedded model", list(FAMILY)), action=Unique,
-                        help=f"train only these members: {', '.join(FAMILY)} (default: all); the manifest keeps "
-                        "the entries of the others already in --out")
+    parser.add_argument("--models", nargs="+", type=one_of("embedded model", EMBEDDED_MODELS), action=Unique,
+                        help=f"train only these members: {', '.join(EMBEDDED_MODELS)} (default: all); the "
+                        "manifest keeps the entries of the others already in --out")
     parser.add_argument("--steps", type=integer(1, 100_000),
                         help="training steps for every model, in [1, 100000] (default: each model's own; "
                         "a handful gives a smoke run)")

@@ -12,38 +12,17 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch import nn
 
 from ..sampling import num_classes_of
 from .families import FAMILIES, denoiser_of
+from .presets import MODES, OFFICIAL_MODES, Mode, SamplingDefaults  # torch-free, there; re-exported here
 
 __all__ = ["MODES", "OFFICIAL_MODES", "Mode", "SamplingDefaults", "ClassConditionalModels", "StitchedPipeline",
            "LoadedModels", "check_controlnet_layout"]
-
-Mode = Literal["diffusers", "official", "official-zeros"]
-#: ``diffusers``: the one loop under any diffusers scheduler; ``official``: the family's published sampler (DiT,
-#: LDM); ``official-zeros``: the published LDM sampler with zeros as the unconditional contexts.
-MODES = ("diffusers", "official", "official-zeros")
-OFFICIAL_MODES = ("official", "official-zeros")
-
-
-@dataclass(frozen=True)
-class SamplingDefaults:
-    """How a model pair samples unless told otherwise (a preset's settings, or inferred for ``--model``).
-
-    ``num_steps`` / ``guidance_scale`` / ``scheduler`` ``None``: the pipeline's own defaults.
-    """
-
-    fractions: tuple[float, ...] = (0.4,)
-    num_steps: int | None = None
-    guidance_scale: float | None = None
-    scheduler: str | None = None
-    mode: Mode = "diffusers"
-    class_labels: tuple[int, ...] = ()
-    prompt: str | None = None
 
 
 @dataclass

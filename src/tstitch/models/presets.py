@@ -5,6 +5,10 @@
 guidance, default fraction). :func:`tstitch.models.loading.load_preset` loads one. A new preset is one row;
 ``tests/test_registries.py`` validates every row.
 
+This module imports no torch (``tstitch --help`` lists the presets at once), and so it also holds the
+torch-free types of how a model set samples: the sampling :data:`MODES` and :class:`SamplingDefaults`
+(:mod:`tstitch.models.loaded` re-exports them), and the kind of each family (:data:`FAMILY_KINDS`).
+
 Where the weights come from:
 
 * ``facebook/DiT-XL-2-256``, ``stabilityai/sd-vae-ft-ema``, the Stable Diffusion / SDXL / BK-SDM / SSD-1B
@@ -19,13 +23,14 @@ Where the weights come from:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
-
-if TYPE_CHECKING:
-    from .loaded import SamplingDefaults
-
+from typing import Any, Literal
 
 __all__ = [
+    "Mode",
+    "MODES",
+    "OFFICIAL_MODES",
+    "SamplingDefaults",
+    "FAMILY_KINDS",
     "ModelSource",
     "Preset",
     "PRESETS",
@@ -48,6 +53,34 @@ DIT_LABELS = (207, 360, 387, 974, 88, 979, 417, 279)
 CHECKPOINT_DIR_ENV = "TSTITCH_CHECKPOINT_DIR"
 #: Folders searched for checkpoint files, after ``checkpoint_dir`` and ``$TSTITCH_CHECKPOINT_DIR``.
 DEFAULT_CHECKPOINT_DIRS = ("pretrained_models",)
+
+Mode = Literal["diffusers", "official", "official-zeros"]
+#: ``diffusers``: the one loop under any diffusers scheduler; ``official``: the family's published sampler (DiT,
+#: LDM); ``official-zeros``: the published LDM sampler with zeros as the unconditional contexts.
+MODES = ("diffusers", "official", "official-zeros")
+OFFICIAL_MODES = ("official", "official-zeros")
+
+#: The kind of each row of :data:`~tstitch.models.families.FAMILIES`: ``"class"`` (class-conditional denoisers
+#: sampled by the one loop or a published sampler) or ``"pipeline"`` (a diffusers pipeline stitched in place).
+FAMILY_KINDS: dict[str, Literal["class", "pipeline"]] = {
+    "digits": "class", "dit": "class", "ldm": "class", "diffusers-pipeline": "pipeline",
+}
+
+
+@dataclass(frozen=True)
+class SamplingDefaults:
+    """How a model set samples unless told otherwise (a preset's settings, or inferred for ``--model``).
+
+    ``num_steps`` / ``guidance_scale`` / ``scheduler`` ``None``: the pipeline's own defaults.
+    """
+
+    fractions: tuple[float, ...] = (0.4,)
+    num_steps: int | None = None
+    guidance_scale: float | None = None
+    scheduler: str | None = None
+    mode: Mode = "diffusers"
+    class_labels: tuple[int, ...] = ()
+    prompt: str | None = None
 
 
 @dataclass(frozen=True)
@@ -104,9 +137,7 @@ class Preset:
     @property
     def kind(self) -> Literal["class", "pipeline"]:
         """``"class"`` or ``"pipeline"``: the kind of the preset's family."""
-        from .families import FAMILIES
-
-        return FAMILIES[self.family].kind
+        return FAMILY_KINDS[self.family]
 
     def validate(self) -> None:
         """``ValueError`` for a row that cannot be loaded or sampled as written."""
@@ -131,8 +162,7 @@ class Preset:
 
     @property
     def defaults(self) -> SamplingDefaults:
-        from .loaded import SamplingDefaults  # here: the table itself imports no torch
-
+        """The preset's sampling settings, as the loaded models carry them."""
         return SamplingDefaults(
             fractions=self.fractions, num_steps=self.num_steps, guidance_scale=self.guidance_scale,
             scheduler=self.scheduler, mode=self.mode, class_labels=self.class_labels, prompt=self.prompt,

@@ -3,7 +3,8 @@
 
 Every scheduler is built with ``from_config`` from the model's own scheduler config (a noise schedule),
 so the noise schedule is always the one the model was trained with. A new scheduler is one row of
-:data:`SCHEDULERS`; ``tests/test_registries.py`` samples with every row.
+:data:`SCHEDULERS` and its name in :data:`tstitch.names.SCHEDULER_NAMES` (the torch-free list the command line
+offers); ``tests/test_registries.py`` samples with every row.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+from ..names import SCHEDULER_ALIASES, scheduler_name
 
 __all__ = [
     "SCHEDULERS",
@@ -111,8 +114,8 @@ SCHEDULERS: dict[str, SchedulerKind] = {
     "flow-euler": SchedulerKind("FlowMatchEulerDiscreteScheduler", flow_matching=True),
 }
 
-#: Other spellings accepted for ``--scheduler``.
-ALIASES = {"dpmsolver++": "dpm++", "dpmsolver": "dpm", "euler_a": "euler-a", "euler-ancestral": "euler-a"}
+#: Other spellings accepted for ``--scheduler`` (:func:`scheduler_name` maps them to the table's names).
+ALIASES = SCHEDULER_ALIASES
 
 #: The noise schedule of DiT (linear betas) and of Stable Diffusion 1.x (scaled linear), as diffusers configs
 #: (with DDIM's ``set_alpha_to_one=False``, as their pipelines ship).
@@ -120,16 +123,6 @@ DIT_NOISE_SCHEDULE = dict(num_train_timesteps=1000, beta_start=1e-4, beta_end=0.
                           clip_sample=False, set_alpha_to_one=False)
 SD_NOISE_SCHEDULE = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
                          beta_schedule="scaled_linear", clip_sample=False, set_alpha_to_one=False, steps_offset=1)
-
-
-def scheduler_name(name: str) -> str:
-    """The canonical ``--scheduler`` name; ``ValueError`` listing the known names."""
-    if not isinstance(name, str):
-        raise ValueError(f"scheduler must be a name (one of {', '.join(SCHEDULERS)}), got {name!r}")
-    key = ALIASES.get(name.lower(), name.lower())
-    if key not in SCHEDULERS:
-        raise ValueError(f"unknown scheduler {name!r}; known: {', '.join(SCHEDULERS)}")
-    return key
 
 
 def check_scheduler(name: str, noise_schedule: Any) -> str:
