@@ -5,6 +5,21 @@ The convention (see ``docs/refused-inputs.md``): every command lists what it wro
 ``tstitch-outputs.json``. It replaces only files listed there; any other existing file it would write is
 refused before any work unless ``overwrite``; files of its own previous run that it did not write this time
 are removed at the end; files are created with the mode the umask gives (not 0600).
+
+The rule for deleting and replacing files. ``tstitch-outputs.json`` is a file like any other in the folder
+(someone may have sent you the folder, or crafted the file), so it is never trusted to name a path. A file
+is deleted or replaced only if all of these hold:
+
+* its name is a plain file name directly inside ``--out``: no path separator, not ``.`` or ``..``, not
+  absolute, no control character (NUL, newline ...), and encodable as a file name;
+* the command itself would write a file of that name: each command declares its names and patterns
+  (``sample``: ``grid.png``, ``summary.json``, ``sample-NNN*.png`` ...), and nothing else is its own;
+* it is a plain file, not a symbolic link (a link inside ``--out`` is never written through, replaced or
+  deleted: a command that would write a file of its name refuses before any work, even with ``overwrite``),
+  nor a folder, FIFO or other special file.
+
+Any other entry of ``tstitch-outputs.json`` is ignored, with one warning naming it, and dropped from the
+list when the command rewrites it. ``--out`` itself may be a symbolic link to a folder: it is followed.
 """
 
 from __future__ import annotations
@@ -13,15 +28,19 @@ import csv
 import fnmatch
 import io
 import json
+import logging
 import math
 import os
+import stat
 import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+logger = logging.getLogger(__name__)
+
 __all__ = ["atomic_write", "write_json", "write_csv", "ensure_writable_dir", "finite_json", "file_mode",
-           "OutputFolder", "OUTPUTS_MANIFEST"]
+           "plain_name_problem", "OutputFolder", "OUTPUTS_MANIFEST"]
 
 #: The list of files tstitch wrote in an output folder (and which command wrote each).
 OUTPUTS_MANIFEST = "tstitch-outputs.json"
@@ -51,9 +70,14 @@ def ensure_writable_dir(path: str | os.PathLike) -> Path:
 
 
 def atomic_write(path: str | os.PathLike, writer: Callable[[Path], None]) -> Path:
-    """Call ``writer(tmp_path)`` then rename the temporary file to ``path``: readers never see half a file.
-    The file gets the umask's mode (a temporary file alone would be 0600)."""
+    """Call ``writer(tmp_path)`` then rename the temporary file to ``path``: readers never see half a file
+    (a full disk or an error in ``writer`` leaves ``path`` as it was, and no temporary file).
+    The file gets the umask's mode (a temporary file alone would be 0600). A symbolic link at ``path`` is
+    refused (``FileExistsError``): it is neither written through nor replaced."""
     path = Path(path)
+    if path.is_symlink():
+        raise FileExistsError(f"{path} is a symbolic link; tstitch neither writes through nor replaces links: "
+                              "remove it, or choose another output folder")
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp" + path.suffix)
     os.close(fd)
     try:
@@ -94,8 +118,33 @@ def write_csv(path: str | os.PathLike, rows: Sequence[dict[str, Any]]) -> Path:
     return atomic_write(path, lambda tmp: tmp.write_text(buffer.getvalue()))
 
 
+def plain_name_problem(name: object) -> str | None:
+    """Why ``name`` is not a plain file name directly inside a folder, or ``None`` when it is one."""
+    if not isinstance(name, str):
+        return f"not a text but {type(name).__name__}"
+    if name in ("", ".", ".."):
+        return "not a file name"
+    if any(ord(character) < 32 or ord(character) == 127 for character in name):
+        return "it holds a control character (NUL, newline ...)"
+    separators = {"/", os.sep} | ({os.altsep} if os.altsep else set())
+    if any(separator in name for separator in separators) or os.path.isabs(name):
+        return "not a plain file name directly inside the folder (a path)"
+    try:
+        os.fsencode(name)
+    except UnicodeError:
+        return "it cannot be encoded as a file name"
+    return None
+
+
+def _shown(name: object, limit: int = 120) -> str:
+    """``repr(name)``, cut after ``limit`` characters (a warning naming a megabyte-long key stays readable)."""
+    text = repr(name)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text):,} characters)"
+
+
 class OutputFolder:
-    """The files one command writes into its output folder, and the rule that protects all others.
+    """The files one command writes into its output folder, and the rule that protects all others (the
+    module's docstring states it).
 
     ``names``: files the command may write; ``patterns``: globs of numbered files (``sample-*.png``).
     ``adopt``: names to treat as tstitch's own although unlisted (folders made before the list existed).
@@ -110,22 +159,66 @@ class OutputFolder:
         self.command = command
         self.names = list(names)
         self.patterns = list(patterns)
+        for name in [*self.names, *self.patterns]:
+            problem = plain_name_problem(name)
+            if problem is not None:
+                raise ValueError(f"`tstitch {command}` declares the output name {name!r}: {problem}")
         self.overwrite = overwrite
         self.adopt = set(adopt)
+        self._warned: set[tuple[str, str]] = set()  # (kind, entry): one warning per ignored entry
 
     @property
     def manifest_path(self) -> Path:
         return self.path / OUTPUTS_MANIFEST
 
+    def _warn(self, kind: str, entry: object, why: str) -> None:
+        key = (kind, repr(entry))
+        if key not in self._warned:
+            self._warned.add(key)
+            logger.warning("%s: ignored the %s entry %s: %s", self.manifest_path, kind, _shown(entry), why)
+
+    def _unreadable(self, why: str) -> ValueError:
+        return ValueError(f"{self.manifest_path} is unreadable ({why}); tstitch cannot tell its own files "
+                          "from yours there: choose another --out")
+
     def _read(self) -> dict[str, Any]:
-        if not self.manifest_path.is_file():
-            return {"files": {}, "running": {}}
+        """The manifest's entries that the rule allows (each other entry is warned of once and left out)."""
         try:
-            stored = json.loads(self.manifest_path.read_text())
-            return {"files": dict(stored.get("files", {})), "running": dict(stored.get("running", {}))}
-        except (OSError, ValueError, AttributeError, TypeError) as error:
-            raise ValueError(f"{self.manifest_path} is unreadable ({error}); tstitch cannot tell its own files "
-                             "from yours there: choose another --out") from error
+            mode = os.lstat(self.manifest_path).st_mode
+        except FileNotFoundError:
+            return {"files": {}, "running": {}}
+        except OSError as error:
+            raise self._unreadable(error.strerror or str(error)) from error
+        if not stat.S_ISREG(mode):
+            kind = "a symbolic link" if stat.S_ISLNK(mode) else "not a plain file"
+            raise self._unreadable(f"it is {kind}, which tstitch never reads, replaces or deletes")
+        try:
+            stored = json.loads(self.manifest_path.read_text(encoding="utf-8"))
+        except RecursionError as error:
+            raise self._unreadable("JSON nested too deeply") from error
+        except (OSError, ValueError) as error:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+            raise self._unreadable(str(error)) from error
+        if not isinstance(stored, dict) or not isinstance(stored.get("files", {}), dict) \
+                or not isinstance(stored.get("running", {}), dict):
+            raise self._unreadable("not an object with 'files' and 'running' objects")
+        files = {}
+        for name, command in stored.get("files", {}).items():
+            problem = plain_name_problem(name)
+            if problem is None and not isinstance(command, str):
+                problem = f"the command that wrote it is not a name but {_shown(command, 40)}"
+            if problem is None and command == self.command and not self._own(name):
+                problem = f"`tstitch {self.command}` writes no file of that name"
+            if problem is not None:
+                self._warn("file", name, f"{problem}; it is never deleted or replaced for that entry")
+                continue
+            files[name] = command
+        running = {}
+        for command, entries in stored.get("running", {}).items():
+            if not isinstance(entries, list) or any(plain_name_problem(entry) for entry in entries):
+                self._warn("running", command, "not a list of plain file names and patterns")
+                continue
+            running[command] = entries
+        return {"files": files, "running": running}
 
     def _write(self, state: dict[str, Any]) -> None:
         write_json(self.manifest_path, {
@@ -137,17 +230,40 @@ class OutputFolder:
     def _matches(self, name: str, names: Iterable[str], patterns: Iterable[str]) -> bool:
         return name in names or any(fnmatch.fnmatchcase(name, pattern) for pattern in patterns)
 
-    def candidates(self) -> list[str]:
-        """Existing files of the folder that this command could write."""
+    def _own(self, name: str) -> bool:
+        """Whether ``name`` is a plain file name that this command writes (by its names and patterns)."""
+        return plain_name_problem(name) is None and self._matches(name, self.names, self.patterns)
+
+    def _entries(self) -> list[tuple[str, int]]:
+        """``(name, mode)`` of the entries of the folder that this command could write (``lstat``: links
+        are not followed)."""
         if not self.path.is_dir():
             return []
-        return sorted(p.name for p in self.path.iterdir()
-                      if p.is_file() and self._matches(p.name, self.names, self.patterns))
+        entries = []
+        for entry in os.scandir(self.path):
+            if self._own(entry.name):
+                entries.append((entry.name, entry.stat(follow_symlinks=False).st_mode))
+        return sorted(entries)
+
+    def candidates(self) -> list[str]:
+        """Existing plain files of the folder (not links) that this command could write."""
+        return [name for name, mode in self._entries() if stat.S_ISREG(mode)]
 
     def check(self) -> None:
-        """Refuse (``FileExistsError``), before any work, to replace files tstitch did not write."""
+        """Refuse (``FileExistsError``), before any work, to replace files tstitch did not write, and any link,
+        folder or special file of a name this command writes."""
         if self.path.exists() and not self.path.is_dir():
             raise NotADirectoryError(f"--out {self.path} is a file, not a folder")
+        special = [(name, mode) for name, mode in self._entries() if not stat.S_ISREG(mode)]
+        if special:
+            name, mode = special[0]
+            kind = "a symbolic link" if stat.S_ISLNK(mode) else "a folder" if stat.S_ISDIR(mode) else \
+                "a special file"
+            more = f" (and {len(special) - 1} more such entries)" if len(special) > 1 else ""
+            raise FileExistsError(
+                f"{self.path / name} is {kind}{more}, where `tstitch {self.command}` writes a file of that name; "
+                "tstitch never writes through, replaces or deletes links and special files (not even with "
+                "--overwrite): move it away or choose another --out")
         state = self._read()
         running = [entry for entries in state["running"].values() for entry in entries]
         foreign = [name for name in self.candidates() if name not in state["files"] and name not in self.adopt
@@ -166,15 +282,28 @@ class OutputFolder:
         state["running"][self.command] = [*self.names, *self.patterns]
         self._write(state)
 
+    def _remove_stale(self, name: str) -> None:
+        """Delete this command's file ``name`` of an earlier run, if it is a plain file (not a link)."""
+        path = self.path / name
+        try:
+            mode = os.lstat(path).st_mode
+        except FileNotFoundError:
+            return
+        if stat.S_ISREG(mode):
+            path.unlink(missing_ok=True)
+        else:
+            self._warn("file", name, "not a plain file (a link, folder or special file): left in place")
+
     def finish(self, written: Iterable[str | os.PathLike], keep: Iterable[str] = ()) -> list[str]:
         """Record ``written``; remove this command's files of an earlier run that are neither written nor in
-        ``keep``. Returns the files it could have written that are not from this run."""
+        ``keep`` (by the rule of the module's docstring). Returns the files it could have written that are not
+        from this run."""
         names = {Path(p).name for p in written if Path(p).parent.resolve() == self.path.resolve()}
         kept = set(keep)
         state = self._read()
         for name, command in list(state["files"].items()):
             if command == self.command and name not in names and name not in kept:
-                (self.path / name).unlink(missing_ok=True)
+                self._remove_stale(name)  # _read kept only this command's own names
                 del state["files"][name]
         state["files"].update({name: self.command for name in sorted(names)})
         state["running"].pop(self.command, None)
