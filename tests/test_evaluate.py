@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import processes
 import pytest
 import torch
 
@@ -46,8 +47,7 @@ def run_cli(args: list[str], env: dict[str, str] | None = None, torchrun: int = 
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={torchrun}"] \
         if torchrun else [sys.executable]
     environment = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", **(env or {})}
-    return subprocess.run([*launcher, "-m", "tstitch.cli", "evaluate", *args], env=environment,
-                          capture_output=True, text=True, timeout=300)
+    return processes.run([*launcher, "-m", "tstitch.cli", "evaluate", *args], env=environment, timeout=300)
 
 
 @pytest.fixture(scope="module")

@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
+import processes
 import pytest
 import torch
 from tiny_models import one_thread  # noqa: F401
@@ -96,8 +96,7 @@ def test_missing_files_are_named_at_once_without_importing_torch(tmp_path: Path)
               f"'--checkpoint-dir', {str(tmp_path)!r}, '--fraction', '0.4']); "
               "assert 'torch' not in sys.modules, 'torch was imported'; sys.exit(code)")
     env = {**os.environ, "PYTHONPATH": str(SRC), "HF_HUB_OFFLINE": "1", "TSTITCH_CHECKPOINT_DIR": ""}
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd=tmp_path,
-                          timeout=60)
+    done = processes.run([sys.executable, "-c", script], env=env, cwd=tmp_path, timeout=60)
     assert done.returncode == 2, done.stderr
     err = done.stderr
     assert err.startswith("tstitch sample: error: preset 'ldm-s-ldm' (offline) cannot be loaded")

@@ -14,6 +14,7 @@ import sys
 import time
 from pathlib import Path
 
+import processes
 import pytest
 import torch
 
@@ -376,14 +377,14 @@ def test_ctrl_c_in_evaluate_keeps_finished_shards_and_names_the_resume_command(t
             "--batch-size", "8", "--device", "cpu", "--no-progress", "--out", str(out)]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",
            "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1] / "src"), os.environ.get("PYTHONPATH", "")])}
-    process = subprocess.Popen([sys.executable, "-m", "tstitch.cli", *argv], env=env, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True)
     shards = out / "digits-s-0.5_digits-xl-0.5" / "shards"
-    deadline = time.monotonic() + 240
-    while not list(shards.glob("shard-*.npz")) and process.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.2)
-    process.send_signal(signal.SIGINT)
-    stdout, stderr = process.communicate(timeout=60)
+    with processes.child([sys.executable, "-m", "tstitch.cli", *argv], env=env, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True) as process:
+        deadline = time.monotonic() + 240
+        while not list(shards.glob("shard-*.npz")) and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        process.send_signal(signal.SIGINT)
+        stdout, stderr = process.communicate(timeout=60)
     assert process.returncode == 130, stderr
     assert "Traceback" not in stderr
     last = stderr.strip().splitlines()[-1]

@@ -250,15 +250,18 @@ def test_command_serves_on_localhost_and_stops_on_ctrl_c(tmp_path):
     import sys
     import urllib.request
 
+    import processes
+
     from tstitch.serve.browser import free_port
 
     port = free_port()
     env = dict(os.environ, GRADIO_TEMP_DIR=str(tmp_path), GRADIO_ANALYTICS_ENABLED="False",
                PYTHONPATH=os.pathsep.join(sys.path))
-    log = (tmp_path / "stderr.txt").open("w")  # the log lines ("loading digits")
-    process = subprocess.Popen([sys.executable, "-m", "tstitch.cli", "serve", "--port", str(port)], env=env,
-                               stdout=subprocess.PIPE, stderr=log, text=True)
-    try:
+    command = [sys.executable, "-m", "tstitch.cli", "serve", "--port", str(port)]
+    with (
+        (tmp_path / "stderr.txt").open("w") as log,  # the log lines ("loading digits")
+        processes.child(command, env=env, stdout=subprocess.PIPE, stderr=log, text=True) as process,
+    ):
         first = process.stdout.readline()
         assert first.strip() == f"tstitch serve: http://127.0.0.1:{port}/ (digits; Ctrl-C stops it)"
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=30) as response:
@@ -266,7 +269,3 @@ def test_command_serves_on_localhost_and_stops_on_ctrl_c(tmp_path):
         process.send_signal(signal.SIGINT)
         assert process.wait(timeout=60) == 0
         assert process.stdout.read().rstrip().endswith("tstitch serve: stopped")
-    finally:
-        if process.poll() is None:
-            process.kill()
-        log.close()
