@@ -183,6 +183,74 @@ def test_sample_batches_passes_the_cache_through():
     assert [hooks_left(m) for m in models] == [[], []]
 
 
+# -- U-Nets inside a family's wrapper (a U-Net + its own class embedder): the digits U-Nets, the LDMs -------------
+
+@pytest.fixture(scope="module")
+def ldm_dir(tmp_path_factory):
+    from write_ldm_checkpoints import write_ldm_checkpoints
+
+    folder = tmp_path_factory.mktemp("ldm")
+    write_ldm_checkpoints(folder, tiny=True)  # the published layouts at tiny widths, random weights
+    return folder
+
+
+def wrapped_pair(kind: str, ldm_dir):
+    from tstitch.models.loading import load_models, load_preset
+
+    if kind == "digits":
+        return load_models(["digits-unet-s", "digits-unet"], local_files_only=True)
+    return load_preset("ldm-s-ldm", checkpoint_dir=ldm_dir)
+
+
+@pytest.mark.parametrize("kind", ["digits", "ldm"])
+def test_deepcache_finds_the_unet_inside_a_familys_wrapper(kind, ldm_dir):
+    from tstitch.caching.base import inner_denoiser
+    from tstitch.models.families import FAMILIES
+
+    loaded = wrapped_pair(kind, ldm_dir)
+    row = FAMILIES[loaded.family]
+    assert loaded.family == kind and type(loaded.large).__name__ != "UNet2DConditionModel"
+    for model in loaded.models:  # the family row and the caches name the same module: the U-Net inside
+        assert row.inner_denoiser(model) is inner_denoiser(model) is model.unet
+
+    def run(cache):
+        denoiser = tstitch.StitchedDenoiser(loaded.models, 0.3)
+        noise = torch.randn(2, *loaded.latent_shape, generator=torch.Generator().manual_seed(0))
+        scheduler = SCHEDULERS["ddim"]()
+        with cached(denoiser, {1: cache} if cache else {}):
+            hooked = hooks_left(loaded.large.unet)
+            latents = tstitch.sample(denoiser, None, scheduler, noise=noise, class_labels=[3, 7],
+                                     num_inference_steps=STEPS, guidance_scale=1.0).latents
+            record = get_cache_record(denoiser) if cache else None
+        return latents, record, hooked
+
+    first, record, hooked = run("deepcache:2")
+    again, _, _ = run("deepcache:2")
+    plain, _, _ = run(None)
+    assert hooked and set(hooked) == {"tstitch_deepcache"}
+    # the large model runs steps 3..9: its first step and every 2nd of its steps after it in full
+    assert record.steps(1, computed=True) == [3, 5, 7, 9] and record.steps(1, computed=False) == [4, 6, 8]
+    assert torch.equal(first, again)  # two runs: identical
+    assert not torch.equal(first, plain)  # the reuse acted
+    assert [hooks_left(m) for m in loaded.models] == [[], []]
+
+
+def test_cli_sample_deepcache_on_the_digits_unet_pair(tmp_path, capsys):
+    from tstitch import cli
+
+    images = []
+    for name in ("a", "b"):
+        out = tmp_path / name
+        code = cli.main(["sample", "--model", "digits-unet-s", "--model", "digits-unet", "--fraction", "0.3",
+                         "--cache", "deepcache:2", "--steps", "6", "--num-images", "2", "--out", str(out),
+                         "--no-progress", "--no-warmup"])
+        printed = capsys.readouterr().out
+        assert code == 0, printed
+        assert "cache:     digits-unet deepcache:2" in printed
+        images.append([(out / f"sample-00{i}.png").read_bytes() for i in range(2)])
+    assert images[0] == images[1]
+
+
 # -- specs, options and refusals -----------------------------------------------------------------------------
 
 def test_specs_parse_into_configs():

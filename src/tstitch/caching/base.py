@@ -1,5 +1,6 @@
 # Copyright 2026 The tstitch authors. Licensed under the Apache License, Version 2.0.
-"""What every per-model cache shares: the clock it reads and the hooks it registers (diffusers' HookRegistry)."""
+"""What every per-model cache shares: the clock it reads, the hooks it registers (diffusers' HookRegistry), and
+the module it acts on (:func:`inner_denoiser`)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,19 @@ from dataclasses import dataclass
 from diffusers.hooks import HookRegistry, ModelHook
 from torch import nn
 
-__all__ = ["Clock", "ModelCache"]
+__all__ = ["Clock", "ModelCache", "DENOISER_MODULE", "inner_denoiser"]
+
+#: The attribute by which a model that wraps its denoiser names it: the LDM and digits U-Nets are a
+#: ``UNet2DConditionModel`` plus their own class embedder (``ClassConditionedUNet``), whose ``denoiser_module``
+#: is the U-Net. Each model family's row says how to reach its denoiser (``Family.inner_denoiser`` in
+#: :mod:`tstitch.models.families`); those of the wrapping families read this attribute, as caching does.
+DENOISER_MODULE = "denoiser_module"
+
+
+def inner_denoiser(model: nn.Module) -> nn.Module:
+    """The module a cache acts on: the one ``model`` names by :data:`DENOISER_MODULE`, else ``model`` itself."""
+    inner = getattr(model, DENOISER_MODULE, None)
+    return inner if isinstance(inner, nn.Module) else model
 
 
 @dataclass
@@ -31,10 +44,14 @@ class Clock:
 
 
 class ModelCache:
-    """One model's cache: hooks registered on its submodules, reset per run and removed on :meth:`remove`."""
+    """One model's cache: hooks registered on its submodules, reset per run and removed on :meth:`remove`.
+
+    ``model`` is what the stitch calls; ``denoiser`` the module the method hooks (:func:`inner_denoiser`).
+    """
 
     def __init__(self, model: nn.Module, clock: Clock):
         self.model = model
+        self.denoiser = inner_denoiser(model)
         self.clock = clock
         self.hooks: list[tuple[nn.Module, str, ModelHook]] = []
 

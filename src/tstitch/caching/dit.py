@@ -48,8 +48,8 @@ class FirstBlockModelCache(ModelCache):
 
     def __init__(self, model: nn.Module, config: FirstBlockCache, clock: Clock):
         super().__init__(model, clock)
-        apply_first_block_cache(model, FirstBlockCacheConfig(threshold=config.threshold))
-        blocks = transformer_blocks(model)
+        apply_first_block_cache(self.denoiser, FirstBlockCacheConfig(threshold=config.threshold))
+        blocks = transformer_blocks(self.denoiser)
         head = self.adopt(blocks[0], _FBC_LEADER_BLOCK_HOOK)
         for block in blocks[1:]:
             self.adopt(block, _FBC_BLOCK_HOOK)
@@ -83,7 +83,7 @@ class TaylorSeerModelCache(ModelCache):
     def __init__(self, model: nn.Module, config: TaylorSeerCache, clock: Clock):
         super().__init__(model, clock)
         self.config = config
-        for _, module in attention_modules(model):
+        for _, module in attention_modules(self.denoiser):
             manager = StateManager(TaylorSeerState, init_kwargs={
                 "taylor_factors_dtype": torch.float32, "max_order": config.order, "is_inactive": False})
             hook = _StepTaylorSeerHook(clock, cache_interval=config.interval, disable_cache_before_step=config.warmup,

@@ -1,6 +1,9 @@
 # Copyright 2026 The tstitch authors. Licensed under the Apache License, Version 2.0.
 """DeepCache-like feature reuse for U-Nets (``UNet2DConditionModel``, ``UNet2DModel``), on diffusers hooks.
 
+The U-Net may sit inside a wrapper that names it by ``denoiser_module`` (the LDM and digits U-Nets with their
+own class embedders: :func:`~tstitch.caching.base.inner_denoiser`); the blocks are the U-Net's.
+
 On a full step everything runs, and each deep module keeps its output: the down blocks after the first, the mid
 block and the up blocks before the last (the last of these outputs is the feature entering the shallowest up
 block). On a cached step those modules return what they kept instead of running, so only ``conv_in``, the
@@ -60,7 +63,7 @@ class DeepCacheModelCache(ModelCache):
     def __init__(self, model: nn.Module, config: DeepCache, clock: Clock):
         super().__init__(model, clock)
         self.interval = config.interval
-        for module in deep_modules(model):
+        for module in deep_modules(self.denoiser):
             self.register(module, _HOOK, _ReuseHook(clock))
 
     def decide(self) -> bool:

@@ -75,6 +75,17 @@ def denoiser_of(pipe: Any) -> tuple[str, nn.Module]:
                      f"attributes {', '.join(DENOISER_NAMES)}")
 
 
+def _itself(model: nn.Module) -> nn.Module:
+    return model
+
+
+def _wrapped_denoiser(model: nn.Module) -> nn.Module:
+    """The denoiser a wrapper names by ``denoiser_module`` (the U-Net inside a U-Net + class-embedder
+    ``ClassConditionedUNet``), else the model itself (the digits DiTs): the attribute caching reads too."""
+    inner = getattr(model, "denoiser_module", None)
+    return inner if isinstance(inner, nn.Module) else model
+
+
 def _digits_members() -> Collection[str]:
     from .. import zoo
 
@@ -150,6 +161,8 @@ class Family:
         noise_schedule: the scheduler config the family was trained with (None: the pipeline's own).
         official: ``mode -> sampler`` for the published sampler of the family (``--mode official``), called
             like :func:`tstitch.sampling.official.sample_official`; ``None``: the published DiT sampler.
+        inner_denoiser: ``model -> module``: the denoiser inside a loaded model (what feature caches hook);
+            the model itself unless the family wraps it (:func:`tstitch.caching.base.inner_denoiser`).
     """
 
     name: str
@@ -162,6 +175,7 @@ class Family:
     class_names: tuple[str, ...] = field(default_factory=tuple)
     noise_schedule: Callable[[], dict[str, Any]] | None = None
     official: Callable[[str], Callable[..., Any]] | None = None
+    inner_denoiser: Callable[[nn.Module], nn.Module] = _itself
 
 
 FAMILIES: dict[str, Family] = {
@@ -169,14 +183,14 @@ FAMILIES: dict[str, Family] = {
     for family in (
         Family("digits", "the embedded 8x8 digits DiTs (pixels as latents; shipped weights)", "class",
                load=_digits_load, call=class_call, decode=decode_pixels, members=_digits_members,
-               noise_schedule=_linear_schedule),
+               noise_schedule=_linear_schedule, inner_denoiser=_wrapped_denoiser),
         Family("dit", "class-conditional DiTs (official .pt/.safetensors, diffusers folders, hub ids; a VAE)",
                "class", load=_dit_load, call=class_call, decode=decode_with_vae,
                class_names=("DiTPipeline", "DiTTransformer2DModel", "Transformer2DModel"),
                noise_schedule=_linear_schedule),
         Family("ldm", "CompVis class-conditional LDMs (.ckpt: U-Net + own class embedder; a VQ first stage)",
                "class", load=_ldm_load, call=class_call, decode=decode_vq, noise_schedule=_ldm_schedule,
-               official=_ldm_official),
+               official=_ldm_official, inner_denoiser=_wrapped_denoiser),
         Family("diffusers-pipeline", "diffusers text-to-image pipelines (U-Net or transformer denoisers)",
                "pipeline", load=_pipeline_load, call=text_call, decode=decode_with_vae),
     )

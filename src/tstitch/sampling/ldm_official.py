@@ -317,7 +317,8 @@ class ClassConditionedUNet(nn.Module):
 
     Its ``config`` is the U-Net's with ``num_class_embeds`` set to the class count (so that guidance finds
     the null label); ``owns_conditioning`` tells :func:`tstitch.compat.check_compatible` that two such models
-    may have different context widths (each embeds the labels itself).
+    may have different context widths (each embeds the labels itself); ``denoiser_module`` names the U-Net
+    inside for the model families and the caches (:func:`tstitch.caching.base.inner_denoiser`).
     """
 
     owns_conditioning = True
@@ -336,6 +337,10 @@ class ClassConditionedUNet(nn.Module):
         from diffusers.configuration_utils import FrozenDict
 
         return FrozenDict({**self.unet.config, "num_class_embeds": self.null_class})
+
+    @property
+    def denoiser_module(self) -> nn.Module:
+        return self.unet
 
     @property
     def dtype(self) -> torch.dtype:
