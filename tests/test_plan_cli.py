@@ -9,6 +9,7 @@ import json
 import pytest
 
 from tstitch import Plan, cli, save_plan
+from tstitch.planfile import plan_from_dict, plan_to_dict
 
 
 def test_sample_plan_prefix_equals_fraction_and_any_order_runs(tmp_path, capsys):
@@ -22,7 +23,7 @@ def test_sample_plan_prefix_equals_fraction_and_any_order_runs(tmp_path, capsys)
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
     a = json.loads((tmp_path / "a" / "summary.json").read_text())
     assert a["stitched"]["model_per_step"] == [0, 1, 1, 1] and a["stitched"]["plan"] == "S1 > XL3"
-    assert a["settings"]["plan"] == Plan.from_segments([(0, 1), (1, 3)], names=["S", "XL"]).to_dict()
+    assert a["settings"]["plan"] == plan_to_dict(Plan.from_segments([(0, 1), (1, 3)], names=["S", "XL"]))
 
     # a per-step plan of three models in any order, from a tune folder: run step by step, printed
     tuned = tmp_path / "tuned"
@@ -75,7 +76,7 @@ def test_evaluate_plan_one_schedule_and_refusals(tmp_path, capsys):
     assert "diffusers/ddim 5 steps" in printed and "S2 > XL2 > S1" in printed
     samples = json.loads((out / "plan-S2_XL2_S1" / "samples.json").read_text())
     assert samples["model_per_step"] == [0, 0, 1, 1, 0] and samples["fractions"] == [0.6]
-    assert Plan.from_dict(samples["plan"]) == Plan.parse("S2 > XL2 > S1", ["S", "XL"])
+    assert plan_from_dict(samples["plan"]) == Plan.parse("S2 > XL2 > S1", ["S", "XL"])
     rows = json.loads((out / "results.json").read_text())["rows"]
     assert [row["schedule"] for row in rows] == ["S2 > XL2 > S1"]
     for extra, message in [(["--sweep"], "argument --sweep: not allowed with argument --plan"),

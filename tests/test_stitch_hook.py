@@ -19,6 +19,7 @@ from tiny_models import (  # one_thread: an autouse fixture
 )
 
 import tstitch
+from tstitch.planfile import plan_to_dict
 from tstitch.stepcount import THREAD_ERROR
 from tstitch.stitcher import suspended
 
@@ -80,7 +81,7 @@ def test_save_and_load_a_stitch(tmp_path):
     stitched = run(pipe)
     folder = tstitch.save_stitch(pipe, tmp_path / "stitch")
     data = json.loads((folder / "stitch.json").read_text())
-    assert data["plan"] == plan.to_dict()
+    assert data["plan"] == plan_to_dict(plan)
     assert [m["name"] for m in data["models"]] == ["DiT-S", "DiTTransformer2DModel[1]"]
     with pytest.raises(FileExistsError, match="exists; not overwriting"):
         tstitch.save_stitch(pipe, folder)

@@ -9,7 +9,8 @@ A small model runs the first, noisy fraction of the denoising steps and the larg
     tstitch.unstitch(pipe)
 """
 
-from .plan import Plan, load_plan, model_index_for_timestep, save_plan
+from .plan import Plan, model_index_for_timestep
+from .planfile import load_plan, save_plan
 
 __version__ = "0.1.0"
 

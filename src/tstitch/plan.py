@@ -11,29 +11,26 @@ A plan is one of two kinds, over ``N`` models numbered by use (smallest first, t
   (``S > XL > B``, large-first, ...). Build it with :meth:`Plan.from_sequence`, :meth:`Plan.from_segments`
   or :meth:`Plan.parse` (its text form).
 
-Plans print compactly (``0.4 -> 0.6`` or ``0x8 > 1x12``, ``S8 > XL12`` with names) and are saved as a small
-JSON file (:meth:`Plan.to_json`, :func:`save_plan`, :func:`load_plan`).
+Plans print compactly (``0.4 -> 0.6`` or ``0x8 > 1x12``, ``S8 > XL12`` with names); :mod:`tstitch.planfile`
+saves them as a small JSON file. :meth:`Plan.coerce` is the one way a plan, a fraction or a list of fractions
+becomes a plan.
 
-The published DiT sampler decides by timestep instead (:func:`model_index_for_timestep`); both rules agree
-for evenly spaced timesteps in the common cases.
+The published DiT and LDM samplers decide by timestep instead (:meth:`Plan.model_at_timestep`); both rules
+agree for evenly spaced timesteps in the common cases.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import numbers
-import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-__all__ = ["Plan", "model_index_for_timestep", "is_scalar", "save_plan", "load_plan", "PLAN_VERSION"]
+__all__ = ["Plan", "model_index_for_timestep", "is_scalar", "check_count"]
 
 _EPS = 1e-6
-PLAN_VERSION = 1
 
 
 def is_scalar(value: object) -> bool:
@@ -51,7 +48,7 @@ def _check_fraction(value: float, name: str) -> float:
     return value
 
 
-def _check_count(value: Any, name: str, minimum: int) -> int:
+def check_count(value: Any, name: str, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
     return int(value)
@@ -94,7 +91,7 @@ class Plan:
             count = self.model_count
             if count is None:
                 count = max(int(i) for i in self.sequence) + 1
-            count = _check_count(count, "num_models", 1)
+            count = check_count(count, "num_models", 1)
             for i, index in enumerate(self.sequence):
                 if not 0 <= index < count:
                     raise ValueError(
@@ -121,6 +118,32 @@ class Plan:
         return cls((*small, max(0.0, 1.0 - total)), names=None if names is None else tuple(names))
 
     @classmethod
+    def coerce(cls, value: Plan | float | Sequence[float] | None, num_models: int) -> Plan:
+        """The plan for ``num_models`` models from a plan, the small models' fractions (a float for two
+        models, else one per small model), every model's fractions (summing to 1), or ``None`` for one model."""
+        if isinstance(value, Plan):
+            if value.num_models != num_models:
+                kind = "steps" if value.is_sequence else "fractions"
+                raise ValueError(f"{num_models} models but the plan {value} has the {kind} of {value.num_models}")
+            return value
+        if value is None or (num_models == 1 and not is_scalar(value) and len(value) == 0):
+            if num_models != 1:
+                raise ValueError(f"no fractions given for {num_models} models")
+            return cls((1.0,))
+        if is_scalar(value):
+            if num_models == 1 and float(value) == 0.0:
+                return cls((1.0,))
+            if num_models != 2:
+                raise ValueError(f"got {num_models - 1} models and a single fraction; give a list of fractions")
+            return cls.from_small_fractions(value)
+        values = list(value)
+        if len(values) == num_models:
+            return cls(tuple(values))
+        if len(values) != num_models - 1:
+            raise ValueError(f"got {num_models - 1} models but {len(values)} fractions; give one per small model")
+        return cls.from_small_fractions(values)
+
+    @classmethod
     def from_sequence(
         cls, sequence: Sequence[int], num_models: int | None = None, names: Sequence[str] | None = None
     ) -> Plan:
@@ -141,7 +164,7 @@ class Plan:
         for i, segment in enumerate(segments):
             if not isinstance(segment, (tuple, list)) or len(segment) != 2:
                 raise ValueError(f"segments[{i}] must be a (model_index, num_steps) pair, got {segment!r}")
-            _check_count(segment[1], f"segments[{i}] step count", 0)
+            check_count(segment[1], f"segments[{i}] step count", 0)
             sequence += [segment[0]] * int(segment[1])
         return cls.from_sequence(sequence, num_models, names)
 
@@ -230,6 +253,21 @@ class Plan:
                 return index
         return 0
 
+    def model_at_timestep(self, t: int, num_train_timesteps: int, *, strict: bool = False) -> int:
+        """The published samplers' rule: model by training timestep ``t`` rather than by step count.
+
+        Model ``i`` is the first whose cumulative fraction ``c_i`` has ``t / T >= 1 - c_i`` (DiT / T-Stitch;
+        for two models "the small model runs while ``t / T >= 1 - r``"), or ``t / T > 1 - c_i`` with
+        ``strict`` (the LDM scripts); the last model otherwise. Fraction plans only.
+        """
+        ratio = t / num_train_timesteps
+        cumulative = 0.0
+        for index, fraction in enumerate(self._fractions()[:-1]):
+            cumulative += fraction
+            if ratio > 1.0 - cumulative or (not strict and ratio == 1.0 - cumulative):
+                return index
+        return self.num_models - 1
+
     def steps_per_model(self, num_steps: int) -> list[int]:
         assignment = self.assignment(num_steps)
         return [assignment.count(i) for i in range(self.num_models)]
@@ -255,100 +293,7 @@ class Plan:
             return " > ".join(f"{self.names[i]}{n}" for i, n in self.segments())
         return " > ".join(f"{i}x{n}" for i, n in self.segments())
 
-    # -- JSON -------------------------------------------------------------------------------------------
-    def to_dict(self) -> dict[str, Any]:
-        data: dict[str, Any] = {"version": PLAN_VERSION, "num_models": self.num_models}
-        if self.names is not None:
-            data["names"] = list(self.names)
-        if self.fractions is not None:
-            data["fractions"] = list(self.fractions)
-        else:
-            data["sequence"] = list(self.sequence)
-        return data
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict())
-
-    @classmethod
-    def from_dict(cls, data: Any, num_steps: int | None = None) -> Plan:
-        """Plan from :meth:`to_dict`'s form; ``num_steps`` also checks a sequence's length."""
-        if not isinstance(data, dict):
-            raise ValueError(f"a plan must be a JSON object, got {type(data).__name__}")
-        unknown = sorted(set(data) - {"version", "num_models", "names", "fractions", "sequence"})
-        if unknown:
-            raise ValueError(f"unknown plan field(s) {unknown}")
-        if data.get("version") != PLAN_VERSION:
-            raise ValueError(f"version must be {PLAN_VERSION}, got {data.get('version')!r}")
-        num_models = _check_count(data.get("num_models"), "num_models", 1)
-        names = data.get("names")
-        if names is not None and not isinstance(names, list):
-            raise ValueError(f"names must be a list of strings, got {names!r}")
-        if ("fractions" in data) == ("sequence" in data):
-            raise ValueError("a plan needs exactly one of the fields fractions and sequence")
-        if "fractions" in data:
-            fractions = data["fractions"]
-            if not isinstance(fractions, list) or len(fractions) != num_models:
-                raise ValueError(f"fractions must be a list of {num_models} numbers (num_models), got {fractions!r}")
-            if any(isinstance(f, (bool, str)) for f in fractions):
-                raise ValueError(f"fractions must be numbers, got {fractions!r}")
-            plan = cls(tuple(fractions), names=names)
-        else:
-            sequence = data["sequence"]
-            if not isinstance(sequence, list):
-                raise ValueError(f"sequence must be a list of model indices, got {sequence!r}")
-            plan = cls.from_sequence(sequence, num_models, names)
-        if num_steps is not None and plan.sequence is not None:
-            if len(plan.sequence) != num_steps:
-                raise ValueError(f"sequence has {len(plan.sequence)} steps, but num_steps is {num_steps}")
-        return plan
-
-    @classmethod
-    def from_json(cls, text: str, num_steps: int | None = None) -> Plan:
-        try:
-            data = json.loads(text)
-        except (json.JSONDecodeError, TypeError) as error:
-            raise ValueError(f"plan is not valid JSON: {error}") from None
-        return cls.from_dict(data, num_steps)
-
-
-def save_plan(plan: Plan, path: str | os.PathLike) -> Path:
-    """Write ``plan`` as JSON to ``path`` (atomically; an existing file is never overwritten)."""
-    from .utils import atomic_write
-
-    path = Path(path)
-    if path.exists():
-        raise FileExistsError(f"path {path} exists; not overwriting it")
-    return atomic_write(path, lambda tmp: tmp.write_text(json.dumps(plan.to_dict(), indent=2) + "\n"))
-
-
-def load_plan(path: str | os.PathLike, num_steps: int | None = None) -> Plan:
-    """Read a plan written by :func:`save_plan` (``num_steps`` also checks a per-step plan's length). A folder
-    means its ``plan.json`` (what ``tstitch tune --out`` writes)."""
-    path = Path(path)
-    if path.is_dir():
-        if not (path / "plan.json").is_file():
-            raise FileNotFoundError(f"{path} is a folder without plan.json; give a plan file")
-        path = path / "plan.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"plan file {path} does not exist")
-    try:
-        return Plan.from_json(path.read_text(), num_steps)
-    except ValueError as error:
-        raise ValueError(f"{path}: {error}") from None
-
 
 def model_index_for_timestep(fractions: Sequence[float], t: int, num_train_timesteps: int) -> int:
-    """The published DiT/T-Stitch rule: model by training timestep ``t`` rather than by step count.
-
-    With progress ``p = 1 - t / T``, the model used is the first ``i`` whose cumulative fraction is at
-    least ``p``. For two models this is "the small model runs while ``t / T >= 1 - r``".
-    """
-    if len(fractions) == 2:  # written as the published two-model rule, so float ties resolve the same way
-        return 0 if t / num_train_timesteps >= 1.0 - fractions[0] else 1
-    progress = 1.0 - t / num_train_timesteps
-    cumulative = 0.0
-    for index, fraction in enumerate(fractions):
-        cumulative += fraction
-        if cumulative >= progress:
-            return index
-    return len(fractions) - 1
+    """:meth:`Plan.model_at_timestep` for every model's ``fractions`` (the published DiT rule)."""
+    return Plan(tuple(fractions)).model_at_timestep(t, num_train_timesteps)

@@ -20,7 +20,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from .plan import Plan
+from .planfile import plan_from_dict, plan_to_dict
 from .stitcher import get_stitch, stitch
 
 __all__ = ["save_stitch", "load_stitch", "STITCH_FILE"]
@@ -49,7 +49,7 @@ def save_stitch(pipe_or_denoiser: Any, directory: str | os.PathLike) -> Path:
             model.save_pretrained(tmp / f"model_{i}", safe_serialization=True)
             name = denoiser.record.model_names[i]
             entries.append({"path": f"model_{i}", "class": type(model).__name__, "name": name})
-        data = {"version": _VERSION, "plan": denoiser.plan.to_dict(), "models": entries}
+        data = {"version": _VERSION, "plan": plan_to_dict(denoiser.plan), "models": entries}
         (tmp / STITCH_FILE).write_text(json.dumps(data, indent=2) + "\n")
         os.rename(tmp, directory)  # the folder appears complete or not at all
     finally:
@@ -76,7 +76,7 @@ def load_stitch(pipe: Any, directory: str | os.PathLike, *, sync_timing: bool = 
     entries = data.get("models")
     if not isinstance(entries, list) or not entries:
         raise ValueError(f"{path}: models must be a non-empty list, got {entries!r}")
-    plan = Plan.from_dict(data.get("plan"))
+    plan = plan_from_dict(data.get("plan"))
     models = []
     for i, entry in enumerate(entries):
         cls = getattr(diffusers, str(entry.get("class")), None) if isinstance(entry, dict) else None

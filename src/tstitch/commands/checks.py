@@ -135,7 +135,7 @@ def existing_path(text: str) -> str:
 def plan_file(text: str) -> Any:
     """A :class:`tstitch.plan.Plan` read from a JSON file, or from the ``plan.json`` of a folder
     (``tstitch tune --out``'s)."""
-    from ..plan import load_plan
+    from ..planfile import load_plan
 
     if not Path(text).is_dir():
         existing_file(text)

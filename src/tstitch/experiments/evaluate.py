@@ -50,6 +50,7 @@ from tqdm.auto import tqdm
 
 from ..caching.apply import eval_cache
 from ..metrics import find_inception_weights, images_to_uint8, npz_batches
+from ..planfile import plan_to_dict
 from ..sampling import Stopwatch, sample_batches, scheduler_factory, scheduler_name
 from ..sampling.timing import warm_up
 from ..utils import atomic_write, ensure_writable_dir, write_json
@@ -381,7 +382,7 @@ class EvaluationRun:
                 per_step = shard["model_per_step"].tolist()
         write_json(folder / "samples.json", {
             "schedule": schedule.label, "models": list(schedule.models), "fractions": list(schedule.small_fractions),
-            "plan": None if schedule.plan is None else schedule.plan.to_dict(),
+            "plan": None if schedule.plan is None else plan_to_dict(schedule.plan),
             "num_samples": self.num_samples, "sampling_seconds": seconds, "decode_seconds": decode_seconds,
             "model_per_step": per_step, "settings_hash": self.settings_hash,
         })

@@ -33,6 +33,7 @@ from ..models.families import denoiser_of, official_sampler
 from ..models.fastpaths import FastPaths
 from ..models.loaded import MODES, OFFICIAL_MODES, ClassConditionalModels, LoadedModels, Mode, StitchedPipeline
 from ..plan import Plan
+from ..planfile import plan_to_dict
 from ..sampling import make_scheduler, sample, scheduler_name
 from ..sampling.checks import check_guidance_scale
 from ..sampling.official import SAMPLERS as OFFICIAL_SAMPLERS
@@ -204,7 +205,7 @@ def _resolve(loaded: LoadedModels, options: SampleOptions) -> dict[str, Any]:
 
     settings: dict[str, Any] = {
         "label": loaded.label, "models": list(loaded.names), "fractions": list(full), "mode": mode,
-        "seed": options.seed, "plan": None if plan is None else plan.to_dict(),
+        "seed": options.seed, "plan": None if plan is None else plan_to_dict(plan),
     }
     if isinstance(loaded, ClassConditionalModels):
         if options.prompts:

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..plan import Plan
+from ..planfile import plan_from_dict
 
 __all__ = ["check_plan", "run_plan", "plan_text"]
 
@@ -34,7 +35,7 @@ def check_plan(plan: Plan | None, fractions: Sequence[float] | None, num_steps: 
 
 def run_plan(settings: dict[str, Any]) -> Plan | None:
     """The plan of a run's settings (stored as :meth:`Plan.to_dict`), or ``None``."""
-    return None if settings.get("plan") is None else Plan.from_dict(settings["plan"])
+    return None if settings.get("plan") is None else plan_from_dict(settings["plan"])
 
 
 def plan_text(plan: Plan | None, names: Sequence[str]) -> str | None:

@@ -27,7 +27,8 @@ from tstitch.models.hub import offline_mode
 from tstitch.models.loaded import LoadedModels
 from tstitch.models.loading import load_models, load_preset
 from tstitch.models.presets import PRESETS
-from tstitch.plan import Plan, load_plan
+from tstitch.plan import Plan
+from tstitch.planfile import load_plan
 from tstitch.sampling.schedulers import SCHEDULERS
 
 logger = logging.getLogger(__name__)

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ..plan import save_plan
+from ..planfile import save_plan
 from ..utils import ensure_writable_dir, write_json
 from .cost import CostModel, measure_step_costs
 from .engine import PrefixSampler
