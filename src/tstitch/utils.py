@@ -24,6 +24,8 @@ list when the command rewrites it. ``--out`` itself may be a symbolic link to a 
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import csv
 import fnmatch
 import io
@@ -33,14 +35,14 @@ import math
 import os
 import stat
 import tempfile
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["atomic_write", "write_json", "write_csv", "ensure_writable_dir", "finite_json", "file_mode",
-           "plain_name_problem", "OutputFolder", "OUTPUTS_MANIFEST"]
+__all__ = ["atomic_write", "staged_writes", "write_json", "write_csv", "ensure_writable_dir", "finite_json",
+           "file_mode", "plain_name_problem", "output_path_problem", "OutputFolder", "OUTPUTS_MANIFEST"]
 
 #: The list of files tstitch wrote in an output folder (and which command wrote each).
 OUTPUTS_MANIFEST = "tstitch-outputs.json"
@@ -69,24 +71,55 @@ def ensure_writable_dir(path: str | os.PathLike) -> Path:
     return path
 
 
+#: The files that :func:`atomic_write` left under their temporary names inside :func:`staged_writes`.
+_STAGED: contextvars.ContextVar[list[tuple[str, Path]] | None] = contextvars.ContextVar("staged", default=None)
+
+
+@contextlib.contextmanager
+def staged_writes() -> Iterator[None]:
+    """All or nothing for a command's files: inside the block :func:`atomic_write` leaves every file under its
+    temporary name; when the block ends without an error they are all renamed into place (a rename needs no
+    space), and otherwise all removed. So a full disk half-way through a rerun leaves the earlier run's files
+    exactly as they were. Nothing written inside the block may be read back before it ends."""
+    staged: list[tuple[str, Path]] = []
+    token = _STAGED.set(staged)
+    try:
+        try:
+            yield
+        finally:
+            _STAGED.reset(token)
+        for tmp, path in staged:
+            os.replace(tmp, path)
+    finally:  # an error in the block (or in a rename): what was not renamed is removed
+        for tmp, _ in staged:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+
+
 def atomic_write(path: str | os.PathLike, writer: Callable[[Path], None]) -> Path:
     """Call ``writer(tmp_path)`` then rename the temporary file to ``path``: readers never see half a file
     (a full disk or an error in ``writer`` leaves ``path`` as it was, and no temporary file).
     The file gets the umask's mode (a temporary file alone would be 0600). A symbolic link at ``path`` is
-    refused (``FileExistsError``): it is neither written through nor replaced."""
+    refused (``FileExistsError``): it is neither written through nor replaced. Inside :func:`staged_writes`
+    the rename waits for the end of the block."""
     path = Path(path)
     if path.is_symlink():
         raise FileExistsError(f"{path} is a symbolic link; tstitch neither writes through nor replaces links: "
                               "remove it, or choose another output folder")
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp" + path.suffix)
     os.close(fd)
+    staged = _STAGED.get()
     try:
         writer(Path(tmp))
         os.chmod(tmp, file_mode())
-        os.replace(tmp, path)
-    finally:
+        if staged is None:
+            os.replace(tmp, path)
+    except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        raise
+    if staged is not None:
+        staged.append((tmp, path))  # renamed, or removed, when the block of staged_writes ends
     return path
 
 
@@ -136,6 +169,59 @@ def plain_name_problem(name: object) -> str | None:
     return None
 
 
+#: Room kept in an output folder's path for the files and folders a command writes inside it.
+PATH_ROOM = 256
+
+
+def _limit(path: str, name: str, default: int) -> int:
+    """``os.pathconf`` of the deepest existing folder above ``path`` (``default`` where it cannot say)."""
+    folder = os.path.dirname(os.path.abspath(path)) or os.sep
+    while True:
+        try:
+            if os.path.isdir(folder):
+                return int(os.pathconf(folder, name))
+        except (OSError, ValueError):
+            return default
+        parent = os.path.dirname(folder)
+        if parent == folder:
+            return default
+        folder = parent
+
+
+def output_path_problem(path: str | os.PathLike) -> str | None:
+    """Why ``path`` cannot be an output folder, or ``None``: checked before any work, without touching it.
+
+    Refused: a name that is not valid UTF-8 (tstitch writes its paths into UTF-8 JSON and messages); a
+    component longer than the file system's NAME_MAX (255 bytes on most); a path whose absolute form leaves
+    fewer than 256 bytes of PATH_MAX (4,096 on Linux) for the files written inside it."""
+    text = os.fspath(path)
+    if isinstance(text, bytes):
+        text = os.fsdecode(text)
+    if "\x00" in text:
+        return "it holds a NUL character"
+    try:
+        encoded = os.fsencode(text)
+    except UnicodeError:
+        return "it cannot be encoded as a file name"
+    try:
+        encoded.decode("utf-8")
+    except UnicodeDecodeError as error:
+        return (f"it is not valid UTF-8 (byte 0x{encoded[error.start]:02x} at byte {error.start}); tstitch writes "
+                "its paths into UTF-8 files and messages: choose a UTF-8 name")
+    name_max = _limit(text, "PC_NAME_MAX", 255)
+    longest = max(encoded.split(b"/"), key=len)
+    if len(longest) > name_max:
+        start = longest[:24].decode(errors="replace")
+        return (f"a component of it is {len(longest):,} bytes long ({start}...), more than the {name_max} bytes "
+                "a file name may have here")
+    path_max = _limit(text, "PC_PATH_MAX", 4096)
+    absolute = len(os.fsencode(os.path.abspath(text)))
+    if absolute > path_max - PATH_ROOM:
+        return (f"it is {absolute:,} bytes long as an absolute path; at most {path_max - PATH_ROOM:,} leaves room "
+                f"for the files written inside it (PATH_MAX is {path_max:,} here)")
+    return None
+
+
 def _shown(name: object, limit: int = 120) -> str:
     """``repr(name)``, cut after ``limit`` characters (a warning naming a megabyte-long key stays readable)."""
     text = repr(name)
@@ -155,6 +241,9 @@ class OutputFolder:
                  patterns: Iterable[str] = (), overwrite: bool = False, adopt: Iterable[str] = ()):
         if not str(path).strip():
             raise ValueError("--out is empty (''): name a folder, e.g. --out outputs/run")
+        problem = output_path_problem(path)
+        if problem is not None:
+            raise ValueError(f"--out {_shown(os.fspath(path), 80)}: {problem}")
         self.path = Path(path)
         self.command = command
         self.names = list(names)
