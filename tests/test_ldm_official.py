@@ -28,7 +28,7 @@ from tstitch.models.ldm_checkpoints import (
     infer_ldm_unet_config,
     load_vq_first_stage,
 )
-from tstitch.plan import model_index_for_timestep
+from tstitch.plan import Plan, model_index_for_timestep
 from tstitch.sampling.ldm_official import (
     ClassConditionedUNet,
     LDMDDIMSchedule,
@@ -36,7 +36,6 @@ from tstitch.sampling.ldm_official import (
     ddim_scheduler_config,
     ddim_timesteps,
     decode_ldm_latents,
-    ldm_model_index,
     make_ddim_scheduler,
     sample_ldm_official,
 )
@@ -128,19 +127,19 @@ def test_ddim_coefficients_by_hand():
 
 @pytest.mark.parametrize("r, small_steps", [(0.0, 0), (0.1, 10), (0.4, 40), (0.399, 39), (0.5, 50), (1.0, 100)])
 def test_strict_switch_on_the_selected_timestep(r, small_steps):
-    used = [ldm_model_index((r, 1 - r), t) for t in reversed(ddim_timesteps(100))]
+    used = [Plan((r, 1 - r)).model_at_timestep(t, 1000, strict=True) for t in reversed(ddim_timesteps(100))]
     assert used == [0] * small_steps + [1] * (100 - small_steps)
 
 
 def test_strict_switch_differs_from_the_dit_rule_on_a_tie():
     # 1 - 0.399 == 601 / 1000 in floating point: the published LDM rule is strict, the DiT rule is not
     assert 601 / 1000 == 1 - 0.399
-    assert ldm_model_index((0.399, 0.601), 601) == 1
+    assert Plan((0.399, 0.601)).model_at_timestep(601, 1000, strict=True) == 1
     assert model_index_for_timestep((0.399, 0.601), 601, 1000) == 0
 
 
 def test_three_models():
-    used = [ldm_model_index((0.2, 0.3, 0.5), t) for t in reversed(ddim_timesteps(10))]
+    used = [Plan((0.2, 0.3, 0.5)).model_at_timestep(t, 1000, strict=True) for t in reversed(ddim_timesteps(10))]
     assert used == [0, 0, 1, 1, 1, 2, 2, 2, 2, 2]  # 901, 801 | 701, 601, 501 | 401 ... 1
 
 
@@ -220,7 +219,7 @@ def test_errors():
         sample_ldm_official(models, embedders, [1, 2], 0.4, noise=noise, unconditional=[torch.zeros(2, 1, 8)] * 2)
     with pytest.raises(ValueError, match="unconditional must be"):
         sample_ldm_official(models, embedders, [1, 2], 0.4, noise=noise, unconditional="null")
-    with pytest.raises(ValueError, match="2 models but 4 fractions"):
+    with pytest.raises(ValueError, match="2 models but 3 fractions"):
         sample_ldm_official(models, embedders, [1, 2], (0.2, 0.3, 0.1), noise=noise)
     with pytest.raises(ValueError, match="sum to 1"):
         sample_ldm_official(models, embedders, [1, 2], (0.2, 0.3), noise=noise)
@@ -276,7 +275,7 @@ def test_diffusers_ddim_with_the_wrapper_reproduces_the_published_sampler(pair):
         x = noise.clone()
         y = torch.cat([torch.full_like(labels, 10), labels])  # null class (= 10 classes) first, as published
         for k, t in enumerate(scheduler.timesteps):
-            model = wrapped[ldm_model_index((0.4, 0.6), int(t))]
+            model = wrapped[Plan((0.4, 0.6)).model_at_timestep(int(t), 1000, strict=True)]
             with torch.no_grad():
                 e_u, e_c = model(torch.cat([x, x]), t, class_labels=y).sample.chunk(2)
             x = scheduler.step(e_u + 3.0 * (e_c - e_u), t, x, eta=eta, variance_noise=zs[k]).prev_sample

@@ -741,9 +741,9 @@ def _bad_cases():
             r"fractions\[1\] must be in \[0, 1\], got nan",
         ),
         ("dit", lambda: [dit(1), dit(3)], [0.6, 0.5], r"sum to 1\.1, more than 1"),
-        ("dit", lambda: [dit(1), dit(3)], [0.3], r"got 2 models but 1 fractions"),
-        ("dit", lambda: dit(1), [0.3, 0.3], r"got 1 models but 2 fractions"),
-        ("dit", lambda: [dit(1), dit(3)], 0.3, r"got 2 models and a single fraction"),
+        ("dit", lambda: [dit(1), dit(3)], [0.3], r"3 models but 1 fractions"),
+        ("dit", lambda: dit(1), [0.3, 0.3], r"fractions must sum to 1"),
+        ("dit", lambda: [dit(1), dit(3)], 0.3, r"3 models but a single fraction"),
         (
             "dit",
             lambda: dit(1, in_channels=8, out_channels=8),

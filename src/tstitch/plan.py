@@ -123,8 +123,7 @@ class Plan:
         models, else one per small model), every model's fractions (summing to 1), or ``None`` for one model."""
         if isinstance(value, Plan):
             if value.num_models != num_models:
-                kind = "steps" if value.is_sequence else "fractions"
-                raise ValueError(f"{num_models} models but the plan {value} has the {kind} of {value.num_models}")
+                raise ValueError(f"{num_models} models but the plan {value} is for {value.num_models} models")
             return value
         if value is None or (num_models == 1 and not is_scalar(value) and len(value) == 0):
             if num_models != 1:
@@ -134,13 +133,14 @@ class Plan:
             if num_models == 1 and float(value) == 0.0:
                 return cls((1.0,))
             if num_models != 2:
-                raise ValueError(f"got {num_models - 1} models and a single fraction; give a list of fractions")
+                raise ValueError(f"{num_models} models but a single fraction; give one fraction per small model")
             return cls.from_small_fractions(value)
         values = list(value)
         if len(values) == num_models:
             return cls(tuple(values))
         if len(values) != num_models - 1:
-            raise ValueError(f"got {num_models - 1} models but {len(values)} fractions; give one per small model")
+            raise ValueError(f"{num_models} models but {len(values)} fractions; give one per small model "
+                             "(or one per model, summing to 1)")
         return cls.from_small_fractions(values)
 
     @classmethod

@@ -48,7 +48,7 @@ from ..plan import Plan
 
 __all__ = [
     "LINEAR_START", "LINEAR_END", "compvis_alphas_cumprod", "ddim_timesteps", "LDMDDIMSchedule",
-    "ldm_model_index", "sample_ldm_official", "LDMSampleOutput", "decode_ldm_latents", "ClassConditionedUNet",
+    "sample_ldm_official", "LDMSampleOutput", "decode_ldm_latents", "ClassConditionedUNet",
     "ddim_scheduler_config", "make_ddim_scheduler", "sample_ldm_wrapped",
 ]
 
@@ -121,39 +121,6 @@ class LDMDDIMSchedule:
         x0 = (x - sqrt_one_minus_at * eps) / a_t.sqrt()  # predicted x_0 (DDIM eq. 12, first term)
         direction = (1.0 - a_prev - sigma**2).sqrt() * eps  # direction pointing to x_t
         return a_prev.sqrt() * x0 + direction + sigma * noise
-
-
-def ldm_model_index(fractions: Sequence[float], t: int, num_train_timesteps: int = 1000) -> int:
-    """The published switch: the first model ``i`` with ``t / T > 1 - (r_0 + ... + r_i)``, else the last.
-
-    For two models this is "the small model runs while ``t / T > 1 - r``" (strict, on the selected
-    timestep, i.e. the DDIM index + 1).
-    """
-    if len(fractions) == 2:  # written as published so that float ties resolve the same way
-        return 0 if t / num_train_timesteps > 1 - fractions[0] else 1
-    cumulative = 0.0
-    for index, fraction in enumerate(fractions[:-1]):
-        cumulative += fraction
-        if t / num_train_timesteps > 1 - cumulative:
-            return index
-    return len(fractions) - 1
-
-
-def _fractions(fractions: float | Sequence[float] | Plan | None, num_models: int) -> tuple[float, ...]:
-    if num_models == 1 and fractions in (None, 0, 0.0, (), []):
-        return (1.0,)
-    if isinstance(fractions, Plan):
-        plan = fractions
-    elif fractions is None:
-        raise ValueError(f"fractions must be given for {num_models} models")
-    elif isinstance(fractions, (int, float)):
-        plan = Plan.from_small_fractions(fractions)
-    else:
-        values = list(fractions)
-        plan = Plan(tuple(values)) if len(values) == num_models else Plan.from_small_fractions(values)
-    if plan.num_models != num_models:
-        raise ValueError(f"{num_models} models but {plan.num_models} fractions ({plan})")
-    return plan.fractions
 
 
 @dataclass
@@ -253,7 +220,9 @@ def sample_ldm_official(
     models, embedders = list(models), list(embedders)
     if not models or len(models) != len(embedders):
         raise ValueError(f"need one embedder per model, got {len(models)} models and {len(embedders)} embedders")
-    full = _fractions(fractions, len(models))
+    plan = Plan.coerce(fractions, len(models))
+    if plan.is_sequence:
+        raise ValueError(f"the published sampler switches by timestep: give fractions, not the per-step plan {plan}")
     if guidance_scale <= 0:
         raise ValueError(f"guidance_scale must be > 0, got {guidance_scale}")
     schedule = LDMDDIMSchedule.create(num_steps, eta, num_train_timesteps)
@@ -286,7 +255,7 @@ def sample_ldm_official(
     out = LDMSampleOutput(latents=x, seconds=[0.0] * len(models), unconditional=uncond)
     for step, index in enumerate(tqdm(range(schedule.num_steps - 1, -1, -1), desc="LDM DDIM", disable=not progress)):
         t = int(schedule.timesteps[index])
-        which = ldm_model_index(full, t, num_train_timesteps) if len(models) > 1 else 0
+        which = plan.model_at_timestep(t, num_train_timesteps, strict=True)
         start = time.perf_counter()
         x_in = torch.cat([x, x]) if guided else x
         eps = _eps(models[which], x_in, torch.full((x_in.shape[0],), t, dtype=torch.long, device=device), inputs[which])

@@ -29,7 +29,7 @@ generator give the same latents. Written from that description; no code of those
   (doubled) batch's shape after every model call, the last step included, where it is multiplied by zero
   (DDIM multiplies it by ``sigma = 0``): the random stream advances exactly as the reference's.
 * **Stitching.** At original timestep ``t`` the model is
-  :func:`tstitch.plan.model_index_for_timestep` ``(fractions, t, T)``: with two models the small one
+  :meth:`tstitch.plan.Plan.model_at_timestep` ``(t, T)``: with two models the small one
   runs while ``t / T >= 1 - r``.
 """
 
@@ -46,7 +46,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..plan import Plan, model_index_for_timestep
+from ..plan import Plan
 from .checks import check_class_labels, check_guidance_scale, check_noise, check_positive_int
 from .guidance import Guidance, num_classes_of, unwrap_output
 
@@ -264,26 +264,6 @@ class OfficialSampleOutput:
         return [self.model_per_step.count(i) for i in range(num_models)]
 
 
-def _full_fractions(fractions: Any, num_models: int) -> tuple[float, ...]:
-    if isinstance(fractions, Plan):
-        schedule = fractions
-    elif num_models == 1 and (fractions is None or fractions == 0 or fractions == [] or fractions == ()):
-        return (1.0,)
-    elif isinstance(fractions, (int, float)):
-        schedule = Plan.from_small_fractions(fractions)
-    else:
-        values = list(fractions)
-        if len(values) == num_models:
-            schedule = Plan(tuple(values))
-        else:
-            schedule = Plan.from_small_fractions(values)
-    if schedule.num_models != num_models:
-        raise ValueError(
-            f"{num_models} models but {schedule.num_models} fractions in the schedule {schedule}"
-        )
-    return schedule.fractions
-
-
 def _call(
     model: Callable[..., Any], x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None
 ) -> torch.Tensor:
@@ -344,7 +324,9 @@ def sample_official(
     )
     if not model_list:
         raise ValueError("no models given")
-    full = _full_fractions(fractions, len(model_list))
+    plan = Plan.coerce(fractions, len(model_list))
+    if plan.is_sequence:
+        raise ValueError(f"the published sampler switches by timestep: give fractions, not the per-step plan {plan}")
     if any(getattr(m, "training", False) for m in model_list):
         warnings.warn(
             "sample_official: a model is in training mode (DiT's label embedding then drops labels at "
@@ -390,7 +372,7 @@ def sample_official(
         range(diffusion.num_steps - 1, -1, -1), desc="sampling", disable=not progress, leave=False
     ):
         t = int(diffusion.timesteps[index])
-        which = model_index_for_timestep(full, t, num_train_timesteps) if len(model_list) > 1 else 0
+        which = plan.model_at_timestep(t, num_train_timesteps)
         timestep = torch.full((x.shape[0],), t, dtype=torch.long, device=device)
         start = time.perf_counter()
         if use_cfg:
