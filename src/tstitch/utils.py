@@ -42,7 +42,7 @@ from typing import Any
 logger = logging.getLogger(__name__)
 
 __all__ = ["atomic_write", "staged_writes", "write_json", "write_csv", "ensure_writable_dir", "finite_json",
-           "file_mode", "plain_name_problem", "output_path_problem", "OutputFolder", "OUTPUTS_MANIFEST"]
+           "file_mode", "plain_name_problem", "path_problem", "output_path_problem", "OutputFolder", "OUTPUTS_MANIFEST"]
 
 #: The list of files tstitch wrote in an output folder (and which command wrote each).
 OUTPUTS_MANIFEST = "tstitch-outputs.json"
@@ -166,6 +166,20 @@ def plain_name_problem(name: object) -> str | None:
         os.fsencode(name)
     except UnicodeError:
         return "it cannot be encoded as a file name"
+    return None
+
+
+def path_problem(path: str | os.PathLike) -> str | None:
+    """Why the system cannot look ``path`` up (a name too long, a loop of links, a NUL, no permission to
+    search a folder above it), or ``None``: a path that exists, or that is simply missing."""
+    try:
+        os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    except OSError as error:
+        return f"{_shown(os.fspath(path), 100)} cannot be used: {error.strerror or error}"
+    except ValueError:
+        return f"{_shown(os.fspath(path), 100)} holds a NUL character"
     return None
 
 

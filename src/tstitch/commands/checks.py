@@ -85,11 +85,27 @@ def device(*, allow_auto: bool = False) -> Callable[[str], str]:
     return parse
 
 
+def _path(text: str) -> Path:
+    """``Path(text)``, once the system can look it up: a path too long or a loop of links is refused by name
+    (``Path.exists`` would raise, or call a loop missing)."""
+    from ..utils import path_problem
+
+    problem = path_problem(text)
+    if problem is not None:
+        raise argparse.ArgumentTypeError(problem)
+    return Path(text)
+
+
 def out_folder(text: str) -> str:
-    """An output folder: not empty, not an existing file."""
+    """An output folder: not empty, not an existing file, a UTF-8 name that leaves room for the files inside."""
+    from ..utils import output_path_problem
+
     if not text.strip():
         raise argparse.ArgumentTypeError("is empty: name a folder (e.g. outputs/run); '.' for this folder")
-    if Path(text).exists() and not Path(text).is_dir():
+    problem = output_path_problem(text)
+    if problem is not None:
+        raise argparse.ArgumentTypeError(problem)
+    if _path(text).exists() and not Path(text).is_dir():
         raise argparse.ArgumentTypeError(f"{text} is a file, not a folder")
     return text
 
@@ -102,7 +118,7 @@ def text(value: str) -> str:
 
 
 def existing_folder(text: str) -> str:
-    path = Path(text)
+    path = _path(text)
     if not path.exists():
         raise argparse.ArgumentTypeError(f"{text} does not exist")
     if not path.is_dir():
@@ -111,11 +127,12 @@ def existing_folder(text: str) -> str:
 
 
 def existing_file(text: str) -> str:
-    path = Path(text)
+    path = _path(text)
     if not path.exists():
         raise argparse.ArgumentTypeError(f"{text} does not exist")
     if not path.is_file():
-        raise argparse.ArgumentTypeError(f"{text} is a folder; give a file")
+        kind = "a folder" if path.is_dir() else "not a plain file (a FIFO, a device ...)"
+        raise argparse.ArgumentTypeError(f"{text} is {kind}; give a file")
     try:
         with open(path, "rb"):
             pass
@@ -126,7 +143,7 @@ def existing_file(text: str) -> str:
 
 def existing_path(text: str) -> str:
     """A file or a folder that exists and can be read."""
-    path = Path(text)
+    path = _path(text)
     if not path.exists():
         raise argparse.ArgumentTypeError(f"{text} does not exist")
     return existing_file(text) if path.is_file() else text
@@ -137,7 +154,7 @@ def plan_file(text: str) -> Any:
     (``tstitch tune --out``'s)."""
     from ..planfile import load_plan
 
-    if not Path(text).is_dir():
+    if not _path(text).is_dir():
         existing_file(text)
     try:
         return load_plan(text)

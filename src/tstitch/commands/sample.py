@@ -230,7 +230,7 @@ def run(args: argparse.Namespace) -> int:
 
     from ..experiments.generate import SampleOptions, generate, save_images
     from ..models.loading import load_models, load_preset
-    from ..utils import OutputFolder
+    from ..utils import OutputFolder, staged_writes
 
     # refuse an unwritable folder, or files tstitch did not write there, before loading anything
     folder = OutputFolder(args.out, "sample", names=("grid.png", "summary.json"),
@@ -267,7 +267,8 @@ def run(args: argparse.Namespace) -> int:
     result = generate(loaded, options, compare=args.compare)
     args.on_interrupt = f"{out} may hold a mix of this run's images and earlier ones; run the command again"
     folder.begin()
-    written = save_images(result, out)
+    with staged_writes():  # all renamed at the end: a full disk half-way leaves the earlier run's files as they were
+        written = save_images(result, out)
     args.on_interrupt = None
     others = folder.finish(written)
 
