@@ -54,7 +54,7 @@ def _published(loaded, seed: int, unconditional: str) -> torch.Tensor:
     noise = torch.randn((1, *loaded.latent_shape), generator=generator)
     out = sample_ldm_official([m.unet for m in loaded.models], [m.embedder for m in loaded.models], [3], 0.4,
                               num_steps=5, noise=noise, generator=generator, unconditional=unconditional)
-    assert out.model_per_step == [0, 0, 1, 1, 1]
+    assert out.record.model_per_step() == [0, 0, 1, 1, 1]
     return loaded.decode(out.latents, 1)
 
 

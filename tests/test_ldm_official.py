@@ -153,8 +153,8 @@ def test_each_model_gets_its_own_context_at_its_own_steps():
     noise = torch.randn(2, 4, 4, 4, generator=torch.Generator().manual_seed(0))
     gen = torch.Generator().manual_seed(3)
     out = sample_ldm_official(models, embedders, labels, 0.3, num_steps=10, noise=noise, generator=gen)
-    assert out.timesteps == [901 - 100 * k for k in range(10)]  # 1, 101, ..., 901
-    assert out.model_per_step == [0, 0, 0, 1, 1, 1, 1, 1, 1, 1] and out.steps_per_model(2) == [3, 7]
+    assert out.record.timesteps == [901 - 100 * k for k in range(10)]  # 1, 101, ..., 901
+    assert out.record.model_per_step() == [0, 0, 0, 1, 1, 1, 1, 1, 1, 1] and out.record.steps_per_model() == [3, 7]
     assert [int(t[0]) for _, t, _ in models[0].calls] == [901, 801, 701]  # 0.701 > 1 - 0.3
     assert [int(t[0]) for _, t, _ in models[1].calls] == [601 - 100 * k for k in range(7)]
     for i, model in enumerate(models):
@@ -243,8 +243,8 @@ def test_matches_the_reference_sampler(pair, r, eta, steps):
                               unconditional=uncond, step_noise=zs)
     references = [lambda x, t, c, s=s, sd=sd: unet_forward(sd, s, x, t, c) for s, sd in zip(SPECS, pair.sds)]
     want, used = reference_ldm_sample(references, contexts, uncond, noise, zs, r, steps, eta, 3.0)
-    assert out.model_per_step == used
-    assert out.steps_per_model(2) == [round(r * steps), steps - round(r * steps)]
+    assert out.record.model_per_step() == used
+    assert out.record.steps_per_model() == [round(r * steps), steps - round(r * steps)]
     err = (out.latents.double() - want).abs().max().item()
     assert err < 1e-4 * want.abs().max().item(), f"max error {err} (latent scale {want.abs().max().item()})"
 

@@ -217,14 +217,14 @@ def test_two_model_stitch_rule(fraction, num_steps):
     noise, labels = noise_and_labels()
     out = sample_official([small, large], fraction, noise=noise, class_labels=labels, num_steps=num_steps)
     timesteps = respaced_timesteps(num_steps)[::-1]
-    assert out.timesteps == timesteps
+    assert out.record.timesteps == timesteps
     expected = [0 if t / T >= 1 - fraction else 1 for t in timesteps]
-    assert out.model_per_step == expected
-    assert out.model_per_step == [model_index_for_timestep((fraction, 1 - fraction), t, T) for t in timesteps]
+    assert out.record.model_per_step() == expected
+    assert out.record.model_per_step() == [model_index_for_timestep((fraction, 1 - fraction), t, T) for t in timesteps]
     assert len(small.calls) == expected.count(0) and len(large.calls) == expected.count(1)
     assert [c[1][0].item() for c in small.calls + large.calls] == timesteps
     if (fraction, num_steps) == (0.4, 10):
-        assert out.model_per_step == [0, 0, 0, 0, 1, 1, 1, 1, 1, 1]
+        assert out.record.model_per_step() == [0, 0, 0, 0, 1, 1, 1, 1, 1, 1]
 
 
 def test_three_models_and_fraction_forms():
@@ -233,11 +233,11 @@ def test_three_models_and_fraction_forms():
     kwargs = dict(noise=noise, class_labels=labels, num_steps=10)
     out = sample_official(models, [0.3, 0.3], **kwargs)
     timesteps = respaced_timesteps(10)[::-1]
-    assert out.model_per_step == [model_index_for_timestep((0.3, 0.3, 0.4), t, T) for t in timesteps]
-    assert out.steps_per_model(3) == [3, 3, 4]
+    assert out.record.model_per_step() == [model_index_for_timestep((0.3, 0.3, 0.4), t, T) for t in timesteps]
+    assert out.record.steps_per_model() == [3, 3, 4]
     for fractions in ([0.3, 0.3, 0.4], Plan((0.3, 0.3, 0.4))):
         again = sample_official(models, fractions, **kwargs)
-        assert again.model_per_step == out.model_per_step
+        assert again.record.model_per_step() == out.record.model_per_step()
         torch.testing.assert_close(again.latents, out.latents, rtol=0, atol=0)
     with pytest.raises(ValueError):
         sample_official(models, [0.3, 0.3, 0.2, 0.2], **kwargs)
@@ -254,7 +254,7 @@ def test_ddim_matches_reference(scale):
         models, 0.4, noise=noise, class_labels=labels, num_steps=10, sampler="ddim", guidance_scale=scale
     )
     want, used = reference_sample(models, 0.4, noise, labels, 10, "ddim", scale)
-    assert out.model_per_step == used
+    assert out.record.model_per_step() == used
     assert out.latents.shape == noise.shape
     torch.testing.assert_close(out.latents, want, rtol=1e-5, atol=1e-5)
 
@@ -350,7 +350,7 @@ def test_errors():
     with pytest.raises(ValueError, match="noise"):
         sample_official(model, None, noise=noise[0], class_labels=labels, num_steps=4)
     one = sample_official(model, None, noise=noise, class_labels=labels, num_steps=1)  # DDIM: timestep 0 only
-    assert one.timesteps == [0]
+    assert one.record.timesteps == [0]
 
 
 def test_with_a_diffusers_dit_loaded_from_official_weights(tmp_path):
@@ -375,4 +375,4 @@ def test_with_a_diffusers_dit_loaded_from_official_weights(tmp_path):
         generator=torch.Generator().manual_seed(0),
     )
     assert out.latents.shape == noise.shape and torch.isfinite(out.latents).all()
-    assert out.model_per_step == [0, 0, 1, 1]
+    assert out.record.model_per_step() == [0, 0, 1, 1]

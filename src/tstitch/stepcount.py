@@ -17,13 +17,14 @@ from __future__ import annotations
 import functools
 import math
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
-__all__ = ["StitchRecord", "StepCounter", "THREAD_ERROR", "num_steps_of"]
+__all__ = ["StitchRecord", "StepCounter", "THREAD_ERROR", "num_steps_of", "model_name", "published_record",
+           "SampleOutput"]
 
 THREAD_ERROR = (
     "a stitched pipeline (or StitchedDenoiser) is not thread-safe: it was used from two threads at once, and "
@@ -78,6 +79,11 @@ class StitchRecord:
             per_step.setdefault(step, model_index)
         return [per_step[s] for s in sorted(per_step)]
 
+    def steps_per_model(self) -> list[int]:
+        """How many scheduler steps each model ran."""
+        per_step = self.model_per_step()
+        return [per_step.count(i) for i in range(len(self.model_names))]
+
     def as_dict(self) -> dict[str, Any]:
         return {
             "model_names": list(self.model_names),
@@ -90,6 +96,26 @@ class StitchRecord:
             "seconds": list(self.seconds),
             "num_calls": list(self.num_calls),
         }
+
+
+@dataclass
+class SampleOutput:
+    """What a sampling loop returns: the final latents and the :class:`StitchRecord` of the run."""
+
+    latents: torch.Tensor
+    record: StitchRecord
+
+
+def model_name(model: Any, index: int) -> str:
+    """A model's name in a record: its ``_tstitch_name`` (set by the loaders), else its class and index."""
+    return getattr(model, "_tstitch_name", None) or f"{type(model).__name__}[{index}]"
+
+
+def published_record(models: Sequence[Any], timesteps: Sequence[int]) -> StitchRecord:
+    """An empty record for a published sampler's run over ``timesteps`` (one model call per step, in order)."""
+    record = StitchRecord([model_name(m, i) for i, m in enumerate(models)])
+    record.reset(len(timesteps), list(timesteps))
+    return record
 
 
 class StepCounter:

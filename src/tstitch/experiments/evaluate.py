@@ -329,7 +329,7 @@ class EvaluationRun:
                               # published samplers draw their step noise (and LDM's random contexts) for the batch
                               generator=torch.Generator(self.device).manual_seed(
                                   sample_seed(self.config.seed, indices[0], "official-steps")))
-            seconds, latents, per_step = watch.seconds, out.latents, out.model_per_step
+            seconds, latents, per_step = watch.seconds, out.latents, out.record.model_per_step()
         else:
             new_scheduler = scheduler_factory(self.scheduler, loaded.scheduler_config,
                                               learned_variance=loaded.learned_variance)

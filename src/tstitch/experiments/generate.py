@@ -300,8 +300,8 @@ def _class_run(
                     num_steps=settings["num_steps"], sampler=settings["scheduler"],
                     guidance_scale=settings["guidance_scale"], generator=generator, progress=progress,
                 )
-                per_step = out.model_per_step
-                seconds = out.seconds
+                per_step = out.record.model_per_step()
+                seconds = out.record.seconds
                 batch_latents = out.latents
             else:
                 scheduler = make_scheduler(

@@ -45,6 +45,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..plan import Plan
+from ..stepcount import SampleOutput, published_record
 
 __all__ = [
     "LINEAR_START", "LINEAR_END", "compvis_alphas_cumprod", "ddim_timesteps", "LDMDDIMSchedule",
@@ -124,18 +125,12 @@ class LDMDDIMSchedule:
 
 
 @dataclass
-class LDMSampleOutput:
-    """Latents (and uint8 images if a first stage was given); per step the timestep and model index."""
+class LDMSampleOutput(SampleOutput):
+    """Latents and the run's record, the uint8 images if a first stage was given, and the unconditional
+    contexts used."""
 
-    latents: torch.Tensor
     images: torch.Tensor | None = None
-    timesteps: list[int] = field(default_factory=list)
-    model_per_step: list[int] = field(default_factory=list)
-    seconds: list[float] = field(default_factory=list)
     unconditional: list[torch.Tensor] = field(default_factory=list)
-
-    def steps_per_model(self, num_models: int) -> list[int]:
-        return [self.model_per_step.count(i) for i in range(num_models)]
 
 
 def decode_ldm_latents(vq: Any, latents: torch.Tensor) -> torch.Tensor:
@@ -252,8 +247,9 @@ def sample_ldm_official(
     inputs = [torch.cat([u, c]) for u, c in zip(uncond, contexts)] if guided else contexts
 
     x = noise.float().to(device)
-    out = LDMSampleOutput(latents=x, seconds=[0.0] * len(models), unconditional=uncond)
-    for step, index in enumerate(tqdm(range(schedule.num_steps - 1, -1, -1), desc="LDM DDIM", disable=not progress)):
+    order = range(schedule.num_steps - 1, -1, -1)
+    record = published_record(models, [int(schedule.timesteps[i]) for i in order])
+    for step, index in enumerate(tqdm(order, desc="LDM DDIM", disable=not progress)):
         t = int(schedule.timesteps[index])
         which = plan.model_at_timestep(t, num_train_timesteps, strict=True)
         start = time.perf_counter()
@@ -262,17 +258,13 @@ def sample_ldm_official(
         if guided:
             e_u, e_c = eps.chunk(2)
             eps = e_u + guidance_scale * (e_c - e_u)
-        out.seconds[which] += time.perf_counter() - start
+        record.add(step, step, which, time.perf_counter() - start)
         z = step_noise[step].to(x) if step_noise is not None else _randn(tuple(x.shape), generator, x.device)
         x = schedule.step(x, index, eps, z)
-        out.timesteps.append(t)
-        out.model_per_step.append(which)
         if callback is not None:
             callback({"i": step, "t": t, "model": which, "x": x})
-    out.latents = x
-    if vq is not None:
-        out.images = decode_ldm_latents(vq, x)
-    return out
+    images = decode_ldm_latents(vq, x) if vq is not None else None
+    return LDMSampleOutput(x, record, images=images, unconditional=uncond)
 
 
 class ClassConditionedUNet(nn.Module):

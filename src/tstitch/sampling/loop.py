@@ -17,7 +17,6 @@ from __future__ import annotations
 import inspect
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -25,7 +24,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..plan import Plan
-from ..stitcher import StitchedDenoiser, StitchRecord
+from ..stepcount import SampleOutput
+from ..stitcher import StitchedDenoiser
 from .checks import (
     check_class_labels,
     check_generator,
@@ -44,12 +44,6 @@ __all__ = ["denoise", "sample", "sample_batches", "SampleOutput", "StepCallback"
 #: (the step), ``t`` (its timestep), ``model_output`` (the guided prediction), ``denoised`` (the
 #: scheduler's predicted clean latents, or None) and ``next`` (the latents after the step).
 StepCallback = Callable[[dict[str, Any]], None]
-
-
-@dataclass
-class SampleOutput:
-    latents: torch.Tensor
-    record: StitchRecord
 
 
 def _config_int(model: Any, key: str) -> int | None:

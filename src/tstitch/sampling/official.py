@@ -38,7 +38,7 @@ from __future__ import annotations
 import time
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
@@ -47,6 +47,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..plan import Plan
+from ..stepcount import SampleOutput, published_record
 from .checks import check_class_labels, check_guidance_scale, check_noise, check_positive_int
 from .guidance import Guidance, num_classes_of, unwrap_output
 
@@ -57,7 +58,6 @@ __all__ = [
     "RespacedDiffusion",
     "guide_three_channels",
     "sample_official",
-    "OfficialSampleOutput",
 ]
 
 SAMPLERS = ("ddim", "ddpm")
@@ -251,19 +251,6 @@ def guide_three_channels(
     return torch.cat([torch.cat([mixed, mixed], dim=0), rest], dim=1)
 
 
-@dataclass
-class OfficialSampleOutput:
-    """Latents and, per sampling step in order, the training timestep and the model index that ran."""
-
-    latents: torch.Tensor
-    timesteps: list[int] = field(default_factory=list)
-    model_per_step: list[int] = field(default_factory=list)
-    seconds: list[float] = field(default_factory=list)
-
-    def steps_per_model(self, num_models: int) -> list[int]:
-        return [self.model_per_step.count(i) for i in range(num_models)]
-
-
 def _call(
     model: Callable[..., Any], x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None
 ) -> torch.Tensor:
@@ -290,7 +277,7 @@ def sample_official(
     eta: float = 0.0,
     generator: torch.Generator | None = None,
     progress: bool = False,
-) -> OfficialSampleOutput:
+) -> SampleOutput:
     """Sample with the published DiT / T-Stitch semantics (see the module docstring).
 
     Args:
@@ -308,9 +295,9 @@ def sample_official(
         progress: show a tqdm bar.
 
     Returns:
-        :class:`OfficialSampleOutput` with the latents ``(n, C, H, W)`` (conditional half under guidance),
-        the training timestep and model index of every step, and wall-clock seconds spent in each model
-        (not CUDA-synchronized).
+        :class:`~tstitch.stepcount.SampleOutput`: the latents ``(n, C, H, W)`` (conditional half under
+        guidance) and the run's :class:`~tstitch.stepcount.StitchRecord` (the training timestep and model of
+        every step, wall-clock seconds in each model, not CUDA-synchronized).
 
     Raises:
         ValueError: before any model call, for the same bad inputs as :func:`tstitch.sample` (noise, labels,
@@ -367,10 +354,9 @@ def sample_official(
     labels = guidance.labels(model_list[-1], labels)
     x = guidance.batch(noise.float())
 
-    out = OfficialSampleOutput(latents=x, seconds=[0.0] * len(model_list))
-    for index in tqdm(
-        range(diffusion.num_steps - 1, -1, -1), desc="sampling", disable=not progress, leave=False
-    ):
+    order = range(diffusion.num_steps - 1, -1, -1)
+    record = published_record(model_list, [int(diffusion.timesteps[i]) for i in order])
+    for step, index in enumerate(tqdm(order, desc="sampling", disable=not progress, leave=False)):
         t = int(diffusion.timesteps[index])
         which = plan.model_at_timestep(t, num_train_timesteps)
         timestep = torch.full((x.shape[0],), t, dtype=torch.long, device=device)
@@ -381,7 +367,7 @@ def sample_official(
             model_output = guide_three_channels(raw, guidance_scale, guided_channels)
         else:
             model_output = _call(model_list[which], x, timestep, labels)
-        out.seconds[which] += time.perf_counter() - start
+        record.add(step, step, which, time.perf_counter() - start)
         if model_output.shape[1] < x.shape[1]:
             raise ValueError(
                 f"model output has {model_output.shape[1]} channels for {x.shape[1]} latent channels"
@@ -395,7 +381,4 @@ def sample_official(
             x = diffusion.ddim_step(x, index, model_output, step_noise, eta=eta)
         else:
             x = diffusion.ddpm_step(x, index, model_output, step_noise)
-        out.timesteps.append(t)
-        out.model_per_step.append(which)
-    out.latents = x[:n] if use_cfg else x
-    return out
+    return SampleOutput(x[:n] if use_cfg else x, record)
