@@ -111,10 +111,11 @@ def test_each_model_gets_its_own_encoders_context_with_guidance(parts: dict[str,
     tstitch.stitch(pipe, parts["small"], 0.4, conditioning=[adapter])
     record = _run(pipe, parts, guidance_scale=5.0, negative_prompt=negative, num_images_per_prompt=2)
     tokenizer = parts["tokenizer"]
-    small_want = torch.cat([_encode(tokenizer, parts["small_encoder"], [negative or ""] * 2),
-                            _encode(tokenizer, parts["small_encoder"], ["abc"] * 2)])
-    large_want = torch.cat([_encode(tokenizer, parts["large_encoder"], [negative or ""] * 2),
-                            _encode(tokenizer, parts["large_encoder"], ["abc"] * 2)])
+    # each text encoded once (a batch of one, as the adapter and diffusers encode it), then repeated per image
+    small_want = torch.cat([_encode(tokenizer, parts["small_encoder"], [negative or ""]).repeat(2, 1, 1),
+                            _encode(tokenizer, parts["small_encoder"], ["abc"]).repeat(2, 1, 1)])
+    large_want = torch.cat([_encode(tokenizer, parts["large_encoder"], [negative or ""]).repeat(2, 1, 1),
+                            _encode(tokenizer, parts["large_encoder"], ["abc"]).repeat(2, 1, 1)])
     timesteps = pipe.scheduler.timesteps.tolist()
     assert [(name, t) for name, t, _ in record.calls] == [
         ("small", timesteps[0]), ("small", timesteps[1]), ("large", timesteps[2]), ("large", timesteps[3]),

@@ -211,17 +211,23 @@ def test_fast_paths_bundle_and_names():
 #: (options, tolerance on the mean |difference| of the final latents relative to the reference's mean |latent|,
 #: the same for the max |difference| relative to the reference's max |latent|, output dtype). Tiny random models
 #: at guidance 3 give latents of mean |x| about 30: half precision loses about 0.6 % (bf16) and 0.1 % (fp16) of
-#: it on average; the fp32 options change nothing, or the last bits (the unfused attention kernel).
+#: it on average. The fp32 options that run other kernels (another attention kernel, channels-last convolutions,
+#: dynamo's graphs) change the last bits, by an amount that depends on the CPU: one AMD EPYC gives up to 3e-7 of
+#: the max |latent| (the unfused attention) and bit-identical channels-last results, another a mean difference
+#: of 5.7e-6 for channels-last (issue 20). FP32_KERNELS allows 1e-4 (mean) and 1e-3 (max): far above rounding,
+#: far below the 9 % that running a model at a wrong step changes. Exact equality (0.0) only where nothing
+#: changes on a CPU by construction.
+FP32_KERNELS = (1e-4, 1e-3)
 OPTIONS = [
     (FastPaths(dtype="bf16"), 0.02, 0.05, torch.float32),
     (FastPaths(dtype="bf16", cast_io=False), 0.03, 0.08, torch.bfloat16),
     (FastPaths(dtype="fp16"), 0.003, 0.01, torch.float32),
-    (FastPaths(attention="math"), 1e-6, 1e-6, torch.float32),
-    (FastPaths(attention="flash"), 0.0, 0.0, torch.float32),
+    (FastPaths(attention="math"), *FP32_KERNELS, torch.float32),
+    (FastPaths(attention="flash"), *FP32_KERNELS, torch.float32),  # fused kernels only: torch's own choice here
     (FastPaths(tf32=True), 0.0, 0.0, torch.float32),  # TF32 is a CUDA setting: nothing changes on a CPU
-    (FastPaths(compile=True, compile_backend="eager"), 0.0, 0.0, torch.float32),
-    (FastPaths(cuda_graphs=True), 0.0, 0.0, torch.float32),  # CUDA only: skipped on a CPU model
-    (FastPaths(channels_last=True), 0.0, 0.0, torch.float32),
+    (FastPaths(compile=True, compile_backend="eager"), *FP32_KERNELS, torch.float32),
+    (FastPaths(cuda_graphs=True), 0.0, 0.0, torch.float32),  # CUDA only: nothing applied to a CPU model
+    (FastPaths(channels_last=True), *FP32_KERNELS, torch.float32),
     (FastPaths.for_device("cpu"), 0.0, 0.0, torch.float32),  # the CPU default is fp32 eager: bit-identical
     (FastPaths(dtype="bf16", compile=True, compile_backend="eager", attention="flash", tf32=True), 0.02, 0.05,
      torch.float32),

@@ -154,7 +154,10 @@ def test_inception_network_loads_a_weights_file_and_says_where_to_get_one(tmp_pa
     images = torch.randint(0, 256, (2, 3, 16, 16), dtype=torch.uint8)
     features, logits = loaded(images)
     assert features.shape == (2, 2048) and logits.shape == (2, 1008)
-    assert torch.equal(loaded(images[:1])[0], features[:1])  # eval mode: batch norm uses running statistics
+    # eval mode: batch norm uses running statistics, so an image's features do not depend on its batch (up to
+    # the last bits: a batch of one may run other convolution kernels)
+    torch.testing.assert_close(loaded(images[:1])[0], features[:1], rtol=1e-4,
+                               atol=1e-4 * float(features.abs().max()))
     assert not loaded.train().training
 
     monkeypatch.delenv(INCEPTION_WEIGHTS_ENV)
@@ -178,7 +181,7 @@ def test_reference_from_a_folder_an_npz_of_images_and_statistics_agree(tmp_path)
     for i, image in enumerate(real):
         Image.fromarray(image).save(folder / f"{i:03d}.png")
     np.savez(tmp_path / "real.npz", arr_0=real)
-    features, _ = extract(space, [real[:5], real[5:]])
+    features, _ = extract(space, [real[:5], real[5:10], real[10:]])  # the batches of batch_size=5 below
     np.savez(tmp_path / "stats.npz", mu=features.double().mean(0).numpy(),
              sigma=np.cov(features.double().numpy(), rowvar=False))
 

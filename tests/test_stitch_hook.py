@@ -198,9 +198,10 @@ def test_compiled_models_in_a_stitch():
     expected = run(pipe)
     small.compile(backend="aot_eager")
     large.compile(backend="aot_eager")
-    assert torch.equal(run(pipe), expected)
+    compiled = run(pipe)  # dynamo's graphs run the same arithmetic; the kernels may differ in the last bits
+    torch.testing.assert_close(compiled, expected, rtol=1e-4, atol=1e-5)
     with torch._dynamo.config.patch(error_on_recompile=True):  # the routing is not traced: no recompilation
-        assert torch.equal(run(pipe), expected)
+        assert torch.equal(run(pipe), compiled)  # the same graphs again
     assert tstitch.get_record(pipe).model_per_step() == [0, 0, 1, 1, 1]
     tstitch.unstitch(pipe)
     torch._dynamo.reset()
