@@ -39,7 +39,7 @@ from typing import Any, Literal
 import torch
 
 from ..sampling.checks import check_device, check_positive_int
-from ..utils import atomic_write
+from ..utils import atomic_write, path_problem
 from .checks import check_dtype, check_finite_weights
 from .dit_layout import (
     OFFICIAL_HEADS,
@@ -79,8 +79,67 @@ META_LAYOUT = "tstitch_layout"
 
 DIT_CLASS_NAMES = ("DiTTransformer2DModel", "Transformer2DModel")
 
+#: The largest latent size a DiT is built for (a 4,096-pixel image through an f8 VAE). A config read from a
+#: file cannot ask for more: with ``sample_size`` 40,000 and patch 2 the position table alone holds 4e8 rows
+#: of the model's width (12.8 GB at width 8), allocated before any weight was checked.
+MAX_SAMPLE_SIZE = 512
+#: Config fields that the tensors show, checked against a config read from a file before the model is built.
+SHAPE_FIELDS = ("in_channels", "out_channels", "num_layers", "patch_size", "num_embeds_ada_norm")
+
 TimestepEmbedding = Literal["auto", "official", "diffusers"]
 _MODE_ATTR = "_tstitch_timestep_embedding"
+
+
+def check_float_tensors(sd: Mapping[str, torch.Tensor], where: str) -> None:
+    """Refuse weights that are not floating point (int32 or bool tensors would be cast silently into the
+    model's float parameters), naming the first tensors and their dtypes."""
+    wrong = [f"{key} is {str(value.dtype).replace('torch.', '')}" for key, value in sd.items()
+             if not (value.is_floating_point() or value.is_complex())]
+    if wrong:
+        more = f" and {len(wrong) - 3} more" if len(wrong) > 3 else ""
+        raise ValueError(f"{where}: model weights are floating-point tensors, but {', '.join(wrong[:3])}{more} "
+                         "(a file of another kind, or a corrupt one?)")
+
+
+def _check_sample_size(value: Any, whose: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_SAMPLE_SIZE:
+        raise ValueError(f"{whose} sample_size must be an integer in [1, {MAX_SAMPLE_SIZE}] (the latent of a "
+                         f"4,096-pixel image), got {value!r}")
+    return value
+
+
+def _checked_config(config: Mapping[str, Any], sd: Mapping[str, torch.Tensor], where: str) -> dict[str, Any]:
+    """A config read from a file (its metadata, a config.json beside it), once the tensors that fix the model's
+    size agree with it and it asks for a sane ``sample_size``: a model is never built from a config alone (a
+    small file asking for a huge model). Fields the config lacks are read from the tensors."""
+    size = _check_sample_size(config.get("sample_size"), f"{where}: the config's")
+    heads = config.get("num_attention_heads")
+    if heads is not None and (isinstance(heads, bool) or not isinstance(heads, int) or heads < 1):
+        raise ValueError(f"{where}: the config's num_attention_heads must be a positive integer, got {heads!r}")
+    shown = infer_diffusers_dit_config(sd, sample_size=size, num_attention_heads=heads, where=where)
+    config = {**shown, **{name: value for name, value in config.items() if value is not None}}
+    for name in ("num_attention_heads", "attention_head_dim", *SHAPE_FIELDS):
+        value = config[name]
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{where}: the config's {name} must be a positive integer, got {value!r}")
+    blocks = len({key.split(".")[1] for key in sd if key.startswith("transformer_blocks.")})
+    if config["num_layers"] != blocks:
+        raise ValueError(f"{where}: the config says num_layers={config['num_layers']}, the file has {blocks} blocks")
+    hidden, patch = config["num_attention_heads"] * config["attention_head_dim"], config["patch_size"]
+    expected = {  # the tensors whose shapes follow from the config's sizes
+        "pos_embed.proj.weight": (hidden, config["in_channels"], patch, patch),
+        "proj_out_2.weight": (patch * patch * config["out_channels"], hidden),
+        "transformer_blocks.0.norm1.emb.class_embedder.embedding_table.weight": (config["num_embeds_ada_norm"] + 1,
+                                                                                 hidden),
+    }
+    wrong = [f"{key} is {tuple(sd[key].shape)} in the file, {shape} in the model"
+             for key, shape in expected.items() if tuple(sd[key].shape) != shape]
+    if wrong:
+        raise ValueError(f"{where}: {len(wrong)} tensor(s) have the wrong shape for the architecture read from the "
+                         f"file: {'; '.join(wrong)}")
+    if config.get("norm_type", "ada_norm_zero") != "ada_norm_zero":
+        raise ValueError(f"{where}: the config says norm_type={config['norm_type']!r}; DiTs use 'ada_norm_zero'")
+    return config
 
 
 def _is_tensor_dict(obj: Any) -> bool:
@@ -234,6 +293,7 @@ def _model_from_state_dict(
     num_attention_heads: int | None,
 ):
     """The model and the timestep-embedding mode its layout implies."""
+    check_float_tensors(sd, where)
     layout = detect_layout(sd)
     if layout == "official":
         config, converted = convert_official_dit_state_dict(
@@ -247,6 +307,8 @@ def _model_from_state_dict(
         config = infer_diffusers_dit_config(
             sd, sample_size=sample_size, num_attention_heads=num_attention_heads, where=where
         )
+    else:
+        config = _checked_config(config, sd, where)
     return _build(config, sd, where), "diffusers"
 
 
@@ -418,11 +480,18 @@ def load_dit(
     dtype = check_dtype(dtype)
     if sample_size is not None:
         check_positive_int(sample_size, "sample_size")
+        _check_sample_size(sample_size, "load_dit's")
     if num_attention_heads is not None:
         check_positive_int(num_attention_heads, "num_attention_heads")
     text = os.fspath(source)
     path = Path(text).expanduser()
     offline = offline_mode(local_files_only)
+    problem = path_problem(path)
+    if problem is not None:
+        raise ValueError(f"DiT checkpoint {problem}")
+    if path.exists() and not (path.is_dir() or path.is_file()):
+        raise ValueError(f"DiT checkpoint {text!r} is not a plain file (a FIFO, a device ...): give a checkpoint "
+                         "file, a diffusers folder or a hub id")
     if path.is_dir():
         model, mode = _load_folder(path, subfolder, dtype), "diffusers"
     elif path.is_file():
