@@ -111,14 +111,23 @@ def _load_weights_only(path: Path) -> Any:
     with torch.serialization.safe_globals(stand_ins):
         try:
             return torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as error:
-            raise ValueError(f"{path}: cannot read the checkpoint safely: {error}") from error
+        except Exception as error:  # torch's message runs to many lines: keep the one that says why
+            lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+            reason = next((line for line in lines if "unsupported" in line.lower()), lines[0] if lines else "")
+            raise ValueError(f"{path}: cannot read the checkpoint safely: {reason}") from error
 
 
 def read_lightning_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """The tensors of a Lightning ``.ckpt`` (its ``state_dict``) or of a plain state dict file (``ValueError``
     for unreadable files, pickled code, no tensors; ``FileNotFoundError`` for a missing file)."""
+    from ..utils import path_problem
+
     path = Path(path).expanduser()
+    problem = path_problem(path)
+    if problem is not None:
+        raise ValueError(f"LDM checkpoint {problem}")
+    if path.exists() and not path.is_file():
+        raise ValueError(f"LDM checkpoint {str(path)!r} is not a plain file (a folder, a FIFO ...): give the .ckpt")
     if not path.is_file():
         raise FileNotFoundError(f"LDM checkpoint {str(path)!r} not found: no such file")
     if path.suffix.lower() == ".safetensors":
@@ -336,6 +345,9 @@ def convert_ldm_unet_state_dict(sd: Mapping[str, torch.Tensor], config: Mapping[
 
 
 def _build(cls: Any, config: Mapping[str, Any], sd: Mapping[str, torch.Tensor], where: str) -> Any:
+    from .checkpoints import check_float_tensors
+
+    check_float_tensors(sd, where)  # int or bool tensors would be cast silently
     with torch.random.fork_rng(devices=[]):  # building must not move the caller's random state
         model = cls(**config)
     expected = model.state_dict()
