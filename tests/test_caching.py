@@ -307,7 +307,7 @@ def test_a_method_the_model_does_not_fit_is_refused_before_any_hook():
         enable_cache(denoiser, "deepcache:2")
     with pytest.raises(ValueError, match=r"'first-block:0.1' for model DiTTransformer2DModel\[0\].*two or more blocks"):
         enable_cache(denoiser, {1: "taylorseer:2", 0: "first-block:0.1"})
-    assert [hooks_left(m) for m in dits] == [[], []] and denoiser.before_call is None
+    assert [hooks_left(m) for m in dits] == [[], []] and denoiser.before_call == []
     with pytest.raises(ValueError, match="cache: no model 'large' among"):
         enable_cache(denoiser, {"large": "first-block:0.1"})
     assert not any(isinstance(getattr(m, "_diffusers_hook", None), HookRegistry) and m._diffusers_hook.hooks

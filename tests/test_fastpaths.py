@@ -167,7 +167,7 @@ def test_offload_moves_the_idle_model_away_and_keeps_the_schedule():
     denoiser = tstitch.StitchedDenoiser([small, large], tstitch.Plan.from_small_fractions(0.4))
     moves = spy_moves([small, large], ["small", "large"])
     switch = enable_offload(denoiser, device="cpu", offload_device="cpu")
-    assert isinstance(switch, OffloadSwitch) and denoiser.before_call is switch
+    assert isinstance(switch, OffloadSwitch) and denoiser.before_call == [switch]
     assert moves == [("small", "cpu"), ("large", "cpu")]  # parked: the large model stays home
     moves.clear()
     with CallLog(small=small, large=large) as log:
@@ -179,7 +179,7 @@ def test_offload_moves_the_idle_model_away_and_keeps_the_schedule():
     assert moves == [("large", "cpu"), ("small", "cpu"), ("small", "cpu"), ("large", "cpu")]
     assert switch.swaps == 2 and switch.seconds >= 0.0 and switch.resident == 1
     disable_offload(denoiser)
-    assert denoiser.before_call is None
+    assert denoiser.before_call == []
 
 
 def test_offload_on_a_pipeline_needs_a_stitched_one():

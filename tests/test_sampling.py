@@ -322,7 +322,7 @@ def test_bad_input(models):
         tstitch.sample([small, large], 0.4, make_scheduler("ddim"), noise=make_noise()[0], class_labels=[1])
     with pytest.raises(ValueError, match=r"fractions\[0\] must be in \[0, 1\], got 1\.5"):
         tstitch.sample([small, large], 1.5, make_scheduler("ddim"), noise=make_noise(), class_labels=LABELS)
-    with pytest.raises(ValueError, match="3 models but 2 fractions"):
+    with pytest.raises(ValueError, match="3 models but the plan 0.5 -> 0.5 is for 2 models"):
         tstitch.sample(
             [small, small, large],
             Plan((0.5, 0.5)),

@@ -534,7 +534,6 @@ def test_the_pipeline_keeps_its_model_and_the_stitch_lives_beside_it():
     assert get_stitch(large) is denoiser and get_stitch(denoiser) is denoiser
     assert isinstance(denoiser, StitchedDenoiser) and list(denoiser.models) == [small, large]
     assert denoiser.large is large and denoiser.plan == tstitch.Plan.from_small_fractions(0.4)
-    assert denoiser.schedule is denoiser.plan  # the old name
     assert denoiser.config is large.config and denoiser.out_channels == large.out_channels
     tstitch.unstitch(pipe)
     assert set(vars(large)) == attrs and list(large.state_dict()) == keys

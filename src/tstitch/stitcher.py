@@ -31,12 +31,12 @@ from torch import nn
 
 from .compat import check_compatible
 from .conditioning import Adapter, adapted_call, capture_prompts, per_model, release_prompts
-from .plan import Plan, is_scalar
-from .stepcount import StepCounter, StitchRecord, num_steps_of
+from .plan import Plan
+from .stepcount import StepCounter, StitchRecord, model_name, num_steps_of
 
 __all__ = [
     "StitchedDenoiser", "StitchRecord", "stitch", "unstitch", "get_record", "get_stitch", "check_compatible",
-    "DENOISER_NAMES", "as_plan", "suspended",
+    "DENOISER_NAMES", "suspended",
 ]
 
 #: Pipeline attributes that hold the denoiser, in the order they are looked up.
@@ -44,28 +44,6 @@ DENOISER_NAMES = ("transformer", "unet")
 
 _STITCH_ATTR = "_tstitch_stitch"  # on a stitched pipeline: its StitchedDenoiser
 _HOOK_ATTR = "_tstitch_hook"  # on a hooked large model: its _StitchForward
-
-
-def as_plan(plan_or_fractions: Plan | float | Sequence[float], num_models: int) -> Plan:
-    """A :class:`Plan` for ``num_models`` models from a plan or the small models' fractions."""
-    if isinstance(plan_or_fractions, Plan):
-        plan = plan_or_fractions
-        if plan.num_models != num_models and plan.is_sequence:
-            raise ValueError(f"{num_models} models but the plan {plan} is for {plan.num_models} models")
-        if plan.num_models != num_models:
-            raise ValueError(f"{num_models} models but {plan.num_models} fractions in the plan {plan}")
-        return plan
-    fractions = plan_or_fractions
-    if is_scalar(fractions):
-        if num_models != 2:
-            raise ValueError(f"got {num_models - 1} models and a single fraction; give a list of fractions")
-    elif len(fractions) != num_models - 1:
-        raise ValueError(f"got {num_models - 1} models but {len(fractions)} fractions; give one per model")
-    return Plan.from_small_fractions(fractions)
-
-
-def _model_name(model: nn.Module, index: int) -> str:
-    return getattr(model, "_tstitch_name", None) or f"{type(model).__name__}[{index}]"
 
 
 def _first_tensor(args: tuple, kwargs: dict) -> torch.Tensor | None:
@@ -95,18 +73,18 @@ class StitchedDenoiser(nn.Module):
     def __init__(self, models: Sequence[nn.Module], plan: Plan | float | Sequence[float], sync_timing: bool = False,
                  conditioning: Sequence[Adapter | None] | None = None):
         super().__init__()
-        plan = as_plan(plan, len(models))
+        self.plan = Plan.coerce(plan, len(models))
         self.conditioning = per_model(conditioning, len(models))
         self.models = nn.ModuleList(models)
-        self.plan = plan
         self.sync_timing = sync_timing
-        #: Optional ``before_call(model_index)``, called before each model call, outside the timed part (for
-        #: example to move that model onto the GPU: :func:`tstitch.fastpaths.enable_offload`).
-        self.before_call: Callable[[int], None] | None = None
-        self.record = StitchRecord([_model_name(m, i) for i, m in enumerate(models)])
+        #: Called as ``callback(model_index)`` before each model call, in order, outside the timed part (model
+        #: offloading, feature caches): features append themselves and remove only themselves.
+        self.before_call: list[Callable[[int], None]] = []
+        #: Features that come off with the stitch: ``name -> object with remove()`` (``tstitch.caching``).
+        self.extensions: dict[str, Any] = {}
+        self.record = StitchRecord([model_name(m, i) for i, m in enumerate(models)])
         self._counter = StepCounter()
-        self._scheduler_source: Callable[[], Any] | None = None
-        self._previous_bindings: list[Any] = []  # what each bind() replaced, for unbind() to restore
+        self._sources: list[Callable[[], Any]] = []  # where the scheduler comes from, latest bind() last
         self._large_forward: Callable | None = None  # set while hooked on the large model: its own forward
         # Expose the large model's forward signature (pipelines inspect it) on a per-instance forward.
         forward = functools.partial(StitchedDenoiser._dispatch, self)
@@ -117,11 +95,6 @@ class StitchedDenoiser(nn.Module):
     @property
     def large(self) -> nn.Module:
         return self.models[-1]
-
-    @property
-    def schedule(self) -> Plan:
-        """The old name of :attr:`plan`."""
-        return self.plan
 
     @property
     def config(self) -> Any:
@@ -145,49 +118,47 @@ class StitchedDenoiser(nn.Module):
             return getattr(models[-1], name)
 
     # -- step tracking -------------------------------------------------------------------------------
-    def bind(self, scheduler: Any) -> StitchedDenoiser:
-        """Count steps on ``scheduler`` (or on whatever a zero-argument callable returns at each call).
+    def bind(self, scheduler: Any, *, running: bool = True) -> StitchedDenoiser:
+        """Count steps on ``scheduler``, or on whatever a zero-argument callable returns at each call (a
+        pipeline's ``scheduler`` attribute, which may be swapped). ``running=False``: no run is under way yet.
 
-        :meth:`unbind` undoes it and restores the binding it replaced, so that :func:`tstitch.sample` can
-        borrow the denoiser of a stitched pipeline without unstitching the pipeline.
+        :meth:`unbind` goes back to the binding before it, so that :func:`tstitch.sample` can borrow the
+        denoiser of a stitched pipeline without unstitching the pipeline.
         """
-        previous = self._scheduler_source if self._scheduler_source is not None else self._counter.scheduler
-        self._previous_bindings.append(previous)
-        self._bind(scheduler)
+        source = scheduler if callable(scheduler) and not hasattr(scheduler, "step") else (lambda: scheduler)
+        self._sources.append(source)
+        self._counter.detach()
+        if self._scheduler() is not None:
+            self._counter.in_run = running
         return self
-
-    def _bind(self, scheduler: Any) -> None:
-        self._scheduler_source = scheduler if callable(scheduler) and not hasattr(scheduler, "step") else None
-        if self._scheduler_source is None:
-            self._counter.attach(scheduler)
 
     def unbind(self) -> None:
         """Stop counting steps where the last :meth:`bind` said; go back to the binding before it, if any."""
+        if self._sources:
+            self._sources.pop()
         self._counter.detach()
-        self._scheduler_source = None
-        previous = self._previous_bindings.pop() if self._previous_bindings else None
-        if previous is not None:
-            self._bind(previous)
 
     def _release(self) -> None:
         """Drop every binding (the denoiser leaves its pipeline)."""
-        self._previous_bindings.clear()
-        self.unbind()
+        self._sources.clear()
+        self._counter.detach()
+
+    def _scheduler(self) -> Any:
+        """The bound scheduler now (``None`` when unbound, or when its pipeline was garbage-collected)."""
+        scheduler = self._sources[-1]() if self._sources else None
+        if scheduler is None:
+            self._counter.detach()
+        else:
+            self._counter.attach(scheduler)  # a no-op for the scheduler it counts on already
+        return scheduler
 
     def _in_run(self) -> bool:
         """Whether a run of the bound scheduler is under way (a hooked stitch routes calls only then)."""
-        if self._scheduler_source is not None:
-            scheduler = self._scheduler_source()
-            if scheduler is None:  # its pipeline was garbage-collected while stitched
-                return False
-            self._counter.attach(scheduler)
-        return self._counter.scheduler is not None and self._counter.in_run
+        return self._scheduler() is not None and self._counter.in_run
 
     def current_model_index(self) -> tuple[int, int, int]:
         """``(model_index, step, position)`` for a call made now."""
-        if self._scheduler_source is not None:
-            self._counter.attach(self._scheduler_source())
-        scheduler = self._counter.scheduler
+        scheduler = self._scheduler()
         if scheduler is None:
             raise RuntimeError("StitchedDenoiser is not bound to a scheduler: call bind(scheduler) first")
         self._counter.check_thread()
@@ -216,8 +187,8 @@ class StitchedDenoiser(nn.Module):
     def _begin_call(self, args: tuple, kwargs: dict) -> Callable:
         index, step, position = self.current_model_index()
         model = self.models[index]
-        if self.before_call is not None:
-            self.before_call(index)
+        for callback in self.before_call:
+            callback(index)
         if self._large_forward is not None and index == len(self.models) - 1:
             call = self._large_forward  # hooked: the large model's own forward, under the hook
         else:
@@ -438,7 +409,7 @@ def stitch(
     if isinstance(large, StitchedDenoiser):  # stitched already (or put there by hand): around its large model
         large = large.large
     small_list = list(models) if isinstance(models, (list, tuple)) else [models]
-    plan = as_plan(plan, len(small_list) + 1)
+    plan = Plan.coerce(plan, len(small_list) + 1)
     adapters = per_model(conditioning, len(small_list) + 1, pipe)
 
     pipe_prediction = getattr(getattr(pipe, "scheduler", None), "config", {}).get("prediction_type")
@@ -465,10 +436,7 @@ def stitch(
     denoiser = StitchedDenoiser([*resolved, large], plan, sync_timing=sync_timing, conditioning=adapters[:-1])
     capture_prompts(pipe, adapters)
     pipe_ref = weakref.ref(pipe)
-    denoiser.bind(lambda: getattr(pipe_ref(), "scheduler", None))
-    if getattr(pipe, "scheduler", None) is not None:
-        denoiser._counter.attach(pipe.scheduler)  # now, to see the pipeline's next run begin
-        denoiser._counter.in_run = False
+    denoiser.bind(lambda: getattr(pipe_ref(), "scheduler", None), running=False)  # its next run begins anew
     if getattr(pipe, name) is not large:
         object.__setattr__(pipe, name, large)  # bypass DiffusionPipeline.__setattr__ (it rewrites the config)
     object.__setattr__(pipe, _STITCH_ATTR, denoiser)
@@ -488,8 +456,9 @@ def unstitch(pipe: Any) -> Any:
     denoiser = vars(pipe).pop(_STITCH_ATTR, None)
     release_prompts(pipe)
     if denoiser is not None:
-        if (cache := vars(denoiser).pop("_tstitch_cache", None)) is not None:  # tstitch.caching's hooks
-            cache.remove()
+        for extension in list(denoiser.extensions.values()):  # e.g. tstitch.caching's hooks
+            extension.remove()
+        denoiser.extensions.clear()
         denoiser._release()
         denoiser._large_forward = None
         hook = vars(denoiser.large).get(_HOOK_ATTR)

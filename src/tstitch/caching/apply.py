@@ -21,7 +21,6 @@ from diffusers.hooks import HookRegistry
 from diffusers.hooks.hooks import CacheContext, _set_cache_context
 from torch import nn
 
-from ..stepcount import num_steps_of
 from ..stitcher import StitchedDenoiser, get_stitch
 from .base import Clock, ModelCache
 from .config import CacheConfig, parse_cache_option, parse_cache_spec
@@ -31,7 +30,7 @@ __all__ = ["CacheController", "CacheRecord", "CacheCall", "enable_cache", "disab
            "get_cache_record", "resolve_caches", "cache_settings"]
 
 logger = logging.getLogger(__name__)
-_ATTR = "_tstitch_cache"
+_NAME = "cache"  # the controller's key in StitchedDenoiser.extensions
 
 CacheSpec = CacheConfig | str | None
 
@@ -128,12 +127,9 @@ class CacheController:
         self.record = CacheRecord(list(denoiser.record.model_names))
         self._pending: list[tuple[CacheCall, Clock]] = []
         self._last: dict[int, tuple[int, int]] = {}  # model -> (step, position) of its last call in this run
-        self._previous_hook = denoiser.before_call
-        denoiser.before_call = self._before_call
+        denoiser.before_call.append(self._before_call)
 
     def _before_call(self, index: int) -> None:
-        if self._previous_hook is not None:
-            self._previous_hook(index)
         self.finished_record()
         denoiser = self.denoiser
         _, step, position = denoiser.current_model_index()
@@ -164,7 +160,7 @@ class CacheController:
             clock.call_name = f"call{int(clock.call_name[4:]) + 1}"
         clock.step, clock.position = step, position
         self._last[index] = (step, position)
-        num_steps = denoiser.record.num_steps or num_steps_of(denoiser._counter.scheduler)
+        num_steps = denoiser.record.num_steps  # set by current_model_index at the run's first call
         _set_cache_context(denoiser.models[index], CacheContext(clock.call_name, step_index=step,
                                                                 num_inference_steps=num_steps))
         clock.computed = cache.decide()
@@ -188,8 +184,8 @@ class CacheController:
     def remove(self) -> None:
         self.finished_record()
         self._take_off()
-        if self.denoiser.before_call == self._before_call:
-            self.denoiser.before_call = self._previous_hook
+        if self._before_call in self.denoiser.before_call:
+            self.denoiser.before_call.remove(self._before_call)
 
 
 def enable_cache(pipe_or_denoiser: Any, cache: Mapping[int | str, CacheSpec] | CacheSpec) -> CacheController | None:
@@ -206,7 +202,7 @@ def enable_cache(pipe_or_denoiser: Any, cache: Mapping[int | str, CacheSpec] | C
     if not configs:
         return None
     controller = CacheController(denoiser, configs)
-    object.__setattr__(denoiser, _ATTR, controller)
+    denoiser.extensions[_NAME] = controller
     return controller
 
 
@@ -216,14 +212,14 @@ def disable_cache(pipe_or_denoiser: Any) -> None:
         denoiser = get_stitch(pipe_or_denoiser)
     except ValueError:
         return
-    controller = vars(denoiser).pop(_ATTR, None)
+    controller = denoiser.extensions.pop(_NAME, None)
     if controller is not None:
         controller.remove()
 
 
 def get_cache_record(pipe_or_denoiser: Any) -> CacheRecord:
     """The :class:`CacheRecord` of the last run of a cached stitch."""
-    controller = vars(get_stitch(pipe_or_denoiser)).get(_ATTR)
+    controller = get_stitch(pipe_or_denoiser).extensions.get(_NAME)
     if controller is None:
         raise ValueError(f"{type(pipe_or_denoiser).__name__} has no cache: call tstitch.caching.enable_cache first")
     return controller.finished_record()

@@ -97,15 +97,14 @@ def enable_offload(
         logger.warning("offloading from %s to %s moves nothing", device, offload_device)
     switch = OffloadSwitch(list(denoiser.models), device, offload_device, resident=len(denoiser.models) - 1)
     switch.park()
-    denoiser.before_call = switch
+    denoiser.before_call[:] = [c for c in denoiser.before_call if not isinstance(c, OffloadSwitch)] + [switch]
     return switch
 
 
 def disable_offload(target: Any) -> None:
     """Remove the offload hook and bring every model of the stitch back onto the device."""
     denoiser = _stitched_denoiser(target)
-    switch = denoiser.before_call
-    denoiser.before_call = None
-    if isinstance(switch, OffloadSwitch):
+    for switch in [c for c in denoiser.before_call if isinstance(c, OffloadSwitch)]:
+        denoiser.before_call.remove(switch)
         for model in switch.models:
             model.to(switch.device)
