@@ -16,11 +16,11 @@ import logging
 import sys
 
 import torch
+from fastpaths_suite.quality import digits_quality  # the package beside this script (benchmarks/)
+from fastpaths_suite.report import format_markdown, format_quality
+from fastpaths_suite.suites import FAST_SUITES, QUALITY_VARIANTS, VARIANT_SETS, run_fast_bench
 
 from tstitch.bench.cases import CASE_BUILDERS
-from tstitch.bench.fastquality import digits_quality
-from tstitch.bench.fastreport import format_markdown, format_quality
-from tstitch.bench.fastsuite import FAST_SUITES, QUALITY_VARIANTS, VARIANT_SETS, run_fast_bench
 from tstitch.utils import atomic_write, ensure_writable_dir, write_json
 
 

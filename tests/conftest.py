@@ -8,6 +8,7 @@ from __future__ import annotations
 import ctypes
 import os
 import sys
+from pathlib import Path
 
 import psutil  # installed with accelerate (the dev extra)
 import pytest
@@ -15,6 +16,8 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 torch.set_num_threads(1)
+# benchmarks/fastpaths_suite (the fast-path comparison, application code outside the library) for test_bench.py
+sys.path.append(str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 #: prctl(2) option: orphaned descendants are reparented to this process rather than to init.
 PR_SET_CHILD_SUBREAPER = 36

@@ -154,8 +154,9 @@ def test_cli_refuses_bad_input_before_any_work(tmp_path, capsys):
 
 
 def test_fast_path_comparison_times_every_variant_and_writes_its_files(tmp_path):
-    from tstitch.bench.fastcompare import Variant, run_variants
-    from tstitch.bench.fastreport import format_markdown, save_results
+    from fastpaths_suite.compare import Variant, run_variants
+    from fastpaths_suite.report import format_markdown, save_results
+
     from tstitch.models.fastpaths import FastPaths
 
     case = class_case(repetitions=2, fractions=(0.0, 0.4, 1.0), num_steps=5)
@@ -174,7 +175,9 @@ def test_fast_path_comparison_times_every_variant_and_writes_its_files(tmp_path)
     row = result["rows"][1]
     assert row["small_steps"] == 2
     assert row["flop"] == 2 * result["small"]["flop_per_step"] + 3 * result["large"]["flop_per_step"]
-    assert result["quality"]["bf16"]["max_abs"] > 0 and result["quality"]["compile"]["max_abs"] == 0.0
+    assert result["quality"]["bf16"]["max_abs"] > 0
+    compiled = result["quality"]["compile"]  # dynamo's graphs: fp32, other kernels at most in the last bits
+    assert compiled["mean_abs"] <= 1e-4 * compiled["reference_mean_abs"]
     assert result["compile"]["compile"]["graphs_compiled"] >= 2 and result["graphs_compiled_during_timing"] == 0
     results = {"machine": {"label": "test machine"}, "cases": [result]}
     text = format_markdown(results)
@@ -186,7 +189,8 @@ def test_fast_path_comparison_times_every_variant_and_writes_its_files(tmp_path)
 
 
 def test_fast_path_comparison_keeps_to_its_budget_and_refuses_bad_variants():
-    from tstitch.bench.fastcompare import Variant, run_variants
+    from fastpaths_suite.compare import Variant, run_variants
+
     from tstitch.models.fastpaths import FastPaths
 
     variants = [Variant("fp32-eager", FastPaths()), Variant("bf16", FastPaths(dtype="bf16"))]
@@ -199,8 +203,9 @@ def test_fast_path_comparison_keeps_to_its_budget_and_refuses_bad_variants():
 
 
 def test_flop_count_of_dit_xl_is_the_papers():
+    from fastpaths_suite.compare import bf16_peak_tflops, forward_flops
+
     from tstitch.bench.cases import dit_model
-    from tstitch.bench.fastcompare import bf16_peak_tflops, forward_flops
 
     # DiT-XL/2 at 256x256: 118.6 G multiply-adds per forward (the DiT paper's "Gflops"), 2 FLOP each
     flops = forward_flops(dit_model("DiT-XL/2", "meta"), 1)
@@ -209,9 +214,10 @@ def test_flop_count_of_dit_xl_is_the_papers():
 
 
 def test_digits_quality_guard_scores_each_variant_and_the_seed_spread():
-    from tstitch.bench.fastcompare import Variant
-    from tstitch.bench.fastquality import digits_quality
-    from tstitch.bench.fastreport import format_quality
+    from fastpaths_suite.compare import Variant
+    from fastpaths_suite.quality import digits_quality
+    from fastpaths_suite.report import format_quality
+
     from tstitch.models.fastpaths import FastPaths
 
     variants = [Variant("fp32-eager", FastPaths()), Variant("bf16", FastPaths(dtype="bf16"))]

@@ -28,13 +28,19 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from ..models.fastpaths import FastPaths, compiled_graph_count, disable_cuda_graphs, enable_offload, has_cuda_graphs
-from ..plan import Plan
-from ..sampling import num_classes_of, sample, sample_batches
-from ..sampling.timing import synchronize, timed
-from ..stitcher import StitchedDenoiser
-from .cases import BenchCase
-from .report import paired, stats
+from tstitch.bench.cases import BenchCase
+from tstitch.bench.report import paired, stats
+from tstitch.models.fastpaths import (
+    FastPaths,
+    compiled_graph_count,
+    disable_cuda_graphs,
+    enable_offload,
+    has_cuda_graphs,
+)
+from tstitch.plan import Plan
+from tstitch.sampling import num_classes_of, sample, sample_batches
+from tstitch.sampling.timing import synchronize, timed
+from tstitch.stitcher import StitchedDenoiser
 
 logger = logging.getLogger(__name__)
 

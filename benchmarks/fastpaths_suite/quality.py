@@ -12,12 +12,13 @@ from typing import Any
 
 import torch
 
-from ..metrics import FeatureFID, classifier_accuracy
-from ..plan import Plan
-from ..sampling import sample_batches, scheduler_factory
-from ..zoo import load_classifier, load_family, scheduler_config
-from ..zoo.data import load_digits_tensors
-from .fastcompare import Variant, latent_difference
+from tstitch.metrics import FeatureFID, classifier_accuracy
+from tstitch.plan import Plan
+from tstitch.sampling import sample_batches, scheduler_factory
+from tstitch.zoo import load_classifier, load_family, scheduler_config
+from tstitch.zoo.data import load_digits_tensors
+
+from .compare import Variant, latent_difference
 
 logger = logging.getLogger(__name__)
 

@@ -7,8 +7,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ..experiments.plots import pyplot, save_figure
-from ..utils import atomic_write, ensure_writable_dir, write_json
+from tstitch.experiments.plots import pyplot, save_figure
+from tstitch.utils import atomic_write, ensure_writable_dir, write_json
 
 __all__ = ["PAPER_RTX3090_SECONDS", "format_markdown", "format_quality", "plot_variants", "save_results"]
 
@@ -94,7 +94,7 @@ def format_markdown(results: dict[str, Any]) -> str:
 
 
 def format_quality(quality: dict[str, Any]) -> str:
-    """The digits quality guard as a markdown table (see :func:`tstitch.bench.fastquality.digits_quality`)."""
+    """The digits quality guard as a markdown table (see :func:`fastpaths_suite.quality.digits_quality`)."""
     lines = [f"### digits-FID at r={quality['fraction']:g}: digits-s -> digits-xl, {quality['num_samples']} samples, "
              f"DDIM {quality['num_steps']} steps, guidance {quality['guidance_scale']:g}, {quality['device']}", "",
              "| variant | seed | digits-FID | vs baseline | accuracy | max abs latent diff | mean abs latent diff |",

@@ -1,5 +1,5 @@
 # Copyright 2026 The tstitch authors. Licensed under the Apache License, Version 2.0.
-"""Named settings of the fast-path comparison (:mod:`tstitch.bench.fastcompare`) and the run over them that
+"""Named settings of the fast-path comparison (:mod:`fastpaths_suite.compare`) and the run over them that
 writes its files after every repetition."""
 
 from __future__ import annotations
@@ -13,12 +13,13 @@ from typing import Any
 
 import torch
 
-from ..models.fastpaths import FastPaths
-from ..utils import ensure_writable_dir
-from .cases import build_case
-from .fastcompare import Variant, run_variants
-from .fastreport import save_results
-from .memory import machine_info
+from tstitch.bench.cases import build_case
+from tstitch.bench.memory import machine_info
+from tstitch.models.fastpaths import FastPaths
+from tstitch.utils import ensure_writable_dir
+
+from .compare import Variant, run_variants
+from .report import save_results
 
 logger = logging.getLogger(__name__)
 
@@ -63,7 +64,7 @@ def run_fast_bench(
     memory: bool = True,
     budget_seconds: float | None = None,
 ) -> dict[str, Any]:
-    """Run :func:`~tstitch.bench.fastcompare.run_variants` over ``cases`` (built on ``device`` one at a time)
+    """Run :func:`~fastpaths_suite.compare.run_variants` over ``cases`` (built on ``device`` one at a time)
     and write ``fastpaths.json``, ``.png`` and ``.md`` into ``out_dir`` after every repetition
     (``"complete": false`` until the end). ``budget_seconds`` is shared by the cases, from the start."""
     out = ensure_writable_dir(out_dir)
