@@ -8,10 +8,13 @@
 Every point samples the same noise and labels (paired with the large model alone) in shards; the shards of all
 points run interleaved (shard k of every point, the points' order rotated at each shard), so that a busy
 machine slows all points alike, and each point's time is the median over shards of its time over the large
-model's in the same shard. Sampling runs on one CPU thread. FID intervals: the paired jackknife
+model's in the same shard (``--clock wall``, the default: wall-clock time; ``--clock cpu``: the sampling
+thread's CPU time, which time spent waiting while other jobs hold the cores does not inflate on a shared
+machine; both are recorded). Sampling runs on one CPU thread. FID intervals: the paired jackknife
 of ``tstitch.tune.stats.jackknife_fid_ratio`` (20 groups; FID of the point over FID of the large model
 alone), times the large
-model's FID. Writes ``cache_study.json`` and ``cache_frontier.png`` (``cache_xl_timing.json`` with --xl-timing).
+model's FID. Writes ``cache_study.json`` and ``cache_frontier.png`` (``cache_study_unet.json`` and
+``cache_frontier_unet.png`` for a U-Net pair; ``cache_xl_timing.json`` with --xl-timing).
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import torch
 
 from tstitch import StitchedDenoiser, sample
 from tstitch.caching import cached, get_cache_record, parse_cache_spec
+from tstitch.caching.base import inner_denoiser
 from tstitch.metrics import FeatureFID
 from tstitch.tune.stats import jackknife_fid_ratio
 from tstitch.tune.workload import digits_workload
@@ -47,6 +51,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--models", nargs=2, default=["digits-s", "digits-xl"], metavar=("SMALL", "LARGE"))
     parser.add_argument("--samples", type=int, default=1000)
     parser.add_argument("--shards", type=int, default=4, help="interleaved shards of the samples (timed each)")
+    parser.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                        help="the time of the frontier: wall clock, or the sampling thread's CPU time")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--guidance", type=float, default=1.0)
     parser.add_argument("--fractions", type=float, nargs="+", default=[0.2, 0.3, 0.4, 0.5, 0.6, 0.7],
@@ -66,14 +72,14 @@ def parse_args() -> argparse.Namespace:
 # -- the digits study ------------------------------------------------------------------------------------------
 
 def run_point(workload: Any, fraction: float, cache: str | None, noise: torch.Tensor, labels: torch.Tensor,
-              args: argparse.Namespace) -> tuple[torch.Tensor, float, list[str]]:
+              args: argparse.Namespace) -> tuple[torch.Tensor, dict[str, float], list[str]]:
     denoiser = StitchedDenoiser(workload.models, fraction)
     scheduler = copy.deepcopy(workload.scheduler)
     with cached(denoiser, {1: cache} if cache else {}):
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.thread_time()
         out = sample(denoiser, None, scheduler, noise=noise, class_labels=labels, num_inference_steps=args.steps,
                      guidance_scale=args.guidance)
-        seconds = time.perf_counter() - start
+        seconds = {"wall": time.perf_counter() - start, "cpu": time.thread_time() - start_cpu}
         summary = get_cache_record(denoiser).summary() if cache else []
     return out.latents, seconds, summary
 
@@ -87,7 +93,7 @@ def kind_of(fraction: float, cache: str | None) -> str:
 def study(args: argparse.Namespace) -> dict[str, Any]:
     workload = digits_workload(tuple(args.models))
     large = workload.models[-1]
-    is_unet = hasattr(large, "down_blocks")
+    is_unet = hasattr(inner_denoiser(large), "down_blocks")  # the digits U-Nets sit in a class-embedder wrapper
     caches = args.caches or list(UNET_CACHES if is_unet else DIT_CACHES)
     joint = args.joint_caches or list(UNET_JOINT if is_unet else DIT_JOINT)
     for spec in (*caches, *joint):
@@ -99,7 +105,7 @@ def study(args: argparse.Namespace) -> dict[str, Any]:
     labels = torch.arange(args.samples) % workload.num_classes
     shards = [range(args.samples)[k::args.shards] for k in range(args.shards)]
     latents: dict[int, list[torch.Tensor]] = {i: [] for i in range(len(points))}
-    seconds: dict[int, list[float]] = {i: [] for i in range(len(points))}
+    seconds: dict[int, list[dict[str, float]]] = {i: [] for i in range(len(points))}
     records: dict[int, list[str]] = {}
     torch.set_num_threads(1)
     run_point(workload, 0.5, caches[0], noise[:8], labels[:8], args)  # warm-up
@@ -124,17 +130,22 @@ def study(args: argparse.Namespace) -> dict[str, Any]:
     rows = []
     for i, (fraction, cache) in enumerate(points):
         estimate = jackknife_fid_ratio(features[i], features[0], workload.real_statistics, groups=args.groups)
-        ratios = [a / b for a, b in zip(seconds[i], seconds[0], strict=True)]
+        ratios = {clock: [a[clock] / b[clock] for a, b in zip(seconds[i], seconds[0], strict=True)]
+                  for clock in ("wall", "cpu")}
         rows.append({
             "kind": kind_of(fraction, cache), "fraction": fraction, "cache": cache or "none",
-            "time_vs_large": statistics.median(ratios), "time_ratios": ratios,
-            "seconds_per_image": sum(seconds[i]) / args.samples,
+            "time_vs_large": statistics.median(ratios[args.clock]), "time_ratios": ratios[args.clock],
+            **{f"time_vs_large_{clock}": statistics.median(ratios[clock]) for clock in ratios},
+            "seconds_per_image": sum(s["wall"] for s in seconds[i]) / args.samples,
+            "cpu_seconds_per_image": sum(s["cpu"] for s in seconds[i]) / args.samples,
             "fid": estimate.ratio * fid_large, "fid_low": estimate.low * fid_large,
             "fid_high": estimate.high * fid_large, "fid_ratio": estimate.as_dict(), "record": records[i],
         })
     return {
         "models": list(args.models), "num_samples": args.samples, "shards": args.shards, "steps": args.steps,
         "guidance_scale": args.guidance, "scheduler": "DDIM (the family's schedule)", "threads": 1,
+        "clock": args.clock,
+        "denoiser": "unet" if is_unet else "dit",
         "fid_large": fid_large, "sampling_seconds": time.perf_counter() - begin, "rows": rows,
         "targets": targets(rows),
     }
@@ -202,7 +213,8 @@ def plot(results: dict[str, Any], path: Path) -> None:
             ax.annotate(label, (r["time_vs_large"], r["fid"]), fontsize=6, xytext=(3, 2), textcoords="offset points")
     ax.scatter([1.0], [results["fid_large"]], color="black", marker="*", s=80, label=f"{results['models'][1]} alone")
     ax.axvspan(0.3, 0.8, color="grey", alpha=0.08)
-    ax.set_xlabel(f"time / {results['models'][1]} alone (median of {results['shards']} interleaved shards)")
+    clock = "CPU time" if results.get("clock") == "cpu" else "time"
+    ax.set_xlabel(f"{clock} / {results['models'][1]} alone (median of {results['shards']} interleaved shards)")
     ax.set_ylabel(f"digits-FID (95% paired jackknife), {results['num_samples']} samples")
     ax.set_title(f"{results['models'][0]} -> {results['models'][1]}: stitching, caching and both "
                  f"(DDIM {results['steps']} steps)", fontsize=9)
@@ -259,8 +271,9 @@ def main() -> None:
         write_json(out / "cache_xl_timing.json", xl_timing(args))
         return
     results = study(args)
-    write_json(out / "cache_study.json", results)
-    plot(results, out / "cache_frontier.png")
+    suffix = "_unet" if results["denoiser"] == "unet" else ""  # the DiT and U-Net studies side by side
+    write_json(out / f"cache_study{suffix}.json", results)
+    plot(results, out / f"cache_frontier{suffix}.png")
     for r in results["rows"]:
         print(f"{r['kind']:>12} r={r['fraction']:<4g} {r['cache']:<18} time {r['time_vs_large']:.3f}  "
               f"FID {r['fid']:.3f} [{r['fid_low']:.3f}, {r['fid_high']:.3f}]  {'; '.join(r['record'])}")
