@@ -20,8 +20,9 @@ import time
 
 import torch
 
+from tstitch.experiments.batches import sample_batches
 from tstitch.metrics import FeatureFID, classifier_accuracy
-from tstitch.sampling import sample_batches, scheduler_factory
+from tstitch.sampling import scheduler_factory
 from tstitch.utils import write_json
 from tstitch.zoo import load_classifier, load_family, scheduler_config
 from tstitch.zoo.data import load_digits_tensors

@@ -29,8 +29,8 @@ from tstitch.caching import (
     parse_cache_spec,
     spec_of,
 )
+from tstitch.experiments.batches import sample_batches
 from tstitch.plan import Plan
-from tstitch.sampling.loop import sample_batches
 
 STEPS = 10
 LABELS = [1, 7, 42]

@@ -17,8 +17,8 @@ from test_presets import tiny_text_encoder, tiny_tokenizer
 from tiny_models import dit_pipeline, one_thread, tiny_dit, tiny_unet, tiny_vae  # noqa: F401
 
 import tstitch
+from tstitch.adapters import TextEncoderConditioning
 from tstitch.compat import check_compatible
-from tstitch.conditioning import TextEncoderConditioning
 
 STEPS = 5  # fraction 0.4: steps 0, 1 on the small model, 2, 3, 4 on the large one
 

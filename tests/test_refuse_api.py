@@ -28,10 +28,11 @@ from tiny_models import (  # noqa: F401  (one_thread: an autouse fixture)
 )
 
 import tstitch
+from tstitch.experiments.batches import sample_batches
 from tstitch.models.checkpoints import load_dit, save_dit_safetensors
 from tstitch.models.families import FAMILIES
 from tstitch.models.loading import load_models, load_preset
-from tstitch.sampling import SCHEDULERS, Guidance, make_scheduler, sample_batches, scheduler_factory
+from tstitch.sampling import SCHEDULERS, Guidance, make_scheduler, scheduler_factory
 from tstitch.sampling.checks import check_device
 from tstitch.sampling.official import sample_official
 from tstitch.sampling.schedulers import DIT_NOISE_SCHEDULE, SD_NOISE_SCHEDULE, is_flow_matching

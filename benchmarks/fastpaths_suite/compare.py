@@ -4,7 +4,7 @@ peak memory (with and without offloading the idle model).
 
 Each *variant* is a :class:`~tstitch.models.fastpaths.FastPaths` applied to its own copy of the case's
 models (the first variant is the baseline). Every repetition runs every variant at every fraction with
-stitched sampling (:func:`tstitch.sampling.sample_batches`, the loop `tstitch sample` uses), the fractions in
+stitched sampling (:func:`tstitch.experiments.batches.sample_batches`, the loop `tstitch sample` uses), the fractions in
 an order rotated by one each repetition and the variants of a fraction back to back, their order reversed
 every other repetition, so that a busy or warming machine hits all of them alike. Figures are ratios within
 a repetition (median, min, max). Every run is checked against the plan, step by step.
@@ -30,6 +30,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from tstitch.bench.cases import BenchCase
 from tstitch.bench.report import paired, stats
+from tstitch.experiments.batches import sample_batches
 from tstitch.models.fastpaths import (
     FastPaths,
     compiled_graph_count,
@@ -38,7 +39,7 @@ from tstitch.models.fastpaths import (
     has_cuda_graphs,
 )
 from tstitch.plan import Plan
-from tstitch.sampling import num_classes_of, sample, sample_batches
+from tstitch.sampling import num_classes_of, sample
 from tstitch.sampling.timing import synchronize, timed
 from tstitch.stitcher import StitchedDenoiser
 

@@ -12,9 +12,10 @@ from typing import Any
 
 import torch
 
+from tstitch.experiments.batches import sample_batches
 from tstitch.metrics import FeatureFID, classifier_accuracy
 from tstitch.plan import Plan
-from tstitch.sampling import sample_batches, scheduler_factory
+from tstitch.sampling import scheduler_factory
 from tstitch.zoo import load_classifier, load_family, scheduler_config
 from tstitch.zoo.data import load_digits_tensors
 

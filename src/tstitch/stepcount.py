@@ -17,14 +17,13 @@ from __future__ import annotations
 import functools
 import math
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
-__all__ = ["StitchRecord", "StepCounter", "THREAD_ERROR", "num_steps_of", "model_name", "published_record",
-           "SampleOutput"]
+__all__ = ["StitchRecord", "StepCounter", "THREAD_ERROR", "num_steps_of", "model_name"]
 
 THREAD_ERROR = (
     "a stitched pipeline (or StitchedDenoiser) is not thread-safe: it was used from two threads at once, and "
@@ -98,24 +97,9 @@ class StitchRecord:
         }
 
 
-@dataclass
-class SampleOutput:
-    """What a sampling loop returns: the final latents and the :class:`StitchRecord` of the run."""
-
-    latents: torch.Tensor
-    record: StitchRecord
-
-
 def model_name(model: Any, index: int) -> str:
     """A model's name in a record: its ``_tstitch_name`` (set by the loaders), else its class and index."""
     return getattr(model, "_tstitch_name", None) or f"{type(model).__name__}[{index}]"
-
-
-def published_record(models: Sequence[Any], timesteps: Sequence[int]) -> StitchRecord:
-    """An empty record for a published sampler's run over ``timesteps`` (one model call per step, in order)."""
-    record = StitchRecord([model_name(m, i) for i, m in enumerate(models)])
-    record.reset(len(timesteps), list(timesteps))
-    return record
 
 
 class StepCounter:

@@ -96,18 +96,6 @@ class StitchedDenoiser(nn.Module):
     def large(self) -> nn.Module:
         return self.models[-1]
 
-    @property
-    def config(self) -> Any:
-        return self.large.config
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.large.dtype
-
-    @property
-    def device(self) -> torch.device:
-        return self.large.device
-
     def __getattr__(self, name: str) -> Any:
         try:
             return super().__getattr__(name)

@@ -12,9 +12,10 @@ import torch
 from torch import nn
 
 from ..caching import cached
+from ..experiments.batches import sample_batches
 from ..models.fastpaths import disable_offload, enable_offload
 from ..plan import Plan
-from ..sampling import Guidance, denoise, num_classes_of, sample, sample_batches, timed
+from ..sampling import Guidance, denoise, num_classes_of, sample, timed
 from ..stitcher import StitchedDenoiser, get_record, stitch
 from .cases import BenchCase
 

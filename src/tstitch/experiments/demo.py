@@ -34,12 +34,13 @@ import torch
 from tqdm.auto import tqdm
 
 from ..metrics import FeatureFID, classifier_accuracy
-from ..sampling import sample_batches, scheduler_factory
+from ..sampling import scheduler_factory
 from ..tune.cost import measure_step_costs
 from ..tune.stats import RatioEstimate, fid_ratio, jackknife_fid_ratio
 from ..utils import ensure_writable_dir, write_csv, write_json
 from ..zoo import load_classifier, scheduler_config
 from ..zoo.data import IMAGE_SIZE, NUM_CLASSES, load_digits_tensors, to_unit
+from .batches import sample_batches
 from .demo_report import format_table, summarize_section
 from .demo_sections import DemoSection, default_sections, load_sections
 from .plots import plot_grid, plot_similarity, plot_stitch_section

@@ -3,14 +3,14 @@
 registry, timing, and the published DiT sampler (:mod:`tstitch.sampling.official`)."""
 
 from .guidance import Guidance, guided_output, num_classes_of, unwrap_output
-from .loop import SampleOutput, StepCallback, denoise, sample, sample_batches
+from .loop import StepCallback, denoise, sample
+from .output import SampleOutput
 from .schedulers import SCHEDULERS, SchedulerKind, make_scheduler, scheduler_factory, scheduler_name
 from .timing import Stopwatch, synchronize, timed
 
 __all__ = [
     "denoise",
     "sample",
-    "sample_batches",
     "SampleOutput",
     "StepCallback",
     "Guidance",

@@ -3,7 +3,7 @@
 
 Each raises ``ValueError`` naming the argument, the value it got and what is allowed, so that a bad request
 never turns into silent garbage (pure noise, black images, the null class) or a raw ``IndexError`` deep in a
-model. :func:`tstitch.sample`, :func:`~tstitch.sampling.sample_batches` and
+model. :func:`tstitch.sample`, :func:`~tstitch.experiments.batches.sample_batches` and
 :func:`~tstitch.sampling.official.sample_official` call them; the command line may call them too.
 """
 

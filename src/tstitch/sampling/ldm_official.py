@@ -45,7 +45,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..plan import Plan
-from ..stepcount import SampleOutput, published_record
+from .output import SampleOutput, published_record
 
 __all__ = [
     "LINEAR_START", "LINEAR_END", "compvis_alphas_cumprod", "ddim_timesteps", "LDMDDIMSchedule",

@@ -24,7 +24,6 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..plan import Plan
-from ..stepcount import SampleOutput
 from ..stitcher import StitchedDenoiser
 from .checks import (
     check_class_labels,
@@ -32,13 +31,12 @@ from .checks import (
     check_guidance_scale,
     check_noise,
     check_num_steps,
-    check_positive_int,
     check_scheduler_object,
 )
 from .guidance import Guidance, num_classes_of
-from .timing import Stopwatch
+from .output import SampleOutput
 
-__all__ = ["denoise", "sample", "sample_batches", "SampleOutput", "StepCallback"]
+__all__ = ["denoise", "sample", "SampleOutput", "StepCallback"]
 
 #: ``callback(state)`` after every step; ``state`` holds ``x`` (the latents the step started from), ``i``
 #: (the step), ``t`` (its timestep), ``model_output`` (the guided prediction), ``denoised`` (the
@@ -210,51 +208,3 @@ def sample(
     finally:
         denoiser.unbind()
     return SampleOutput(latents=latents, record=denoiser.record)
-
-
-def sample_batches(
-    models: Sequence[nn.Module],
-    fractions: Sequence[float] | Plan,
-    scheduler_factory: Callable[[], Any],
-    noise: torch.Tensor,
-    labels: torch.Tensor,
-    *,
-    num_steps: int,
-    guidance_scale: float,
-    batch_size: int,
-    progress: bool = False,
-    generators: Sequence[torch.Generator] | None = None,
-    cache: Any = None,
-) -> tuple[torch.Tensor, float, list[int]]:
-    """Stitched sampling of all of ``noise`` in batches of ``batch_size``, timed (CUDA synchronised).
-
-    ``generators``: one per sample, for stochastic schedulers (each sample's step noise then depends on
-    its own generator only, not on the batch it is in). ``cache``: per-model caches, as
-    :func:`tstitch.caching.enable_cache` takes them (applied for each batch, taken off after it).
-
-    Returns the latents, the wall-clock seconds of the sampling (model calls and scheduler steps), and
-    the model index of each step.
-    """
-    batch_size = check_positive_int(batch_size, "batch_size")
-    check_noise(noise)
-    if len(labels) != len(noise):
-        raise ValueError(f"got {len(labels)} labels for {len(noise)} noise samples")
-    if generators is not None and len(generators) != len(noise):
-        raise ValueError(f"got {len(generators)} generators for {len(noise)} noise samples (one per sample)")
-    outputs, watch, per_step = [], Stopwatch(noise.device), []
-    plan = fractions if isinstance(fractions, Plan) else list(fractions)
-    for start in range(0, len(noise), batch_size):
-        batch_noise, batch_labels = noise[start : start + batch_size], labels[start : start + batch_size]
-        generator = None if generators is None else list(generators[start : start + batch_size])
-        scheduler = scheduler_factory()
-        from ..caching import cached
-
-        with cached(StitchedDenoiser(list(models), plan), cache or {}) as denoiser, watch:
-            result = sample(
-                denoiser, plan, scheduler, noise=batch_noise, class_labels=batch_labels,
-                num_inference_steps=num_steps, guidance_scale=guidance_scale, progress=progress,
-                generator=generator,
-            )
-        outputs.append(result.latents)
-        per_step = result.record.model_per_step()
-    return torch.cat(outputs), watch.seconds, per_step

@@ -47,9 +47,9 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..plan import Plan
-from ..stepcount import SampleOutput, published_record
 from .checks import check_class_labels, check_guidance_scale, check_noise, check_positive_int
 from .guidance import Guidance, num_classes_of, unwrap_output
+from .output import SampleOutput, published_record
 
 __all__ = [
     "SAMPLERS",
@@ -295,7 +295,7 @@ def sample_official(
         progress: show a tqdm bar.
 
     Returns:
-        :class:`~tstitch.stepcount.SampleOutput`: the latents ``(n, C, H, W)`` (conditional half under
+        :class:`~tstitch.sampling.output.SampleOutput`: the latents ``(n, C, H, W)`` (conditional half under
         guidance) and the run's :class:`~tstitch.stepcount.StitchRecord` (the training timestep and model of
         every step, wall-clock seconds in each model, not CUDA-synchronized).
 
