@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import shlex
 import sys
 import time
@@ -138,10 +137,11 @@ def _is_evaluation(folder: Path) -> bool:
 
 def run(args: argparse.Namespace) -> int:
     from ..experiments.evaluate import EvaluateConfig, PeerError, format_rows, run_evaluate
+    from ..experiments.processes import launch_place
     from ..utils import OutputFolder
 
     _check_args(args)
-    rank = int(os.environ.get("RANK", 0))
+    rank = launch_place()[0]  # RANK=abc, or RANK=1 left without WORLD_SIZE: refused by name before any work
     if rank != 0:  # one voice: the other processes only warn
         logging.getLogger().setLevel(logging.WARNING)
     config = EvaluateConfig(

@@ -14,7 +14,7 @@ import torch.distributed as dist
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Processes", "PeerError", "pick_device"]
+__all__ = ["Processes", "PeerError", "pick_device", "launch_place"]
 
 
 class PeerError(RuntimeError):
@@ -22,6 +22,43 @@ class PeerError(RuntimeError):
 
 
 # -- processes --------------------------------------------------------------------------------------------------
+
+
+def _environment_integer(name: str, low: int) -> int | None:
+    text = os.environ.get(name)
+    if text is None:
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        raise ValueError(f"{name}={text!r} in the environment is not an integer (torchrun sets RANK, WORLD_SIZE "
+                         f"and LOCAL_RANK; unset {name} for a single process)") from None
+    if value < low:
+        raise ValueError(f"{name}={text} in the environment must be >= {low}")
+    return value
+
+
+def launch_place() -> tuple[int, int, int]:
+    """``(rank, world size, local rank)`` of this process from torchrun's environment, checked before any work:
+    none of RANK / WORLD_SIZE set is a world of one; RANK left in the environment without WORLD_SIZE (a
+    process 1 of nobody, that would wait for a process 0 that never comes), values that are not integers and
+    a RANK outside the world are refused by name (``ValueError``)."""
+    rank, world = _environment_integer("RANK", 0), _environment_integer("WORLD_SIZE", 1)
+    local_rank = _environment_integer("LOCAL_RANK", 0) or 0
+    if world is None:
+        if rank is not None:
+            raise ValueError(f"RANK={rank} is in the environment but WORLD_SIZE is not: launch with torchrun (which "
+                             "sets both), or unset RANK for a single process")
+        return 0, 1, local_rank
+    if rank is None:
+        if world > 1:
+            raise ValueError(f"WORLD_SIZE={world} is in the environment but RANK is not: launch with torchrun, or "
+                             "unset WORLD_SIZE for a single process")
+        rank = 0
+    if rank >= world:
+        raise ValueError(f"RANK={rank} in the environment is outside WORLD_SIZE={world} (ranks 0 to {world - 1})")
+    return rank, world, local_rank
+
 
 
 def pick_device(device: str, local_rank: int) -> torch.device:
@@ -39,9 +76,9 @@ class Processes:
         self.owns_group = False
         if dist.is_available() and dist.is_initialized():
             self.rank, self.world = dist.get_rank(), dist.get_world_size()
+            local_rank = int(os.environ.get("LOCAL_RANK", 0))
         else:
-            self.rank, self.world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-        local_rank = int(os.environ.get("LOCAL_RANK", 0))
+            self.rank, self.world, local_rank = launch_place()
         self.device = pick_device(device, local_rank)
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
