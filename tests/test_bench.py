@@ -44,6 +44,7 @@ def text_case(**options) -> BenchCase:
                      make_scheduler=SCHEDULERS["ddim"], conditioning="text", **settings)
 
 
+@pytest.mark.slow
 def test_harness_writes_json_and_plot_with_every_figure(tmp_path):
     results = run_bench([class_case(), text_case()], tmp_path, BenchSettings(dispatch_calls=50))
 
@@ -153,6 +154,7 @@ def test_cli_refuses_bad_input_before_any_work(tmp_path, capsys):
 # -- the fast paths against fp32 eager ------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_fast_path_comparison_times_every_variant_and_writes_its_files(tmp_path):
     from fastpaths_suite.compare import Variant, run_variants
     from fastpaths_suite.report import format_markdown, save_results

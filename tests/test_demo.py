@@ -199,6 +199,7 @@ def test_the_unet_section_joins_when_the_pair_is_in_the_zoo_and_is_left_out_with
         load_sections((DIT_SECTION,), tmp_path, torch.device("cpu"))
 
 
+@pytest.mark.slow
 def test_demo_runs_every_section_with_intervals_and_interleaved_times(tmp_path):
     second = DemoSection("B", "digits-b", "digits-xl", slug="b", guidance_scales=(1.0, 1.5))
     config = DemoConfig.quick(num_samples=12, num_steps=2, batch_size=12, guidance_samples=6, timing_chunks=2,

@@ -91,6 +91,7 @@ def test_cli_sample_preset_end_to_end(ckpt_dir: Path, tmp_path: Path, capsys: py
     assert summary["stitched"]["steps_per_model"] == [2, 3] and (out / "sample-000.png").is_file()
 
 
+@pytest.mark.slow
 def test_missing_files_are_named_at_once_without_importing_torch(tmp_path: Path) -> None:
     script = ("import sys; from tstitch.cli import main; code = main(['sample', '--preset', 'ldm-s-ldm', "
               f"'--checkpoint-dir', {str(tmp_path)!r}, '--fraction', '0.4']); "

@@ -368,6 +368,7 @@ def test_ctrl_c_in_sample_is_one_line_and_exit_130(capsys, tmp_path, monkeypatch
     assert err.strip() == f"tstitch sample: interrupted; nothing was written to {tmp_path / 'out'}"
 
 
+@pytest.mark.slow
 def test_ctrl_c_in_evaluate_keeps_finished_shards_and_names_the_resume_command(tmp_path):
     """The one subprocess: SIGINT once the first shard is on disk."""
     from tstitch.experiments.evaluation_files import shard_ok

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -138,6 +139,7 @@ def test_demo_rejects_bad_settings(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_demo_on_a_tiny_setting_writes_every_output(tmp_path):
     config = DemoConfig.quick(num_samples=20, num_steps=2, batch_size=10, similarity_samples=4,
                               guidance_scales=(1.0, 1.5), guidance_samples=10, interval_groups=4)
@@ -158,7 +160,17 @@ def test_demo_on_a_tiny_setting_writes_every_output(tmp_path):
     assert not list(tmp_path.glob(".*"))  # no temporary files left behind
 
 
-def test_demo_is_deterministic(tmp_path):
+@pytest.mark.slow
+def test_demo_is_deterministic(tmp_path, monkeypatch):
+    import tstitch.experiments.demo as demo
+
+    def no_figure(*args, path=None, **kwargs):  # the figures are the other demo test's; they take most of a run
+        path = Path(args[-1] if path is None else path)
+        path.write_bytes(b"")
+        return path
+
+    for name in ("plot_grid", "plot_similarity", "plot_stitch_section"):
+        monkeypatch.setattr(demo, name, no_figure)
     config = DemoConfig.quick(num_samples=10, num_steps=2, batch_size=10, similarity_samples=2,
                               three_model=((0.2, 0.2),), guidance_samples=10, interval_groups=4)
     first = run_demo(tmp_path / "a", config, progress=False)
@@ -184,6 +196,7 @@ def test_train_zoo_refuses_bad_steps_before_touching_the_folder(tmp_path, capsys
     assert sorted(p.name for p in tmp_path.iterdir()) == ["digits-classifier.safetensors", "manifest.json"]
 
 
+@pytest.mark.slow
 def test_train_zoo_of_one_member_keeps_the_manifest_true_to_the_folder(tmp_path, capsys):
     from tstitch import cli
 

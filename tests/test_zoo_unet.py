@@ -101,6 +101,7 @@ def test_unet_training_drops_10_percent_of_labels_to_the_null_class(monkeypatch)
     assert max(recorders[1].calls[0]) < 10
 
 
+@pytest.mark.slow
 def test_train_zoo_smoke_run_of_the_pair_is_reproducible_and_loads(tmp_path):
     names = list(DIGITS_UNET)
     manifest = train_zoo(tmp_path / "a", names, steps=2, seed=1, progress=False)
