@@ -12,13 +12,17 @@ What makes results independent of how they were produced:
   a CPU and a GPU round differently).
 * **Atomic, verified files.** Every file is written to a temporary name, flushed to disk and renamed; an
   interrupted run leaves complete shards and stray temporaries (removed at the next start). A manifest
-  holds the sampling settings and their hash: resuming with other settings is refused.
+  holds the sampling settings and their hash: resuming with other settings is refused. ``samples.json``
+  records the sha256 of ``samples.npz``: a file damaged on disk is found on resume (a warning) and its
+  schedule sampled and scored again, never scored as it is.
+* **One run at a time.** Process 0 holds a lock on the folder (``flock`` on the folder itself, dropped by the
+  system when the process ends, even by kill -9): a second ``evaluate`` on the same folder is refused.
 
 Layout of the output folder::
 
     manifest.json                        the sampling settings and their hash
     <schedule>/shards/shard-000000.npz   finished shards (removed once merged, unless keep_shards)
-    <schedule>/samples.json              sampling time and the model of each step
+    <schedule>/samples.json              sampling time, the model of each step, the sha256 of samples.npz
     <schedule>/samples.npz               arr_0: uint8 (N, H, W, C) images, arr_1: int64 labels (ADM format)
     <schedule>/png/000000.png            with png=True
     <schedule>/metrics.json              the metrics and the metric settings they were computed with
@@ -58,6 +62,9 @@ from .batches import sample_batches
 from .evaluation_config import DTYPES, MAX_SCHEDULES, METRICS, EvaluateConfig, schedule_count
 from .evaluation_files import (
     CRASH_ENV,
+    SAMPLES_CHECKSUM,
+    FolderLock,
+    file_sha256,
     fingerprint,
     remove_temporaries,
     sample_labels,
@@ -71,6 +78,7 @@ from .evaluation_files import (
     write_samples_npz,
 )
 from .evaluation_report import (
+    FEATURES_FILE,
     add_fid_intervals,
     earlier_rows,
     format_rows,
@@ -188,6 +196,9 @@ class EvaluationRun:
         self.num_shards = math.ceil(self.num_samples / self.batch_size)
         self.cache = eval_cache(config.cache, loaded.names, self.mode)  # {model name: spec}
         self.settings = self._settings() | ({"cache": self.cache} if self.cache else {})
+        #: whether prepare found each schedule folder's samples.npz finished (and matching its checksum): merge
+        #: need not read and hash it again
+        self.finished: dict[Path, bool] = {}
 
     # -- settings ---------------------------------------------------------------------------------------------
 
@@ -261,7 +272,9 @@ class EvaluationRun:
         if manifest_path.is_file():
             try:
                 manifest = json.loads(manifest_path.read_text())
-            except (OSError, json.JSONDecodeError) as error:
+                if not isinstance(manifest, dict):
+                    raise ValueError(f"a JSON {type(manifest).__name__}, not an object")
+            except (OSError, ValueError, RecursionError) as error:  # JSONDecodeError is a ValueError
                 raise ValueError(f"{manifest_path} is unreadable ({error}); remove it only if {self.out} holds "
                                  "no samples you want to keep") from error
             if manifest.get("hash") != self.settings_hash:
@@ -276,7 +289,9 @@ class EvaluationRun:
             folder = self.folder(schedule)
             remove_temporaries(folder)
             remove_temporaries(folder / "shards")
-            if samples_ok(folder / "samples.npz", self.num_samples, self.image_shape):
+            self._drop_unreadable_metrics(folder)
+            self.finished[folder] = samples_ok(folder / "samples.npz", self.num_samples, self.image_shape)
+            if self.finished[folder]:
                 continue
             for shard in range(self.num_shards):
                 path = shard_path(folder, shard)
@@ -286,6 +301,18 @@ class EvaluationRun:
         logger.info("%d schedule(s) x %d shard(s) of %d: %d shard(s) to sample, %d already done",
                     len(self.schedules), self.num_shards, self.batch_size, len(plan), done)
         return plan
+
+    @staticmethod
+    def _drop_unreadable_metrics(folder: Path) -> None:
+        """A ``metrics.json`` damaged on disk is removed (with a warning): the metrics are computed again."""
+        path = folder / "metrics.json"
+        if not path.is_file():
+            return
+        try:
+            json.loads(path.read_text())
+        except (OSError, ValueError, RecursionError) as error:
+            logger.warning("%s is unreadable (%s): the schedule's metrics are computed again", path, error)
+            path.unlink()
 
     def _mismatch(self, stored: dict[str, Any], path: Path) -> str:
         keys = sorted(set(stored) | set(self.settings))
@@ -363,10 +390,15 @@ class EvaluationRun:
     # -- process 0: merge, score, report ----------------------------------------------------------------------
 
     def merge(self, schedule: Allocation) -> None:
-        """Shards -> ``samples.json`` and ``samples.npz`` (written last: its presence means done)."""
+        """Shards -> ``samples.npz`` and ``samples.json`` (written last, with the sha256 of ``samples.npz``: a
+        ``samples.npz`` that matches it means done). A new ``samples.npz`` drops the schedule's earlier
+        metrics and features: they are computed again from it."""
         folder = self.folder(schedule)
         npz = folder / "samples.npz"
-        if samples_ok(npz, self.num_samples, self.image_shape):
+        finished = self.finished.get(folder)
+        if finished is None:
+            finished = samples_ok(npz, self.num_samples, self.image_shape)
+        if finished:
             return
         shards = [shard_path(folder, shard) for shard in range(self.num_shards)]
         missing = [p.name for p, s in zip(shards, range(self.num_shards), strict=True)
@@ -381,13 +413,15 @@ class EvaluationRun:
                 decode_seconds += float(shard["decode_seconds"])
                 labels.append(shard["labels"])
                 per_step = shard["model_per_step"].tolist()
+        for derived in ("metrics.json", FEATURES_FILE):
+            (folder / derived).unlink(missing_ok=True)
+        write_samples_npz(npz, shards, np.concatenate(labels).astype(np.int64), self.num_samples, self.image_shape)
         write_json(folder / "samples.json", {
             "schedule": schedule.label, "models": list(schedule.models), "fractions": list(schedule.small_fractions),
             "plan": None if schedule.plan is None else plan_to_dict(schedule.plan),
             "num_samples": self.num_samples, "sampling_seconds": seconds, "decode_seconds": decode_seconds,
-            "model_per_step": per_step, "settings_hash": self.settings_hash,
+            "model_per_step": per_step, "settings_hash": self.settings_hash, SAMPLES_CHECKSUM: file_sha256(npz),
         })
-        write_samples_npz(npz, shards, np.concatenate(labels).astype(np.int64), self.num_samples, self.image_shape)
         if not self.config.keep_shards:
             shutil.rmtree(folder / "shards", ignore_errors=True)
 
@@ -415,7 +449,17 @@ def run_evaluate(config: EvaluateConfig, *, progress: bool = True) -> EvaluateRe
     """
     config.validate()
     processes = Processes(config.device, config.dist_timeout_minutes)
+    lock = FolderLock(config.out_dir)  # process 0 holds it from before the models load until the report is written
     try:
+        return _sample_and_score(config, processes, lock, progress=progress)
+    finally:
+        lock.release()
+
+
+def _sample_and_score(config: EvaluateConfig, processes: Processes, lock: FolderLock, *,
+                      progress: bool) -> EvaluateResult | None:
+    try:
+        processes.on_zero(lock.acquire)  # a second evaluate on the folder is refused here, before any work
         loaded = resolve_models(config, processes.device)
         threads = config.threads
         if threads is None and processes.device.type == "cpu" and sum(

@@ -1,9 +1,12 @@
 # Copyright 2026 The tstitch authors. Licensed under the Apache License, Version 2.0.
-"""The evaluation's per-sample randomness and its files: atomic, verified shards and sample archives."""
+"""The evaluation's per-sample randomness and its files: atomic, verified shards and sample archives, and the
+lock that keeps a second ``evaluate`` out of a folder while one is writing it."""
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
+import json
 import logging
 import os
 import zipfile
@@ -21,12 +24,14 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["CRASH_ENV", "CRASH_EXIT_CODE", "sample_seed", "sample_noise", "step_generators", "sample_labels",
            "crash_now", "die_mid_write", "write_bytes", "zip_entry", "remove_temporaries", "shard_path", "shard_ok",
-           "samples_ok", "write_samples_npz", "fingerprint"]
+           "samples_ok", "write_samples_npz", "file_sha256", "fingerprint", "FolderLock", "SAMPLES_CHECKSUM"]
 
 #: Test hook: ``shard:N`` or ``samples:N`` makes the process die half-way through writing its N-th file of
 #: that kind (as a kill during a write would), with exit code :data:`CRASH_EXIT_CODE`.
 CRASH_ENV = "TSTITCH_EVALUATE_CRASH"
 CRASH_EXIT_CODE = 75
+#: The field of ``samples.json`` that holds the sha256 of ``samples.npz`` (written after it).
+SAMPLES_CHECKSUM = "samples_sha256"
 
 
 # -- per-sample randomness --------------------------------------------------------------------------------------
@@ -124,13 +129,38 @@ def shard_ok(path: Path, indices: range, image_shape: tuple[int, ...]) -> bool:
         return False
 
 
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def samples_ok(path: Path, num_samples: int, image_shape: tuple[int, ...]) -> bool:
+    """Whether ``path`` is a finished schedule's ``samples.npz``: its shapes, and the sha256 that the
+    ``samples.json`` beside it records (written after it), so that a file damaged on disk is found, with a
+    warning, instead of being scored. (Folders of tstitch versions that recorded no checksum: shapes only.)"""
     try:
         images, dtype = npz_shape(path, "arr_0")
         labels, _ = npz_shape(path, "arr_1")
-        return images == (num_samples, *image_shape) and dtype == np.uint8 and labels == (num_samples,)
+        if not (images == (num_samples, *image_shape) and dtype == np.uint8 and labels == (num_samples,)):
+            return False
     except (OSError, EOFError, ValueError, zipfile.BadZipFile):
         return False
+    try:
+        info = json.loads((path.parent / "samples.json").read_text())
+    except (OSError, ValueError, RecursionError):
+        return False  # written after samples.npz: the merge was cut short, or the file is damaged
+    recorded = info.get(SAMPLES_CHECKSUM) if isinstance(info, dict) else None
+    if recorded is None:
+        return isinstance(info, dict)
+    actual = file_sha256(path)
+    if actual != recorded:
+        logger.warning("%s does not match the sha256 recorded in samples.json (%s..., now %s...): it was damaged "
+                       "on disk; its schedule is sampled and scored again", path, str(recorded)[:12], actual[:12])
+        return False
+    return True
 
 
 def write_samples_npz(npz: Path, shards: list[Path], labels: np.ndarray, num_samples: int,
@@ -156,6 +186,39 @@ def write_samples_npz(npz: Path, shards: list[Path], labels: np.ndarray, num_sam
             os.fsync(handle.fileno())
 
     atomic_write(npz, writer)
+
+
+class FolderLock:
+    """An exclusive lock on an evaluation folder, held by process 0 while a run writes there: a second
+    ``evaluate`` on the same folder is refused at once (``ValueError``, one line) instead of mixing its shards,
+    merges and reports with the first's. The lock is ``flock``'s on the folder itself (no file is written for
+    it): the system drops it when its process ends, however (kill -9 included), so a folder is never left
+    locked. On a file system without ``flock`` a warning says that runs there are not kept apart."""
+
+    def __init__(self, folder: str | os.PathLike):
+        self.folder = Path(folder)
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise ValueError(f"another tstitch evaluate is writing to {self.folder} right now; wait for it to "
+                             "finish (then rerun to resume or add to it), or choose another --out") from None
+        except OSError as error:
+            os.close(fd)
+            logger.warning("%s cannot be locked (%s): two evaluations started there at once would not be kept "
+                           "apart", self.folder, error.strerror or error)
+            return
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing the descriptor drops the lock
+            self._fd = None
 
 
 def fingerprint(module: torch.nn.Module | None) -> str | None:
