@@ -1,0 +1,271 @@
+# Copyright 2026 The tstitch authors. Licensed under the Apache License, Version 2.0.
+"""Issue 23's further classes of bad input: output paths, a full disk, checkpoints, evaluation folders and the
+torchrun environment (docs/refused-inputs.md names each row's test). Each was reproduced on the code before the
+fix; the docstrings say what happened then."""
+
+from __future__ import annotations
+
+import errno
+import functools
+import json
+import os
+import re
+import signal
+import sys
+import types
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+from tiny_models import tiny_dit
+
+from tstitch import cli
+from tstitch.models.checkpoints import load_dit, save_dit_safetensors
+from tstitch.utils import OUTPUTS_MANIFEST, staged_writes
+
+COMMANDS_WITH_OUT = ["sample", "evaluate", "demo", "bench", "train-zoo"]
+
+
+class ModelsLoaded(Exception):
+    """Raised in place of loading a model: a refusal must come before it."""
+
+
+@pytest.fixture
+def no_models(monkeypatch):
+    """Every entry point that loads models raises :class:`ModelsLoaded`."""
+    import tstitch.experiments.evaluate
+    import tstitch.models.loading
+
+    def loaded(*args, **kwargs):
+        raise ModelsLoaded
+
+    for module, name in [(tstitch.models.loading, "load_preset"), (tstitch.models.loading, "load_models"),
+                         (tstitch.experiments.evaluate, "resolve_models")]:
+        monkeypatch.setattr(module, name, loaded)
+
+
+@contextmanager
+def deadline(seconds: int):
+    """Fail instead of hanging (a FIFO opened for reading waits for a writer forever)."""
+
+    def expired(signum, frame):
+        raise TimeoutError(f"still running after {seconds} s")
+
+    previous = signal.signal(signal.SIGALRM, expired)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def one_error_line(err: str, command: str) -> str:
+    """The error line of a refusal (argparse prints its usage above it); no traceback."""
+    assert "Traceback" not in err
+    lines = [line for line in err.splitlines() if line.startswith(f"tstitch {command}: error:")]
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+# -- output paths -------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("command", COMMANDS_WITH_OUT)
+@pytest.mark.parametrize("kind, out, message", [
+    ("component of 300 characters", "a" * 300, "a component of it is 300 bytes long"),
+    ("path of 5,000 characters", "/".join(["b" * 99] * 50), "leaves room for the files written inside it"),
+    ("name that is not UTF-8", "out\udcff", r"is not valid UTF-8 \(byte 0xff"),
+])
+def test_output_paths_the_system_cannot_take_are_refused_before_any_work(tmp_path, monkeypatch, capsys, no_models,
+                                                                         command, kind, out, message):
+    """Before: a 300-character component or a 5,000-character path raised a traceback (OSError: File name too
+    long) from the --out check; a non-UTF-8 --out ran the whole sample and then failed printing its path where
+    stdout is strict UTF-8 (a real UTF-8 locale)."""
+    monkeypatch.chdir(tmp_path)
+    assert cli.main([command, "--out", out]) == 2
+    line = one_error_line(capsys.readouterr().err, command)
+    assert "argument --out:" in line and re.search(message, line), line
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("flag", ["--plan", "--checkpoint-dir"])
+def test_path_flags_name_a_path_the_system_cannot_look_up(tmp_path, capsys, no_models, flag):
+    """Before: a too-long name was a traceback (OSError from Path.exists); a loop of links was 'does not exist'."""
+    (tmp_path / "loop").symlink_to(tmp_path / "loop")
+    for value, reason in [("c" * 300, "File name too long"), (str(tmp_path / "loop"), "Too many levels of symbolic")]:
+        assert cli.main(["sample", "--preset", "digits", flag, value, "--out", str(tmp_path / "out")]) == 2
+        line = one_error_line(capsys.readouterr().err, "sample")
+        assert f"argument {flag}:" in line and reason in line
+
+
+def test_a_full_disk_on_the_second_run_leaves_the_first_runs_files_whole(tmp_path, monkeypatch, capsys):
+    """Before: the files written before the disk filled were already replaced (sample-000.png of the second run
+    beside sample-001.png of the first). Now every file is written under a temporary name and all are renamed at
+    the end: a full disk leaves the first run's files byte for byte, and no temporary file."""
+    import PIL.Image
+
+    out = tmp_path / "out"
+    args = ["sample", "--preset", "digits", "--num-images", "3", "--steps", "2", "--no-progress", "--no-warmup",
+            "--out", str(out)]
+    assert cli.main([*args, "--seed", "1"]) == 0
+    first = {p.name: p.read_bytes() for p in out.iterdir() if p.name != OUTPUTS_MANIFEST}
+    real_save, saved = PIL.Image.Image.save, []
+
+    def disk_fills(image, target, *rest, **options):
+        saved.append(target)
+        if len(saved) == 2:  # the second image: half of it fits, then the disk is full
+            Path(target).write_bytes(b"\x89PNG\r\n\x1a\n half")
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_save(image, target, *rest, **options)
+
+    monkeypatch.setattr(PIL.Image.Image, "save", disk_fills)
+    capsys.readouterr()
+    assert cli.main([*args, "--seed", "2"]) == 2
+    assert "No space left on device" in one_error_line(capsys.readouterr().err, "sample")
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.name != OUTPUTS_MANIFEST} == first
+    assert json.loads((out / OUTPUTS_MANIFEST).read_text())["files"]  # the list is whole JSON
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]
+
+
+def test_staged_writes_rename_all_or_nothing(tmp_path):
+    from tstitch.utils import atomic_write
+
+    (tmp_path / "a.txt").write_text("old a")
+    with pytest.raises(OSError), staged_writes():
+        atomic_write(tmp_path / "a.txt", lambda tmp: tmp.write_text("new a"))
+        atomic_write(tmp_path / "b.txt", lambda tmp: (_ for _ in ()).throw(OSError(errno.ENOSPC, "full")))
+    assert [p.name for p in tmp_path.iterdir()] == ["a.txt"] and (tmp_path / "a.txt").read_text() == "old a"
+    with staged_writes():
+        atomic_write(tmp_path / "a.txt", lambda tmp: tmp.write_text("new a"))
+        assert (tmp_path / "a.txt").read_text() == "old a"  # renamed when the block ends
+    assert (tmp_path / "a.txt").read_text() == "new a" and len(list(tmp_path.iterdir())) == 1
+
+
+# -- checkpoints ----------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def dit_file(tmp_path_factory):
+    path = save_dit_safetensors(tiny_dit(0), tmp_path_factory.mktemp("dit") / "dit.safetensors")
+    with safe_open(str(path), "pt") as handle:
+        return path, handle.metadata()
+
+
+@pytest.mark.parametrize("dtype", [torch.int32, torch.bool])
+@pytest.mark.parametrize("which", ["one tensor", "every tensor"])
+def test_integer_or_bool_weights_are_refused_naming_the_tensor(dit_file, tmp_path, dtype, which):
+    """Before: loaded (cast silently into the float parameters: a model of zeros and ones)."""
+    path, metadata = dit_file
+    key = "transformer_blocks.0.attn1.to_q.weight"
+    tensors = {k: (v.to(dtype) if which == "every tensor" or k == key else v) for k, v in load_file(str(path)).items()}
+    save_file(tensors, str(tmp_path / "bad.safetensors"), metadata=metadata)
+    name = str(dtype).replace("torch.", "")
+    with pytest.raises(ValueError, match=rf"bad.safetensors: model weights are floating-point tensors, but .* {name}"):
+        load_dit(tmp_path / "bad.safetensors")
+
+
+def test_a_config_asking_for_a_huge_model_is_refused_before_anything_is_built(dit_file, tmp_path, monkeypatch):
+    """Before: a 40 KB file whose metadata config said sample_size 40000 made tstitch allocate the position table
+    of 4e8 positions (12.8 GB at this width) before looking at a tensor (19 s, then out of memory)."""
+    import diffusers
+
+    path, metadata = dit_file
+    built = []
+    real_init = diffusers.DiTTransformer2DModel.__init__
+
+    @functools.wraps(real_init)  # keeps the signature that load_dit reads the config's fields from
+    def counted_init(self, *args, **kwargs):
+        built.append(kwargs)
+        real_init(self, *args, **kwargs)
+
+    monkeypatch.setattr(diffusers.DiTTransformer2DModel, "__init__", counted_init)
+    for field, value, message in [("sample_size", 40000, r"sample_size must be an integer in \[1, 512\] .*got 40000"),
+                                  ("sample_size", "4", "sample_size must be an integer"),
+                                  ("num_layers", 10_000, "the config says num_layers=10000, the file has 1 blocks"),
+                                  ("num_embeds_ada_norm", 10**9, "embedding_table.weight is"),
+                                  ("attention_head_dim", 4096, "pos_embed.proj.weight is")]:
+        config = {**json.loads(metadata["tstitch_dit_config"]), field: value}
+        save_file(load_file(str(path)), str(tmp_path / "bomb.safetensors"),
+                  metadata={**metadata, "tstitch_dit_config": json.dumps(config)})
+        with pytest.raises(ValueError, match=message):
+            load_dit(tmp_path / "bomb.safetensors")
+    assert built == []  # no model was built from any of them
+    assert load_dit(path).config.sample_size == 4 and len(built) == 1
+
+
+def test_a_fifo_and_truncated_files_with_a_safetensors_name(dit_file, tmp_path):
+    """Before: a FIFO was 'not found: no such file' (no hang); truncated files were refused already."""
+    from tstitch.models.ldm_checkpoints import load_ldm_checkpoint
+
+    os.mkfifo(tmp_path / "fifo.safetensors")
+    with deadline(20):
+        with pytest.raises(ValueError, match="fifo.safetensors' is not a plain file"):
+            load_dit(tmp_path / "fifo.safetensors")
+        with pytest.raises(ValueError, match="fifo.safetensors' is not a plain file"):
+            load_ldm_checkpoint(tmp_path / "fifo.safetensors")
+        assert cli.main(["sample", "--model", str(tmp_path / "fifo.safetensors"), "--model", "digits-xl",
+                         "--out", str(tmp_path / "out")]) == 2
+    data = dit_file[0].read_bytes()
+    for size in (6, len(data) // 2, len(data) - 1):
+        (tmp_path / "cut.safetensors").write_bytes(data[:size])
+        with pytest.raises(ValueError, match="cut.safetensors: not a readable safetensors file"):
+            load_dit(tmp_path / "cut.safetensors")
+
+
+def test_a_lightning_ckpt_with_a_payload_nested_in_its_globals_is_refused_naming_it(tmp_path, monkeypatch):
+    """A CompVis .ckpt whose Lightning callback (read as an inert placeholder) carries a nested object that
+    would run ``os.system`` when unpickled: refused naming the global; nothing runs (it was so already)."""
+    from ldm_reference import UNetSpec, random_unet_state_dict
+
+    from tstitch.models.ldm_checkpoints import load_ldm_checkpoint
+
+    marker = tmp_path / "payload-ran"
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    class ModelCheckpoint:
+        def __reduce__(self):
+            return (ModelCheckpoint, (Payload(),))
+
+    module = types.ModuleType("pytorch_lightning.callbacks")
+    ModelCheckpoint.__module__, ModelCheckpoint.__qualname__ = module.__name__, "ModelCheckpoint"
+    module.ModelCheckpoint = ModelCheckpoint
+    monkeypatch.setitem(sys.modules, "pytorch_lightning", types.ModuleType("pytorch_lightning"))
+    monkeypatch.setitem(sys.modules, module.__name__, module)
+    weights = {"model.diffusion_model." + k: v for k, v in random_unet_state_dict(UNetSpec(context_dim=16)).items()}
+    torch.save({"state_dict": weights, "callbacks": {"checkpoint": ModelCheckpoint()}}, tmp_path / "ldm.ckpt")
+    monkeypatch.delitem(sys.modules, module.__name__)
+    monkeypatch.delitem(sys.modules, "pytorch_lightning")
+    with pytest.raises(ValueError, match=r"ldm.ckpt: the checkpoint holds Python objects .* \((posix|os|nt)\.system\)"):
+        load_ldm_checkpoint(tmp_path / "ldm.ckpt")
+    assert not marker.exists()
+
+
+# -- the torchrun environment ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("environment, message", [
+    ({"RANK": "1"}, "RANK=1 is in the environment but WORLD_SIZE is not"),
+    ({"RANK": "abc"}, "RANK='abc' in the environment is not an integer"),
+    ({"RANK": "abc", "WORLD_SIZE": "2"}, "RANK='abc' in the environment is not an integer"),
+    ({"RANK": "2", "WORLD_SIZE": "2"}, "RANK=2 in the environment is outside WORLD_SIZE=2"),
+    ({"WORLD_SIZE": "2"}, "WORLD_SIZE=2 is in the environment but RANK is not"),
+    ({"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "x"}, "LOCAL_RANK='x'"),
+])
+def test_a_rank_left_in_the_environment_is_refused_before_any_work(tmp_path, monkeypatch, capsys, no_models,
+                                                                   environment, message):
+    """Before: RANK=1 without WORLD_SIZE loaded the models, sampled shards as 'process 1 of 1' and ended in a
+    TypeError traceback; RANK=abc said "invalid literal for int() with base 10: 'abc'"."""
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+    assert cli.main(["evaluate", "--preset", "digits", "--out", str(tmp_path / "out")]) == 2
+    assert message in one_error_line(capsys.readouterr().err, "evaluate")
+    assert not (tmp_path / "out").exists()
