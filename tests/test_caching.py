@@ -251,6 +251,17 @@ def test_cli_sample_deepcache_on_the_digits_unet_pair(tmp_path, capsys):
     assert images[0] == images[1]
 
 
+def test_cli_sample_deepcache_on_the_ldm_preset(ldm_dir, tmp_path, capsys):
+    from tstitch import cli
+
+    code = cli.main(["sample", "--preset", "ldm-s-ldm", "--checkpoint-dir", str(ldm_dir), "--mode", "diffusers",
+                     "--fraction", "0.4", "--steps", "6", "--num-images", "1", "--cache", "deepcache:2",
+                     "--out", str(tmp_path / "out"), "--no-progress", "--no-warmup"])
+    printed = capsys.readouterr().out
+    assert code == 0, printed
+    assert "cache:     LDM deepcache:2" in printed and (tmp_path / "out" / "sample-000.png").is_file()
+
+
 # -- specs, options and refusals -----------------------------------------------------------------------------
 
 def test_specs_parse_into_configs():

@@ -198,6 +198,7 @@ def _build(
             model, name, family = _load_class_model(source, dirs, offline, device, dtype, timestep_embedding,
                                                     family_name=family_name)
             model.requires_grad_(False)
+            model._tstitch_name = name  # the stitch's record and --cache MODEL=SPEC use the loaded names
             models.append(model)
             names.append(name)
             families.append(family)
