@@ -168,14 +168,8 @@ def _check_args(args: argparse.Namespace) -> None:
     if not args.preset and not args.model:
         raise ValueError("choose models: --preset NAME (see --list-presets) or --model PATH_OR_ID, repeated "
                          "smallest first")
-    if args.class_labels and args.prompt:
-        raise ValueError("give --class-labels (class-conditional models) or --prompt (text-to-image), not both")
     if args.fractions and sum(args.fractions) > 1.0 + 1e-6:
         raise ValueError(f"--fractions sum to {sum(args.fractions):g}, more than 1")
-    if args.plan is not None:
-        from ..experiments.sample_plans import check_plan
-
-        check_plan(args.plan, None, args.steps)  # the step count now; the model count once they are loaded
     if args.cache:
         from ..caching import parse_cache_spec
 
@@ -221,24 +215,43 @@ def _describe_run(run) -> str:
     return f"{' + '.join(parts)}: {_fmt_seconds(run.seconds)} (in the denoisers: {per_model})"
 
 
+def _request(args: argparse.Namespace, device: Any) -> Any:
+    """The flags as a :class:`SampleOptions` request, checked as it is made (before any model is loaded);
+    the caches are added once the models' names are known."""
+    from ..experiments.run_spec import SampleOptions
+
+    return SampleOptions(
+        fractions=[args.fraction] if args.fraction is not None else args.fractions, plan=args.plan,
+        num_steps=args.steps, scheduler=args.scheduler, mode=args.mode, guidance_scale=args.guidance,
+        class_labels=args.class_labels, prompts=args.prompt, negative_prompt=args.negative_prompt,
+        num_images=args.num_images, batch_size=args.batch_size, seed=args.seed, size=args.size,
+        progress=not args.no_progress, warmup=not args.no_warmup, fast=_fast_paths(args, device),
+    )
+
+
 def run(args: argparse.Namespace) -> int:
     if args.list_presets:
         print(describe_presets())
         return 0
     _check_args(args)
+    from dataclasses import replace
+
     import torch
 
-    from ..experiments.generate import SampleOptions, generate, save_images
+    from ..caching import parse_cache_option
+    from ..experiments.generate import generate
+    from ..experiments.images import save_images
     from ..models.loading import load_models, load_preset
     from ..utils import OutputFolder, staged_writes
 
+    device = _device(args.device)
+    options = _request(args, device)
     # refuse an unwritable folder, or files tstitch did not write there, before loading anything
     folder = OutputFolder(args.out, "sample", names=("grid.png", "summary.json"),
                           patterns=("sample-[0-9][0-9][0-9]*.png", "large-[0-9][0-9][0-9]*.png"),
                           overwrite=args.overwrite)
     folder.check()
     out = folder.path
-    device = _device(args.device)
     dtype = None if args.dtype == "auto" else getattr(torch, args.dtype)
     offline = True if args.offline else None
     if args.preset:
@@ -252,17 +265,8 @@ def run(args: argparse.Namespace) -> int:
         threads = 1
     if threads:
         torch.set_num_threads(threads)
-    fractions = [args.fraction] if args.fraction is not None else args.fractions
-    from ..caching import parse_cache_option
-
-    cache = parse_cache_option(args.cache, list(loaded.names))
-    options = SampleOptions(
-        fractions=fractions, plan=args.plan, num_steps=args.steps, scheduler=args.scheduler, mode=args.mode,
-        guidance_scale=args.guidance, class_labels=args.class_labels, prompts=args.prompt,
-        negative_prompt=args.negative_prompt, num_images=args.num_images, batch_size=args.batch_size,
-        seed=args.seed, size=args.size, progress=not args.no_progress, warmup=not args.no_warmup,
-        fast=_fast_paths(args, device), cache=cache,
-    )
+    if args.cache:
+        options = replace(options, cache=parse_cache_option(args.cache, list(loaded.names)))
     args.on_interrupt = f"nothing was written to {out}"
     result = generate(loaded, options, compare=args.compare)
     args.on_interrupt = f"{out} may hold a mix of this run's images and earlier ones; run the command again"
@@ -272,20 +276,19 @@ def run(args: argparse.Namespace) -> int:
     args.on_interrupt = None
     others = folder.finish(written)
 
-    settings = result.settings
-    shares = ", ".join(f"{n} {f:g}" for n, f in zip(settings["models"], settings["fractions"], strict=True))
+    spec = result.spec
+    shares = ", ".join(f"{n} {f:g}" for n, f in zip(spec.model_names, spec.fractions, strict=True))
     if result.stitched.plan is not None:
         shares = f"plan {result.stitched.plan} ({shares} of the steps)"
-    guidance = settings["guidance_scale"]
+    guidance = "default" if spec.guidance_scale is None else f"{spec.guidance_scale:g}"
+    threads_used = torch.get_num_threads()
     print(f"{loaded.label}: {shares}")
-    print(f"  {settings['scheduler'] or 'pipeline scheduler'} {settings['num_steps']} steps, mode {settings['mode']}, "
-          f"guidance {'default' if guidance is None else f'{guidance:g}'}, {settings['num_images']} images, "
-          f"seed {settings['seed']}, {device} {str(loaded.large.dtype).replace('torch.', '')}"
-          + (f", {torch.get_num_threads()} thread{'s' if torch.get_num_threads() > 1 else ''}"
-             if device.type == "cpu" else ""))
-    print(f"fast paths: {settings.get('fast_paths', 'none')}")
-    if settings.get("cache"):
-        print(f"cache:     {', '.join(f'{name} {spec}' for name, spec in settings['cache'].items())}")
+    print(f"  {spec.scheduler or 'pipeline scheduler'} {spec.num_steps} steps, mode {spec.mode}, guidance {guidance}, "
+          f"{spec.num_images} images, seed {spec.seed}, {device} {str(loaded.large.dtype).replace('torch.', '')}"
+          + (f", {threads_used} thread{'s' if threads_used > 1 else ''}" if device.type == "cpu" else ""))
+    print(f"fast paths: {spec.fast_paths}")
+    if spec.cache:
+        print(f"cache:     {', '.join(f'{name} {cache}' for name, cache in spec.cache)}")
     print(f"stitched:  {_describe_run(result.stitched)}")
     if result.baseline is not None:
         print(f"{result.baseline.model_names[-1]} alone: {_describe_run(result.baseline)}")
@@ -297,4 +300,3 @@ def run(args: argparse.Namespace) -> int:
         print(f"note: {out} also holds {', '.join(others)}, not from this run")
     sys.stdout.flush()
     return 0
-
