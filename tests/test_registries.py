@@ -13,7 +13,7 @@ import tstitch
 from tstitch.bench import CASE_BUILDERS, SUITES
 from tstitch.models.checkpoints import save_dit_safetensors
 from tstitch.models.families import FAMILIES, embedded_models, family_of_class, family_of_name
-from tstitch.models.loading import load_preset
+from tstitch.models.loading import check_preset, load_preset
 from tstitch.models.presets import PRESETS, ModelSource, Preset
 from tstitch.plan import Plan
 from tstitch.sampling import SCHEDULERS, Guidance, denoise, make_scheduler
@@ -113,7 +113,7 @@ def test_embedded_models_are_the_digits_family():
 @pytest.mark.parametrize("name", list(PRESETS))
 def test_every_preset_row_is_valid(name):
     preset = PRESETS[name]
-    preset.validate()
+    check_preset(preset)
     assert preset.name == name and preset.family in FAMILIES
     assert preset.kind == FAMILIES[preset.family].kind
     for source in preset.models:
@@ -134,7 +134,7 @@ def test_every_offline_preset_loads_and_samples(name):
 def test_a_bad_preset_row_is_refused_with_every_problem():
     bad = Preset("bad", "", "nope", (ModelSource("x"),), (0.5, 0.7), scheduler="ddimm")
     with pytest.raises(ValueError) as error:
-        bad.validate()
+        check_preset(bad)
     message = str(error.value)
     assert all(part in message for part in ("family 'nope'", "1 model(s)", "fractions (0.5, 0.7)",
                                             "scheduler 'ddimm'", "no hub id"))

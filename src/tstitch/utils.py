@@ -42,7 +42,8 @@ from typing import Any
 logger = logging.getLogger(__name__)
 
 __all__ = ["atomic_write", "staged_writes", "write_json", "write_csv", "ensure_writable_dir", "finite_json",
-           "file_mode", "plain_name_problem", "path_problem", "output_path_problem", "OutputFolder", "OUTPUTS_MANIFEST"]
+           "file_mode", "plain_name_problem", "path_problem", "output_path_problem", "OutputFolder", "OUTPUTS_MANIFEST",
+           "pyplot", "save_figure"]
 
 #: The list of files tstitch wrote in an output folder (and which command wrote each).
 OUTPUTS_MANIFEST = "tstitch-outputs.json"
@@ -412,3 +413,26 @@ class OutputFolder:
         state["running"].pop(self.command, None)
         self._write(state)
         return [name for name in self.candidates() if name not in names]
+
+
+# -- figures -------------------------------------------------------------------------------------------------
+
+
+def save_figure(fig: Any, path: str | Path) -> Path:
+    """Save ``fig`` as a PNG at ``path`` atomically and close it."""
+    import matplotlib.pyplot as plt
+
+    try:
+        return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=130, bbox_inches="tight"))
+    finally:
+        plt.close(fig)
+
+
+def pyplot() -> Any:
+    """matplotlib's pyplot on the Agg backend (no display needed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt

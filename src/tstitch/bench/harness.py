@@ -46,13 +46,12 @@ from typing import Any
 
 import torch
 
-from ..caching.report import cache_rows
 from ..models.fastpaths import FastPaths, compiled_graph_count
 from ..sampling.timing import warm_up
 from ..utils import ensure_writable_dir, write_json
 from .cases import BenchCase, build_case
 from .memory import dispatch_overhead, machine_info, measure_memory, weight_bytes
-from .report import TARGETS, case_rows, paired, plan_row, plot_times, stats, summary_of
+from .report import TARGETS, cache_rows, case_rows, paired, plan_row, plot_times, stats, summary_of
 from .runners import ConfigRun, Runner, make_runner
 
 logger = logging.getLogger(__name__)

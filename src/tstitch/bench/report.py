@@ -5,15 +5,17 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from ..experiments.plots import pyplot, save_figure
+from ..caching.config import CacheConfig
 from ..plan import Plan
+from ..utils import pyplot, save_figure
 from .cases import BenchCase
 
-__all__ = ["TARGETS", "stats", "paired", "case_rows", "plan_row", "summary_of", "format_report", "plot_times"]
+__all__ = ["TARGETS", "stats", "paired", "case_rows", "plan_row", "summary_of", "format_report", "plot_times",
+           "cache_rows", "cache_label"]
 
 #: The issue's targets: each a ratio measured within one run of the harness.
 TARGETS = {"overhead_max": 1.01, "linearity_min": 0.98, "linearity_max": 1.02, "no_tax_max": 1.01}
@@ -219,3 +221,24 @@ def plot_times(results: dict[str, Any], path: str | Path) -> Path:
     fig.tight_layout(rect=(0, 0, 1, 0.97))
     return save_figure(fig, path)
 
+
+# -- the cached runs: time per image and the ratio to the same stitch without caches --------------------------
+
+
+def cache_label(cache: Mapping[int, CacheConfig], model_names: Sequence[str]) -> str:
+    """``large first-block:0.05, small deepcache:2``: what is cached where."""
+    return ", ".join(f"{model_names[index]} {config.spec()}" for index, config in sorted(cache.items()))
+
+
+def cache_rows(cache: Mapping[int, CacheConfig], model_names: Sequence[str], fractions: Sequence[float],
+               seconds: Mapping[str, list[float]], num_images: int) -> dict[str, Any]:
+    """Per fraction ``r``: ``cached@r``'s seconds per image and its per-repetition ratio to ``stitched@r``."""
+    rows = []
+    for r in fractions:
+        mine, base = seconds.get(f"cached@{r:g}", []), seconds.get(f"stitched@{r:g}", [])
+        count = min(len(mine), len(base))
+        if count:
+            rows.append({"fraction": r, "seconds_per_image": statistics.median(mine) / num_images,
+                         "ratio_vs_stitched": paired(mine[:count], base[:count])})
+    return {"label": cache_label(cache, model_names), "caches": {model_names[i]: c.spec() for i, c in cache.items()},
+            "rows": rows}

@@ -23,7 +23,7 @@ from torch import nn
 
 from ..stitcher import StitchedDenoiser, get_stitch
 from .base import Clock, ModelCache
-from .config import CacheConfig, parse_cache_option, parse_cache_spec
+from .config import CacheConfig, parse_cache_spec
 from .registry import method_of
 
 __all__ = ["CacheController", "CacheRecord", "CacheCall", "enable_cache", "disable_cache", "cached",
@@ -95,13 +95,6 @@ def cache_settings(cache: Mapping[int | str, CacheSpec] | CacheSpec, model_names
         raise ValueError("--cache applies to the bare loop and to pipelines; the published DiT sampler (--mode "
                          "official) runs without caches: use --mode diffusers")
     return {model_names[index]: config.spec() for index, config in sorted(configs.items())}
-
-
-def eval_cache(values: tuple[str, ...], model_names: list[str], mode: str) -> dict[str, str]:
-    """``tstitch evaluate``'s ``--cache`` values as ``{model name: spec}`` (empty without caches)."""
-    from ..models.loaded import OFFICIAL_MODES
-
-    return cache_settings(parse_cache_option(values, model_names), model_names, mode in OFFICIAL_MODES)
 
 
 class CacheController:

@@ -52,14 +52,13 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..caching.apply import eval_cache
 from ..metrics import find_inception_weights, images_to_uint8, npz_batches
 from ..planfile import plan_to_dict
 from ..sampling import Stopwatch, scheduler_factory, scheduler_name
 from ..sampling.timing import warm_up
 from ..utils import atomic_write, ensure_writable_dir, write_json
 from .batches import sample_batches
-from .evaluation_config import DTYPES, MAX_SCHEDULES, METRICS, EvaluateConfig, schedule_count
+from .evaluation_config import DTYPES, MAX_SCHEDULES, METRICS, EvaluateConfig, eval_cache, schedule_count
 from .evaluation_files import (
     CRASH_ENV,
     SAMPLES_CHECKSUM,

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import torch
 
+from ..caching import cache_settings, parse_cache_option, parse_cache_spec
+from ..models.presets import OFFICIAL_MODES, PRESETS
 from ..plan import Plan
 
 __all__ = ["EvaluateConfig", "METRICS", "DTYPES", "MAX_SCHEDULES", "schedule_count"]
@@ -97,8 +99,6 @@ class EvaluateConfig:
                     f"{self.num_samples or 'the default number of'} samples each, more than {self.max_schedules}; "
                     "take a larger step, or allow it (--many-schedules)")
         if self.cache:
-            from ..caching import parse_cache_spec
-
             for value in self.cache:  # the specs now; the model names once the models are loaded
                 parse_cache_spec(value.split("=", 1)[-1])
         if self.threads is not None and self.threads < 1:
@@ -124,7 +124,11 @@ class EvaluateConfig:
         """The number of models, when it is known before loading (the models given, or the preset's)."""
         if self.models:
             return len(self.models)
-        from ..models.presets import PRESETS
 
         preset = PRESETS.get(self.preset) if self.preset else None
         return None if preset is None else len(preset.models)
+
+
+def eval_cache(values: tuple[str, ...], model_names: list[str], mode: str) -> dict[str, str]:
+    """``tstitch evaluate``'s ``--cache`` values as ``{model name: spec}`` (empty without caches)."""
+    return cache_settings(parse_cache_option(values, model_names), model_names, mode in OFFICIAL_MODES)

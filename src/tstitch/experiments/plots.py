@@ -10,30 +10,10 @@ from typing import Any
 
 import torch
 
-from ..utils import atomic_write
+from ..utils import pyplot, save_figure
 from .study import pareto_front
 
 __all__ = ["pyplot", "save_figure", "plot_pareto", "plot_grid", "plot_similarity", "plot_stitch_section"]
-
-
-def save_figure(fig: Any, path: str | Path) -> Path:
-    """Save ``fig`` as a PNG at ``path`` atomically and close it."""
-    import matplotlib.pyplot as plt
-
-    try:
-        return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=130, bbox_inches="tight"))
-    finally:
-        plt.close(fig)
-
-
-def pyplot() -> Any:
-    """matplotlib's pyplot on the Agg backend (no display needed)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def plot_pareto(rows: Sequence[Mapping[str, Any]], path: str | Path, *, title: str = "",

@@ -8,18 +8,29 @@ models' decoding go through this table only.
 
 from __future__ import annotations
 
+import functools
+import importlib.util
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
 from torch import nn
 
+from .. import zoo
 from ..sampling.checks import check_positive_int
 from ..sampling.guidance import unwrap_output
+from ..sampling.ldm_official import ClassConditionedUNet, ddim_scheduler_config, sample_ldm_wrapped
+from ..sampling.official import sample_official
+from ..stitcher import DENOISER_NAMES
+from .checkpoints import load_dit
+from .hub import not_fetched
+from .ldm_checkpoints import load_ldm_checkpoint
 
 __all__ = ["Family", "FAMILIES", "family_of_name", "family_of_class", "embedded_models", "denoiser_of",
-           "class_call", "text_call", "decode_pixels", "decode_with_vae", "decode_vq", "official_sampler"]
+           "class_call", "text_call", "decode_pixels", "decode_with_vae", "decode_vq", "official_sampler",
+           "load_pipeline"]
 
 
 def class_call(model: Any, x: torch.Tensor, timestep: torch.Tensor, condition: Any) -> torch.Tensor:
@@ -65,8 +76,6 @@ def decode_vq(latents: torch.Tensor, vae: Any, latent_scale: float, batch_size: 
 def denoiser_of(pipe: Any) -> tuple[str, nn.Module]:
     """The pipeline attribute holding its denoiser, and that module (a ``StitchedDenoiser`` once stitched),
     looked up in :data:`tstitch.stitcher.DENOISER_NAMES` order: the one lookup outside the stitcher."""
-    from ..stitcher import DENOISER_NAMES
-
     for name in DENOISER_NAMES:
         model = getattr(pipe, name, None)
         if isinstance(model, nn.Module):
@@ -87,37 +96,45 @@ def _wrapped_denoiser(model: nn.Module) -> nn.Module:
 
 
 def _digits_members() -> Collection[str]:
-    from .. import zoo
-
     return zoo.FAMILY
 
 
 def _digits_load(source: str, *, device: torch.device, dtype: torch.dtype, **_: Any) -> nn.Module:
-    from .. import zoo
-
     model = zoo.load_model(source, device=device)
     return model if next(model.parameters()).dtype == dtype else model.to(dtype=dtype)
 
 
 def _dit_load(source: str, *, device: torch.device, dtype: torch.dtype, offline: bool = False,
               timestep_embedding: str = "auto", subfolder: str | None = None, **_: Any) -> nn.Module:
-    from .checkpoints import load_dit
-
     return load_dit(source, device=device, dtype=dtype, local_files_only=offline,
                     timestep_embedding=timestep_embedding, subfolder=subfolder)
 
 
+def load_pipeline(target: str, offline: bool, device: torch.device, dtype: torch.dtype) -> Any:
+    """A diffusers pipeline from a folder or hub id (``ValueError`` / :class:`CheckpointNotAvailableError`)."""
+    from diffusers import DiffusionPipeline
+
+    if importlib.util.find_spec("transformers") is None:
+        raise ValueError(
+            f"{target}: text-to-image pipelines need the transformers package for their text encoders "
+            "(pip install transformers)"
+        )
+
+    try:
+        pipe = DiffusionPipeline.from_pretrained(target, local_files_only=offline, torch_dtype=dtype)
+    except (OSError, ValueError) as error:
+        if Path(target).exists():
+            raise ValueError(f"{target}: cannot load a diffusers pipeline ({error})") from error
+        raise not_fetched(target, error) from error
+    return pipe.to(device)
+
+
 def _pipeline_load(source: str, *, device: torch.device, dtype: torch.dtype, offline: bool = False,
                    **_: Any) -> Any:
-    from .loading import load_pipeline
-
     return load_pipeline(source, offline, device, dtype)
 
 
 def _ldm_load(source: str, *, device: torch.device, dtype: torch.dtype, **_: Any) -> nn.Module:
-    from ..sampling.ldm_official import ClassConditionedUNet
-    from .ldm_checkpoints import load_ldm_checkpoint
-
     parts = load_ldm_checkpoint(source, load_first_stage=False, device=device, dtype=dtype)
     if parts.embedder is None:
         raise ValueError(f"{source}: no class embedder (cond_stage_model.embedding.weight): not a class-conditional "
@@ -126,23 +143,15 @@ def _ldm_load(source: str, *, device: torch.device, dtype: torch.dtype, **_: Any
 
 
 def _ldm_schedule() -> dict[str, Any]:
-    from ..sampling.ldm_official import ddim_scheduler_config
-
     return ddim_scheduler_config()  # CompVis "linear" betas, as diffusers' scaled_linear
 
 
 def _ldm_official(unconditional: str) -> Callable[..., Any]:
-    import functools
-
-    from ..sampling.ldm_official import sample_ldm_wrapped
-
     return functools.partial(sample_ldm_wrapped, unconditional=unconditional)
 
 
 def _linear_schedule() -> dict[str, Any]:
-    from ..zoo import scheduler_config
-
-    return scheduler_config()  # DiT's linear betas, which the digits family was trained with too
+    return zoo.scheduler_config()  # DiT's linear betas, which the digits family was trained with too
 
 
 @dataclass(frozen=True)
@@ -220,6 +229,4 @@ def official_sampler(family: str, mode: str) -> Callable[..., Any]:
         return row.official("zeros" if mode == "official-zeros" else "random")
     if mode != "official":
         raise ValueError(f"mode {mode!r} is for the LDM family; the {family} family has mode official")
-    from ..sampling.official import sample_official
-
     return sample_official

@@ -34,7 +34,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
+
+from ..sampling.ldm_official import ClassEmbedder
+from ..utils import path_problem
+from .checkpoints import check_float_tensors
 
 __all__ = [
     "ClassEmbedder", "LDMComponents", "load_ldm_checkpoint", "load_vq_first_stage", "read_lightning_state_dict",
@@ -52,17 +55,6 @@ FIRST_STAGE_PREFIX = "first_stage_model."
 DEFAULT_HEAD_CHANNELS = 32
 #: Module prefixes whose pickled objects are replaced by inert placeholders (never executed).
 PLACEHOLDER_MODULES = ("pytorch_lightning", "lightning", "lightning_fabric", "omegaconf", "typing")
-
-
-class ClassEmbedder(nn.Module):
-    """CompVis ``ClassEmbedder``: a label table; ``forward(labels)`` gives the ``(B, 1, d)`` context."""
-
-    def __init__(self, num_classes: int, embed_dim: int):
-        super().__init__()
-        self.embedding = nn.Embedding(num_classes, embed_dim)
-
-    def forward(self, labels: torch.Tensor) -> torch.Tensor:
-        return self.embedding(labels.long().reshape(-1))[:, None, :]
 
 
 @dataclass
@@ -120,7 +112,6 @@ def _load_weights_only(path: Path) -> Any:
 def read_lightning_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """The tensors of a Lightning ``.ckpt`` (its ``state_dict``) or of a plain state dict file (``ValueError``
     for unreadable files, pickled code, no tensors; ``FileNotFoundError`` for a missing file)."""
-    from ..utils import path_problem
 
     path = Path(path).expanduser()
     problem = path_problem(path)
@@ -345,7 +336,6 @@ def convert_ldm_unet_state_dict(sd: Mapping[str, torch.Tensor], config: Mapping[
 
 
 def _build(cls: Any, config: Mapping[str, Any], sd: Mapping[str, torch.Tensor], where: str) -> Any:
-    from .checkpoints import check_float_tensors
 
     check_float_tensors(sd, where)  # int or bool tensors would be cast silently
     with torch.random.fork_rng(devices=[]):  # building must not move the caller's random state

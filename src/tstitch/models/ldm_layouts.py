@@ -15,6 +15,8 @@ from typing import Any
 
 import torch
 
+from ..sampling.ldm_official import ClassConditionedUNet, ClassEmbedder
+
 __all__ = ["LDM_SHAPES", "TINY_LDM_SHAPES", "ldm_unet_config", "random_ldm_model"]
 
 #: Name -> (model_channels, context_dim) of the published U-Nets.
@@ -45,9 +47,6 @@ def random_ldm_model(model_channels: int, context_dim: int, *, name: str = "LDM"
                      sample_size: int = 32, device: torch.device | str = "cpu", seed: int = 0) -> torch.nn.Module:
     """A :class:`~tstitch.sampling.ldm_official.ClassConditionedUNet` of this shape with random weights."""
     from diffusers import UNet2DConditionModel
-
-    from ..sampling.ldm_official import ClassConditionedUNet
-    from .ldm_checkpoints import ClassEmbedder
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)

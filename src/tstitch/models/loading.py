@@ -21,23 +21,27 @@ from typing import Any, Literal
 
 import torch
 
+from ..sampling.official import SAMPLERS
+from ..sampling.schedulers import SCHEDULERS
 from ..stitcher import check_compatible, stitch
 from .availability import check_available, checkpoint_dirs, find_file
 from .checks import check_device, check_dtype, check_finite_weights
-from .families import FAMILIES, Family, denoiser_of, family_of_class, family_of_name
+from .families import FAMILIES, Family, denoiser_of, family_of_class, family_of_name, load_pipeline
 from .hub import REPO_FILE, REPO_ID, CheckpointNotAvailableError, download_hint, hub_cached, not_fetched, offline_mode
+from .ldm_checkpoints import load_vq_first_stage
 from .loaded import ClassConditionalModels, SamplingDefaults, StitchedPipeline, check_controlnet_layout
 from .presets import (
     DIT_LATENT_SCALE,
     DIT_VAE_SOURCE,
     PRESETS,
     ModelSource,
+    Preset,
     get_preset,
 )
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["load_preset", "load_models", "load_pipeline", "detect_kind", "CheckpointNotAvailableError"]
+__all__ = ["load_preset", "load_models", "load_pipeline", "detect_kind", "check_preset", "CheckpointNotAvailableError"]
 
 
 # -- resolving sources -------------------------------------------------------------------------------------
@@ -96,8 +100,6 @@ def _load_vae(source: ModelSource | str, offline: bool, device: torch.device, dt
     from diffusers import AutoencoderKL
 
     if isinstance(source, str) and source.endswith(".ckpt"):  # a CompVis first stage (vq-f8/model.ckpt)
-        from .ldm_checkpoints import load_vq_first_stage
-
         return load_vq_first_stage(source, device=device, dtype=dtype)
     if isinstance(source, str):
         path = Path(source).expanduser()
@@ -113,27 +115,6 @@ def _load_vae(source: ModelSource | str, offline: bool, device: torch.device, dt
             raise ValueError(f"{target}: cannot load a VAE ({error})") from error
         raise not_fetched(target, error) from error
     return vae.to(device).eval()
-
-
-def load_pipeline(target: str, offline: bool, device: torch.device, dtype: torch.dtype) -> Any:
-    """A diffusers pipeline from a folder or hub id (``ValueError`` / :class:`CheckpointNotAvailableError`)."""
-    import importlib.util
-
-    from diffusers import DiffusionPipeline
-
-    if importlib.util.find_spec("transformers") is None:
-        raise ValueError(
-            f"{target}: text-to-image pipelines need the transformers package for their text encoders "
-            "(pip install transformers)"
-        )
-
-    try:
-        pipe = DiffusionPipeline.from_pretrained(target, local_files_only=offline, torch_dtype=dtype)
-    except (OSError, ValueError) as error:
-        if Path(target).exists():
-            raise ValueError(f"{target}: cannot load a diffusers pipeline ({error})") from error
-        raise not_fetched(target, error) from error
-    return pipe.to(device)
 
 
 def _load_denoiser(target: str, subfolder: str | None, like: Any, attr: str, offline: bool, device: torch.device,
@@ -235,6 +216,24 @@ def _build(
         model._tstitch_name = name
     stitch(pipe, smalls, list(defaults.fractions))  # checks every small model against the pipeline's
     return StitchedPipeline(pipe, smalls, names, defaults, label)
+
+
+def check_preset(preset: Preset) -> None:
+    """``ValueError`` for a row of :data:`PRESETS` that cannot be loaded or sampled as written."""
+    problems = []
+    if preset.family not in FAMILIES:
+        problems.append(f"family {preset.family!r} is not one of {', '.join(FAMILIES)}")
+    if len(preset.models) < 2:
+        problems.append(f"{len(preset.models)} model(s): stitching needs two or more")
+    if len(preset.fractions) != len(preset.models) - 1 or not all(0 <= f <= 1 for f in preset.fractions) \
+            or sum(preset.fractions) > 1 + 1e-9:
+        problems.append(f"fractions {preset.fractions} for {len(preset.models)} models")
+    if preset.scheduler is not None and preset.scheduler not in (SAMPLERS if preset.mode == "official" else SCHEDULERS):
+        problems.append(f"scheduler {preset.scheduler!r} in mode {preset.mode!r}")
+    if any(not (m.zoo or m.hub or m.files) for m in preset.models):
+        problems.append("a model source with no hub id, file or embedded name")
+    if problems:
+        raise ValueError(f"preset {preset.name!r}: " + "; ".join(problems))
 
 
 def load_preset(

@@ -139,27 +139,6 @@ class Preset:
         """``"class"`` or ``"pipeline"``: the kind of the preset's family."""
         return FAMILY_KINDS[self.family]
 
-    def validate(self) -> None:
-        """``ValueError`` for a row that cannot be loaded or sampled as written."""
-        from ..sampling.official import SAMPLERS
-        from ..sampling.schedulers import SCHEDULERS
-        from .families import FAMILIES
-
-        problems = []
-        if self.family not in FAMILIES:
-            problems.append(f"family {self.family!r} is not one of {', '.join(FAMILIES)}")
-        if len(self.models) < 2:
-            problems.append(f"{len(self.models)} model(s): stitching needs two or more")
-        if len(self.fractions) != len(self.models) - 1 or not all(0 <= f <= 1 for f in self.fractions) \
-                or sum(self.fractions) > 1 + 1e-9:
-            problems.append(f"fractions {self.fractions} for {len(self.models)} models")
-        if self.scheduler is not None and self.scheduler not in (SAMPLERS if self.mode == "official" else SCHEDULERS):
-            problems.append(f"scheduler {self.scheduler!r} in mode {self.mode!r}")
-        if any(not (m.zoo or m.hub or m.files) for m in self.models):
-            problems.append("a model source with no hub id, file or embedded name")
-        if problems:
-            raise ValueError(f"preset {self.name!r}: " + "; ".join(problems))
-
     @property
     def defaults(self) -> SamplingDefaults:
         """The preset's sampling settings, as the loaded models carry them."""

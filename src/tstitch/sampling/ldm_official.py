@@ -49,7 +49,7 @@ from .output import SampleOutput, published_record
 
 __all__ = [
     "LINEAR_START", "LINEAR_END", "compvis_alphas_cumprod", "ddim_timesteps", "LDMDDIMSchedule",
-    "sample_ldm_official", "LDMSampleOutput", "decode_ldm_latents", "ClassConditionedUNet",
+    "sample_ldm_official", "LDMSampleOutput", "decode_ldm_latents", "ClassConditionedUNet", "ClassEmbedder",
     "ddim_scheduler_config", "make_ddim_scheduler", "sample_ldm_wrapped",
 ]
 
@@ -265,6 +265,17 @@ def sample_ldm_official(
             callback({"i": step, "t": t, "model": which, "x": x})
     images = decode_ldm_latents(vq, x) if vq is not None else None
     return LDMSampleOutput(x, record, images=images, unconditional=uncond)
+
+
+class ClassEmbedder(nn.Module):
+    """CompVis ``ClassEmbedder``: a label table; ``forward(labels)`` gives the ``(B, 1, d)`` context."""
+
+    def __init__(self, num_classes: int, embed_dim: int):
+        super().__init__()
+        self.embedding = nn.Embedding(num_classes, embed_dim)
+
+    def forward(self, labels: torch.Tensor) -> torch.Tensor:
+        return self.embedding(labels.long().reshape(-1))[:, None, :]
 
 
 class ClassConditionedUNet(nn.Module):

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ..planfile import save_plan
-from ..utils import ensure_writable_dir, write_json
+from ..utils import ensure_writable_dir, pyplot, save_figure, write_json
 from .cost import CostModel, measure_step_costs
 from .engine import PrefixSampler
 from .plans import as_plan
@@ -211,8 +211,6 @@ def tune(
 
 def plot_frontier(frontier: dict[str, Any], path: Path) -> Path:
     """Every scored plan, the searched frontier and the single-fraction frontier: signal against cost."""
-    from ..experiments.plots import pyplot, save_figure
-
     plt = pyplot()
     key = "estimated_fid_ratio" if frontier["search"]["fid_curve"] is not None else "distance"
     fig, ax = plt.subplots(figsize=(7, 4.5))
