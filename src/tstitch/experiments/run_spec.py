@@ -201,12 +201,13 @@ def resolve(loaded: LoadedModels, options: SampleOptions) -> RunSpec:
         guidance = check_guidance_scale(guidance, "guidance scale")
     cache = cache_settings(options.cache, list(names), mode in OFFICIAL_MODES) if options.cache else {}
     fast = _fast(loaded, options, mode)
+    # the latents' dtype with fast paths: what the models take once the fast paths have cast them
+    latent_dtype = None if fast is None else _dtype_name(fast.input_dtype(fast.torch_dtype or loaded.large.dtype))
     return RunSpec(
         label=loaded.label, model_names=names, plan=plan, plan_given=options.plan is not None, mode=mode,
         scheduler=scheduler, num_steps=int(steps), guidance_scale=guidance, seed=options.seed, num_images=count,
         batch_size=options.batch_size or count, **inputs, cache=tuple(cache.items()), fast=fast,
-        latent_dtype=None if fast is None else _dtype_name(fast.input_dtype(fast.torch_dtype or loaded.large.dtype)),
-        progress=options.progress, warmup=options.warmup,
+        latent_dtype=latent_dtype, progress=options.progress, warmup=options.warmup,
     )
 
 
