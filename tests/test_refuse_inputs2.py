@@ -7,15 +7,21 @@ from __future__ import annotations
 
 import errno
 import functools
+import hashlib
 import json
+import logging
 import os
 import re
+import shutil
 import signal
+import subprocess
 import sys
+import time
 import types
 from contextlib import contextmanager
 from pathlib import Path
 
+import processes
 import pytest
 import torch
 from safetensors import safe_open
@@ -269,3 +275,132 @@ def test_a_rank_left_in_the_environment_is_refused_before_any_work(tmp_path, mon
     assert cli.main(["evaluate", "--preset", "digits", "--out", str(tmp_path / "out")]) == 2
     assert message in one_error_line(capsys.readouterr().err, "evaluate")
     assert not (tmp_path / "out").exists()
+
+
+# -- evaluation folders -----------------------------------------------------------------------------------------------
+
+# Three schedules (fractions 0, 0.5, 1 of digits-s before digits-xl), 60 samples in 12 shards of 5 each.
+EVALUATE = ["evaluate", "--preset", "digits", "--sweep", "--sweep-step", "0.5", "--samples", "60", "--batch-size", "5",
+            "--steps", "3", "--metric", "digits", "--device", "cpu", "--no-progress"]
+SLUGS = ["digits-s-0_digits-xl-1", "digits-s-0.5_digits-xl-0.5", "digits-s-1_digits-xl-0"]
+
+
+def samples_digests(out: Path) -> dict[str, str]:
+    return {slug: hashlib.sha256((out / slug / "samples.npz").read_bytes()).hexdigest() for slug in SLUGS}
+
+
+def scores(out: Path) -> list[tuple]:
+    """The rows' metrics (timings left out: they differ from run to run)."""
+    rows = json.loads((out / "results.json").read_text())["rows"]
+    return [(row["schedule"], row["fid"], row["inception_score"], row["accuracy"], row["precision"], row["recall"])
+            for row in rows]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    out = tmp_path_factory.mktemp("uninterrupted") / "out"
+    assert cli.main([*EVALUATE, "--out", str(out)]) == 0
+    return out
+
+
+def test_a_second_evaluate_on_a_folder_being_written_is_refused_in_one_line(tmp_path, capsys, no_models):
+    """Before: both ran, each sampling every shard and racing the other's merges, temporaries and reports (a
+    run could delete the other's temporary file under it). Now process 0 holds a lock on the folder."""
+    from tstitch.experiments.evaluation_files import FolderLock
+
+    holder = FolderLock(tmp_path / "out")  # another evaluate, writing there (a second descriptor: flock conflicts)
+    holder.acquire()
+    try:
+        assert cli.main([*EVALUATE, "--out", str(tmp_path / "out")]) == 2
+        line = one_error_line(capsys.readouterr().err, "evaluate")
+        assert "another tstitch evaluate is writing to" in line
+    finally:
+        holder.release()
+    with pytest.raises(ModelsLoaded):  # free again: the next one goes on to load its models
+        cli.main([*EVALUATE, "--out", str(tmp_path / "out")])
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [OUTPUTS_MANIFEST]
+
+
+def test_a_damaged_finished_folder_is_found_by_checksum_and_redone(uninterrupted, tmp_path, caplog, capsys):
+    """Before: 64 flipped bytes in a finished samples.npz went unnoticed (its metrics.json was reused), or,
+    without metrics.json, crashed with 'Bad CRC-32' after the work; a truncated samples.json crashed in the
+    report. Now samples.json records the sha256 of samples.npz: the damaged schedule is sampled and scored
+    again, with a warning, and the results are the uninterrupted run's."""
+    out = tmp_path / "out"
+    shutil.copytree(uninterrupted, out)
+    npz = out / SLUGS[1] / "samples.npz"
+    data = bytearray(npz.read_bytes())
+    middle = len(data) // 2
+    data[middle:middle + 64] = bytes(byte ^ 0xFF for byte in data[middle:middle + 64])
+    npz.write_bytes(bytes(data))
+    info = out / SLUGS[2] / "samples.json"
+    info.write_text(info.read_text()[:40])  # truncated
+    (out / SLUGS[0] / "metrics.json").write_text('{"key": ')  # truncated
+    with caplog.at_level(logging.WARNING):
+        assert cli.main([*EVALUATE, "--out", str(out)]) == 0
+    warnings = "\n".join(record.getMessage() for record in caplog.records)
+    assert f"{npz} is damaged (Bad CRC-32" in warnings  # a small archive: the zip's own CRC finds it first
+    assert "metrics.json is unreadable" in warnings
+    assert samples_digests(out) == samples_digests(uninterrupted)
+    assert scores(out) == scores(uninterrupted)
+
+    (out / "manifest.json").write_text((out / "manifest.json").read_text()[:100])  # a truncated manifest
+    capsys.readouterr()
+    assert cli.main([*EVALUATE, "--out", str(out)]) == 2
+    assert "manifest.json is unreadable" in one_error_line(capsys.readouterr().err, "evaluate")
+
+
+def test_flipped_bytes_that_the_zip_does_not_check_are_found_by_the_sha256(tmp_path, caplog):
+    """In an archive larger than one read of the zip stream, bytes flipped after the first 4 KB keep the shapes
+    readable: only the sha256 that samples.json records finds them."""
+    import numpy as np
+
+    from tstitch.experiments.evaluation_files import SAMPLES_CHECKSUM, file_sha256, samples_ok, write_samples_npz
+
+    images = np.random.default_rng(0).integers(0, 256, (200, 8, 8, 1), dtype=np.uint8)
+    np.savez(tmp_path / "shard.npz", images=images)
+    npz = tmp_path / "samples.npz"
+    write_samples_npz(npz, [tmp_path / "shard.npz"], np.arange(200), 200, (8, 8, 1))
+    (tmp_path / "samples.json").write_text(json.dumps({SAMPLES_CHECKSUM: file_sha256(npz)}))
+    assert samples_ok(npz, 200, (8, 8, 1))
+    data = bytearray(npz.read_bytes())
+    data[8000:8064] = bytes(byte ^ 0xFF for byte in data[8000:8064])
+    npz.write_bytes(bytes(data))
+    with caplog.at_level(logging.WARNING):
+        assert not samples_ok(npz, 200, (8, 8, 1))
+    assert "samples.npz does not match the sha256 recorded in samples.json" in caplog.text
+
+
+def wait_for(condition, process, seconds: float = 120) -> None:
+    end = time.monotonic() + seconds
+    while not condition():
+        assert process.poll() is None, "the run ended before the moment to kill it came"
+        assert time.monotonic() < end, "the moment to kill the run never came"
+        time.sleep(0.005)
+
+
+@pytest.mark.slow
+def test_kill_9_at_several_moments_then_resume_gives_the_uninterrupted_results(uninterrupted, tmp_path, capsys):
+    """kill -9 while the shards are sampled (with a second evaluate refused meanwhile: two processes at once),
+    then while the schedules are merged and scored, then a resume: the samples' bytes and the scores of an
+    uninterrupted run, and no temporary file left."""
+    out = tmp_path / "out"
+    argv = [sys.executable, "-m", "tstitch.cli", *EVALUATE, "--out", str(out)]
+    environment = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    with processes.child(argv, env=environment, stdout=subprocess.DEVNULL,
+                         stderr=subprocess.DEVNULL) as run:
+        wait_for(lambda: len(list(out.glob("*/shards/shard-*.npz"))) >= 3, run)
+        assert cli.main([*EVALUATE, "--out", str(out)]) == 2  # a second evaluate, while the first is writing
+        assert "another tstitch evaluate is writing to" in one_error_line(capsys.readouterr().err, "evaluate")
+        os.kill(run.pid, signal.SIGKILL)
+        assert run.wait() == -signal.SIGKILL
+    with processes.child(argv, env=environment, stdout=subprocess.DEVNULL,
+                         stderr=subprocess.DEVNULL) as run:
+        wait_for(lambda: any((out / slug / "samples.npz").exists() for slug in SLUGS), run)
+        os.kill(run.pid, signal.SIGKILL)  # merging or scoring
+        assert run.wait() == -signal.SIGKILL
+    assert not (out / "results.json").exists()
+    assert cli.main([*EVALUATE, "--out", str(out)]) == 0
+    assert samples_digests(out) == samples_digests(uninterrupted)
+    assert scores(out) == scores(uninterrupted)
+    assert not list(out.rglob(".*tmp*"))

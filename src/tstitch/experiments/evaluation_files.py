@@ -141,12 +141,16 @@ def samples_ok(path: Path, num_samples: int, image_shape: tuple[int, ...]) -> bo
     """Whether ``path`` is a finished schedule's ``samples.npz``: its shapes, and the sha256 that the
     ``samples.json`` beside it records (written after it), so that a file damaged on disk is found, with a
     warning, instead of being scored. (Folders of tstitch versions that recorded no checksum: shapes only.)"""
+    if not path.is_file():
+        return False  # not merged yet (an interrupted merge leaves only a temporary file)
     try:
         images, dtype = npz_shape(path, "arr_0")
         labels, _ = npz_shape(path, "arr_1")
         if not (images == (num_samples, *image_shape) and dtype == np.uint8 and labels == (num_samples,)):
-            return False
-    except (OSError, EOFError, ValueError, zipfile.BadZipFile):
+            raise ValueError(f"arrays of {images} {dtype} and {labels}, not {(num_samples, *image_shape)} uint8 "
+                             f"and ({num_samples},)")
+    except (OSError, EOFError, ValueError, zipfile.BadZipFile) as error:
+        logger.warning("%s is damaged (%s): its schedule is sampled and scored again", path, error)
         return False
     try:
         info = json.loads((path.parent / "samples.json").read_text())
