@@ -27,10 +27,11 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(VENV)/bin/tstitch bench --out benchmarks/results --overwrite
 
-# The page's screenshot in the README: serves the digits page, generates three fractions in headless Chromium
-# (Debian's chromium + chromium-driver). The frontier is the demo's: `make demo` first to show it.
+# The page's screenshots in the docs, desktop (1400 px) and phone (400 px) wide: serves the digits page and
+# generates three fractions in headless Chromium (Debian's chromium + chromium-driver) with the browser tests'
+# driver. The frontier is the demo's: `make demo` first to show it.
 screenshot: $(STAMP)
-	GRADIO_ANALYTICS_ENABLED=False $(PY) -m tstitch.serve.browser docs/serve.png --force
+	GRADIO_ANALYTICS_ENABLED=False $(PY) tests/browser.py docs/serve.png docs/serve-phone.png --force
 
 train-zoo: $(STAMP)
 	$(VENV)/bin/tstitch train-zoo

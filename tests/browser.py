@@ -1,23 +1,35 @@
 # Copyright 2026 The tstitch authors. Licensed under the Apache License, Version 2.0.
 """Driving the ``tstitch serve`` page in headless Chromium with Selenium: the browser tests and
-``make screenshot`` (``python -m tstitch.serve.browser docs/serve.png``) use these steps.
+``make screenshot`` (``python tests/browser.py``) use these steps.
 
 Chromium and its driver come from the system packages (Debian: ``chromium``, ``chromium-driver``); nothing
-is downloaded at run time.
+is downloaded at run time. chromedriver starts through :mod:`processes`' rules: a session of its own, SIGINT
+at its default, and its whole tree killed and reaped on the way out.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import socket
+import sys
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
-__all__ = ["CHROMIUM", "CHROMEDRIVER", "missing_browser", "open_driver", "free_port", "load", "set_fractions",
-           "set_number", "generate", "captions", "error_messages"]
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # processes.py, when run as a script
+
+import processes  # noqa: E402
+
+__all__ = ["CHROMIUM", "CHROMEDRIVER", "DESKTOP", "PHONE", "missing_browser", "driver", "free_port", "load",
+           "set_fractions", "set_number", "generate", "captions", "error_messages", "boxes", "inner_scroll"]
 
 CHROMIUM = os.environ.get("TSTITCH_CHROMIUM", "/usr/bin/chromium")
 CHROMEDRIVER = os.environ.get("TSTITCH_CHROMEDRIVER", "/usr/bin/chromedriver")
+#: The window sizes the layout is checked at (and the screenshots taken at).
+DESKTOP = (1400, 1000)
+PHONE = (400, 850)
 
 
 def missing_browser() -> str | None:
@@ -39,34 +51,52 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def open_driver(width: int = 1400, height: int = 1500):
-    """A headless Chromium driven through the system's chromedriver."""
+@contextlib.contextmanager
+def driver(width: int, height: int) -> Iterator[Any]:
+    """A headless Chromium of ``width`` x ``height`` CSS pixels through the system's chromedriver; quit, and
+    chromedriver's tree killed and reaped, on the way out."""
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
     for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
-                     f"--window-size={width},{height}", "--hide-scrollbars"):
+                     f"--window-size={width},{height}", "--hide-scrollbars", "--force-device-scale-factor=1"):
         options.add_argument(argument)
-    return webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    service = Service(CHROMEDRIVER, popen_kw={"start_new_session": True, "preexec_fn": processes._default_sigint})
+    browser = webdriver.Chrome(service=service, options=options)
+    try:
+        yield browser
+    finally:
+        try:
+            browser.quit()
+        finally:
+            if service.process is not None:
+                processes.kill_tree(service.process)
 
 
-def load(driver, url: str, timeout: float = 30.0) -> None:
+def resize(browser: Any, width: int, height: int) -> None:
+    """The viewport (not the window) set to ``width`` x ``height``."""
+    browser.set_window_size(width, height)
+    inner = browser.execute_script("return [window.innerWidth, window.innerHeight]")
+    browser.set_window_size(2 * width - inner[0], 2 * height - inner[1])
+
+
+def load(browser: Any, url: str, timeout: float = 30.0) -> None:
     """Open the page and wait until Gradio has rendered its controls."""
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
-    driver.get(url)
-    WebDriverWait(driver, timeout, poll_frequency=0.2).until(
+    browser.get(url)
+    WebDriverWait(browser, timeout, poll_frequency=0.2).until(
         lambda d: d.find_elements(By.CSS_SELECTOR, "#fractions label") and d.find_elements(By.ID, "generate"))
 
 
-def set_fractions(driver, values: list[str]) -> None:
+def set_fractions(browser: Any, values: list[str]) -> None:
     """Tick exactly ``values`` in the fractions checkbox group."""
     from selenium.webdriver.common.by import By
 
-    labels = driver.find_elements(By.CSS_SELECTOR, "#fractions label")
+    labels = browser.find_elements(By.CSS_SELECTOR, "#fractions label")
     offered = [label.find_element(By.TAG_NAME, "input").get_attribute("name") for label in labels]
     if not set(values) <= set(offered):
         raise ValueError(f"fractions {values} are not all offered; the page offers {offered}")
@@ -76,85 +106,142 @@ def set_fractions(driver, values: list[str]) -> None:
             label.click()
 
 
-def set_number(driver, elem_id: str, value: str) -> None:
+def set_number(browser: Any, elem_id: str, value: str) -> None:
+    """Type ``value`` into the field ``elem_id`` (a number or a text box) and leave it."""
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
 
-    field = driver.find_element(By.CSS_SELECTOR, f"#{elem_id} input")
+    field = browser.find_element(By.CSS_SELECTOR, f"#{elem_id} input, #{elem_id} textarea")
     field.send_keys(Keys.CONTROL, "a")
-    field.send_keys(value, Keys.TAB)
+    field.send_keys(Keys.DELETE)
+    if value:
+        field.send_keys(value)
+    field.send_keys(Keys.TAB)
 
 
-def _texts(driver, selector: str, tries: int = 20) -> list[str]:
+def _texts(browser: Any, selector: str, tries: int = 20) -> list[str]:
     """The texts of the elements matching ``selector``, read again when the page replaces them meanwhile."""
     from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.common.by import By
 
     for _ in range(tries - 1):
         try:
-            return [element.text for element in driver.find_elements(By.CSS_SELECTOR, selector)]
+            return [element.text for element in browser.find_elements(By.CSS_SELECTOR, selector)]
         except StaleElementReferenceException:
             continue
-    return [element.text for element in driver.find_elements(By.CSS_SELECTOR, selector)]
+    return [element.text for element in browser.find_elements(By.CSS_SELECTOR, selector)]
 
 
-def captions(driver) -> list[str]:
-    return _texts(driver, "#gallery .caption-label")
+def captions(browser: Any) -> list[str]:
+    return _texts(browser, "#gallery .caption-label")
 
 
-def error_messages(driver) -> list[str]:
-    return [text for text in _texts(driver, "[data-testid='toast-text']") if text]  # empty while it slides in
+def status(browser: Any) -> str:
+    return " ".join(_texts(browser, "#status"))
 
 
-def generate(driver, expected_tiles: int, timeout: float = 60.0) -> list[str]:
-    """Press Generate and wait until the gallery shows ``expected_tiles`` new captions (returned)."""
+def error_messages(browser: Any) -> list[str]:
+    return [text for text in _texts(browser, "[data-testid='toast-text']") if text]  # empty while it slides in
+
+
+def close_errors(browser: Any) -> None:
+    """Close the error toasts, so that the next error is the only one shown."""
+    from selenium.common.exceptions import WebDriverException
+    from selenium.webdriver.common.by import By
+
+    for button in browser.find_elements(By.CSS_SELECTOR, "[data-testid='toast-close']"):
+        with contextlib.suppress(WebDriverException):
+            button.click()
+
+
+def generate(browser: Any, expected_tiles: int, timeout: float = 90.0) -> list[str]:
+    """Press Generate and wait until the request is done (the progress line says so) with ``expected_tiles``
+    tiles; returns their captions."""
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
-    before = captions(driver)
-    driver.find_element(By.ID, "generate").click()
+    before = status(browser)
+    browser.find_element(By.ID, "generate").click()
 
-    def finished(d):
-        now = captions(d)
-        done = len(now) == expected_tiles and now != before and not d.find_elements(
-            By.CSS_SELECTOR, "#gallery .progress-text, #gallery .eta-bar")
-        return now if done else False
+    def finished(d: Any) -> list[str] | bool:
+        now, line = captions(d), status(d)
+        return now if line.startswith("done:") and line != before and len(now) == expected_tiles else False
 
-    return WebDriverWait(driver, timeout, poll_frequency=0.2).until(finished)
+    return WebDriverWait(browser, timeout, poll_frequency=0.2).until(finished)
+
+
+#: Reads the bounding boxes of the elements the layout tests check (CSS pixels, relative to the viewport).
+_BOXES = """
+const box = (element) => { const r = element.getBoundingClientRect();
+  return {left: r.left, right: r.right, top: r.top, bottom: r.bottom, width: r.width, height: r.height}; };
+return Object.fromEntries(Object.entries(arguments[0]).map(([name, selector]) =>
+  [name, Array.from(document.querySelectorAll(selector)).map(box)]));
+"""
+
+
+def boxes(browser: Any, selectors: dict[str, str]) -> dict[str, list[dict[str, float]]]:
+    """The bounding boxes of the elements of each selector, by name."""
+    return browser.execute_script(_BOXES, selectors)
+
+
+def inner_scroll(browser: Any, selector: str) -> list[tuple[int, int]]:
+    """``(scrollHeight, clientHeight)`` of ``selector`` and every element inside it that scrolls vertically."""
+    return browser.execute_script("""
+      const root = document.querySelector(arguments[0]); if (!root) return [];
+      return [root, ...root.querySelectorAll('*')].filter(e => {
+        const style = getComputedStyle(e);
+        return ['auto', 'scroll'].includes(style.overflowY) && e.scrollHeight > e.clientHeight + 1;
+      }).map(e => [e.scrollHeight, e.clientHeight]);""", selector)
+
+
+def page_width(browser: Any) -> tuple[int, int]:
+    """``(document width, viewport width)``: a page wider than its viewport is cut off on the right."""
+    return tuple(browser.execute_script(
+        "return [document.documentElement.scrollWidth, document.documentElement.clientWidth]"))
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Serve the digits page, generate three fractions and save a screenshot of the page (``make screenshot``)."""
+    """Serve the digits page, generate three fractions and save screenshots of the page at desktop and phone
+    size (``make screenshot``)."""
     parser = argparse.ArgumentParser(description=main.__doc__)
-    parser.add_argument("out", help="the PNG to write (refused if it exists, unless --force)")
-    parser.add_argument("--force", action="store_true", help="replace an existing file")
+    parser.add_argument("desktop", help=f"the PNG of the page at {DESKTOP[0]}x{DESKTOP[1]}")
+    parser.add_argument("phone", help=f"the PNG of the page at {PHONE[0]}x{PHONE[1]}")
+    parser.add_argument("--force", action="store_true", help="replace existing files")
     parser.add_argument("--frontier", help="the frontier file to show (default: the page's search)")
     args = parser.parse_args(argv)
-    out = Path(args.out)
-    if out.exists() and not args.force:
-        raise SystemExit(f"{out} exists: pass --force to replace it")
+    outs = [Path(args.desktop), Path(args.phone)]
+    for out in outs:
+        if out.exists() and not args.force:
+            raise SystemExit(f"{out} exists: pass --force to replace it")
     reason = missing_browser()
     if reason:
-        raise SystemExit(f"cannot take the screenshot: {reason}")
-    from ..utils import atomic_write
-    from .app import make_state, start, use_one_thread_for_tiny_models
+        raise SystemExit(f"cannot take the screenshots: {reason}")
+    from tstitch.serve.app import make_state, start, use_one_thread_for_tiny_models
+    from tstitch.utils import atomic_write
 
     state, default = make_state(frontier=args.frontier)
     use_one_thread_for_tiny_models(state, default)
     app, url = start(state, default, port=free_port())
-    driver = open_driver(height=1900)
+    shots = []
     try:
-        load(driver, url)
-        set_fractions(driver, ["0.3", "0.5", "0.7"])
-        set_number(driver, "steps", "20")
-        generate(driver, expected_tiles=4)
-        driver.execute_script("window.scrollTo(0, 0)")
-        png = driver.get_screenshot_as_png()
+        with driver(*DESKTOP) as browser:
+            resize(browser, *DESKTOP)
+            load(browser, url)
+            set_fractions(browser, ["0.3", "0.5", "0.7"])
+            set_number(browser, "steps", "20")
+            generate(browser, expected_tiles=4)
+            for width, height in (DESKTOP, PHONE):  # the whole page, at each width
+                resize(browser, width, height)
+                full = browser.execute_script("return document.documentElement.scrollHeight")
+                browser.set_window_size(width, full + 200)
+                resize(browser, width, full)
+                browser.execute_script("window.scrollTo(0, 0)")
+                shots.append(browser.get_screenshot_as_png())
     finally:
-        driver.quit()
         app.close()
-    atomic_write(out, lambda tmp: tmp.write_bytes(png))
-    print(f"wrote {out}")
+    for out, png in zip(outs, shots, strict=True):
+        atomic_write(out, lambda tmp, data=png: tmp.write_bytes(data))
+        print(f"wrote {out}")
     return 0
 
 

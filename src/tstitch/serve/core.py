@@ -1,72 +1,89 @@
 # Copyright 2026 The tstitch authors. Licensed under the Apache License, Version 2.0.
-"""What the ``tstitch serve`` page computes, without the page: which presets can be loaded, the checked
-request, the runs (every fraction and the large model alone, from the same noise), the tiles with their
-per-step strips, captions and the frontier plot. :mod:`tstitch.serve.app` puts it on a Gradio page.
+"""What the ``tstitch serve`` page computes, without the page: which model sets can be loaded, the checked
+request, and the timed runs (every fraction and the large model alone, from the same noise).
+
+Times are honest in the way the demo's are (:mod:`tstitch.experiments.timing`): every schedule is sampled
+``repetitions`` times, in round-robin order over the schedules, and each time is reported as the median of
+its repetitions with their spread; a speed-up is the median of the paired per-repetition ratios against the
+large model alone. Fraction 0 *is* the large model alone: it is not run twice, and its ratio is 1 by
+construction. :mod:`tstitch.serve.views` draws the results and :mod:`tstitch.serve.app` puts them on a page.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
 import threading
-from collections.abc import Callable, Iterator, Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import torch
-from PIL import Image, ImageDraw
 
 # -- the tstitch API this page uses: one place, so that a refactor of the library repoints only these lines --
 from tstitch.experiments.generate import RunResult, SampleOptions, generate
-from tstitch.experiments.sample_plans import check_plan
+from tstitch.experiments.sample_plans import check_plan, plan_text
+from tstitch.experiments.timing import Spread, ratio_spread, round_robin, spread
 from tstitch.models.availability import checkpoint_dirs, is_available
 from tstitch.models.hub import offline_mode
-from tstitch.models.loaded import LoadedModels
+from tstitch.models.loaded import ClassConditionalModels, LoadedModels
 from tstitch.models.loading import load_models, load_preset
 from tstitch.models.presets import PRESETS
 from tstitch.plan import Plan
 from tstitch.planfile import load_plan
 from tstitch.sampling.schedulers import SCHEDULERS
+from tstitch.sampling.timing import warmup_fractions
+from tstitch.tune.cost import CostModel, measure_step_costs
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
     "DEFAULT_PRESET",
+    "EMBEDDED_SETS",
     "FRONTIER_FILES",
+    "MAX_WORK",
+    "REPETITIONS",
     "PageRequest",
+    "PageResult",
     "PageRun",
+    "Progress",
+    "RequestJob",
+    "Schedule",
     "ServeState",
-    "preset_availability",
+    "find_tune_plans",
+    "paired_distance",
+    "parse_allocation",
     "parse_request",
+    "preset_availability",
     "run_request",
-    "caption",
-    "tile",
-    "load_frontier",
-    "plot_frontier",
-    "marked_rows",
     "scheduler_names",
 ]
 
 DEFAULT_PRESET = "digits"
 #: Where the page looks for a measured frontier, first found wins: a ``tstitch tune`` result, then the demo's.
 FRONTIER_FILES = ("outputs/tune/frontier.json", "outputs/demo/results.json")
-#: Colours of the models in the per-step strips, smallest model first (the last one is the large model's).
-MODEL_COLOURS = ((230, 140, 30), (60, 160, 80), (140, 90, 200), (40, 100, 200))
-TILE_SIDE = 64  # smaller images (the 8x8 digits) are enlarged pixel for pixel to this side
-MAX_IMAGES = 64
+#: Model sets the page offers besides the presets: embedded models, always at hand (no network, no files).
+EMBEDDED_SETS = {"digits-unet": ("digits-unet-s", "digits-unet")}
 CUSTOM = "custom"  # the model-choice name of the models given with ``tstitch serve --model``
+MAX_IMAGES = 64
+MAX_STEPS = 1000
+MAX_SEED = 2**63 - 1  # a seed is a signed 64-bit number in torch
+MAX_GUIDANCE = 100.0
+#: The most work one request may ask for: steps x images x runs (each run is timed ``REPETITIONS`` times).
+MAX_WORK = 20_000
+#: Every time on the page is the median of this many repetitions (run in round-robin order).
+REPETITIONS = 3
+#: Where :func:`find_tune_plans` looks, below the server's working directory, and what it skips.
+PLAN_SEARCH_DEPTH = 4
+_SKIPPED_FOLDERS = {"node_modules", "__pycache__", "site-packages"}
 
 
 def scheduler_names() -> list[str]:
     """The schedulers the page offers (the ``--scheduler`` table of :mod:`tstitch.sampling.schedulers`)."""
     return list(SCHEDULERS)
-
-
-def _colour(index: int, num_models: int) -> tuple[int, int, int]:
-    return MODEL_COLOURS[-1] if index == num_models - 1 else MODEL_COLOURS[index % (len(MODEL_COLOURS) - 1)]
 
 
 # -- which presets can be loaded ----------------------------------------------------------------------------
@@ -104,12 +121,57 @@ def preset_availability(checkpoint_dir: str | os.PathLike | None = None,
     return available, missing
 
 
+# -- plans from tstitch tune --------------------------------------------------------------------------------
+
+
+def find_tune_plans(root: str | os.PathLike, depth: int = PLAN_SEARCH_DEPTH) -> dict[str, Plan]:
+    """The plans of the ``tstitch tune --out`` folders below ``root`` (a ``plan.json`` beside a
+    ``frontier.json``), at most ``depth`` folders down, keyed by their folder relative to ``root``. Hidden
+    folders and links are not entered; a plan that cannot be read is left out with one warning."""
+    root = Path(root)
+    found: dict[str, Plan] = {}
+    for folder, names, files in os.walk(root):
+        here = Path(folder)
+        level = len(here.relative_to(root).parts)
+        names[:] = sorted(n for n in names if not n.startswith(".") and n not in _SKIPPED_FOLDERS
+                          and level < depth)
+        if "plan.json" in files and "frontier.json" in files and not (here / "plan.json").is_symlink():
+            try:
+                found[here.relative_to(root).as_posix()] = load_plan(here / "plan.json")
+            except (OSError, ValueError) as error:
+                logger.warning("not offering the plan in %s: %s", here, error)
+    return found
+
+
 # -- the request --------------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
+class Schedule:
+    """One run of a request: the large model alone (``allocation`` all zeros, the reference), the small
+    models' shares ``allocation``, or a per-step ``plan`` (``allocation`` ``None``)."""
+
+    allocation: tuple[float, ...] | None
+    plan: Plan | None = None
+    #: For a plan: where it came from (an uploaded file's name or a tune folder).
+    source: str | None = None
+
+    @property
+    def is_reference(self) -> bool:
+        return self.plan is None and self.allocation is not None and not any(self.allocation)
+
+    def label(self, names: Sequence[str]) -> str:
+        """``r 0.4`` (the small models' shares), ``r 0 (digits-xl alone)`` or ``plan S8 > XL12``."""
+        if self.plan is not None:
+            return f"plan {plan_text(self.plan, names) or self.plan}"
+        shares = ",".join(f"{f:g}" for f in self.allocation)
+        return f"r {shares} ({names[-1]} alone)" if self.is_reference else f"r {shares}"
+
+
+@dataclass(frozen=True)
 class PageRequest:
-    """One press of *Generate*, checked. ``allocations``: the small models' shares of each stitched run."""
+    """One press of *Generate*, checked. ``allocations``: the small models' shares of each stitched run (the
+    reference, all zeros, is not among them: it always runs)."""
 
     model: str
     allocations: tuple[tuple[float, ...], ...]
@@ -120,81 +182,140 @@ class PageRequest:
     num_images: int
     class_labels: tuple[int, ...] | None = None
     prompt: str | None = None
-    #: A per-step plan (``tstitch tune``'s plan.json), sampled as one more stitched run.
+    #: A per-step plan (``tstitch tune``'s plan.json), sampled as one more run; ``plan_source`` names it.
     plan: Plan | None = None
+    plan_source: str | None = None
+    num_models: int = 2
+
+    def schedules(self) -> list[Schedule]:
+        """The runs, the reference (the large model alone) first."""
+        runs = [Schedule((0.0,) * (self.num_models - 1))] + [Schedule(a) for a in self.allocations]
+        if self.plan is not None:
+            runs.append(Schedule(None, self.plan, self.plan_source))
+        return runs
 
     @property
     def num_runs(self) -> int:
-        """The gallery's tiles: the large model alone, each allocation and the plan."""
         return 1 + len(self.allocations) + (self.plan is not None)
 
+    @property
+    def work(self) -> int:
+        """Steps x images x runs: what :data:`MAX_WORK` caps."""
+        return self.steps * self.num_images * self.num_runs
 
-def _integer(value: Any, name: str, low: int, high: int | None = None) -> int:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a whole number, got {value!r}") from None
-    if not math.isfinite(number) or number != int(number):
-        raise ValueError(f"{name} must be a whole number, got {value!r}")
-    if number < low or (high is not None and number > high):
-        bound = f"in [{low}, {high}]" if high is not None else f">= {low}"
-        raise ValueError(f"{name} must be {bound}, got {int(number)}")
+
+def _whole(value: Any, name: str, low: int, high: int, shown_high: str | None = None) -> int:
+    """``value`` (a number or its text) as an int in ``[low, high]``; ``ValueError`` naming ``name``."""
+    bounds = f"in [{low}, {shown_high or high}]"
+    if value is None or (isinstance(value, str) and not value.strip()):
+        raise ValueError(f"{name} is empty: give a whole number {bounds}")
+    if isinstance(value, bool):
+        raise ValueError(f"{name} must be a whole number {bounds}, got {value!r}")
+    number: int | float
+    if isinstance(value, int):
+        number = value
+    else:
+        text = str(value).strip()
+        try:
+            number = int(text)  # exact for long digit strings ("18446744073709551616")
+        except ValueError:
+            try:
+                number = float(text)
+            except ValueError:
+                raise ValueError(f"{name} must be a whole number {bounds}, got {value!r}") from None
+    if isinstance(number, float) and (not math.isfinite(number) or number != int(number)):
+        raise ValueError(f"{name} must be a whole number {bounds}, got {value!r}")
+    if not low <= number <= high:
+        raise ValueError(f"{name} must be a whole number {bounds}, got {value!r}")
     return int(number)
 
 
-def parse_allocation(text: str, num_models: int) -> tuple[float, ...]:
+def _real(value: Any, name: str, low: float, high: float) -> float:
+    if value is None or (isinstance(value, str) and not value.strip()):
+        raise ValueError(f"{name} is empty: give a number in [{low:g}, {high:g}]")
+    try:
+        number = float(value) if not isinstance(value, bool) else math.nan
+    except (TypeError, ValueError, OverflowError):
+        number = math.nan
+    if not (math.isfinite(number) and low <= number <= high):  # NaN fails too
+        raise ValueError(f"{name} must be a number in [{low:g}, {high:g}], got {value!r}")
+    return number
+
+
+def parse_allocation(text: Any, num_models: int) -> tuple[float, ...]:
     """``"0.4"`` (two models) or ``"0.4,0.2"`` (three): the shares of the small models, smallest first."""
     try:
         shares = tuple(float(part) for part in str(text).replace(" ", "").split(","))
     except ValueError:
-        raise ValueError(f"fraction {text!r} is not a number (or comma-separated numbers)") from None
+        raise ValueError(f"fractions: {text!r} is not a number (or comma-separated numbers)") from None
     if len(shares) != num_models - 1:
-        raise ValueError(f"{num_models} models take {num_models - 1} comma-separated fractions, got {text!r}")
+        raise ValueError(f"fractions: {num_models} models take {num_models - 1} comma-separated shares, "
+                         f"got {text!r}")
     if any(not 0.0 <= s <= 1.0 for s in shares) or sum(shares) > 1.0 + 1e-6:  # NaN fails the first test
         raise ValueError(f"fractions must be in [0, 1] and sum to at most 1, got {text!r}")
     return shares
 
 
-def parse_request(model: str, fractions: Sequence[str], steps: Any, scheduler: str | None, guidance: Any,
-                  seed: Any, num_images: Any, labels: str | None, prompt: str | None, *, num_models: int,
-                  class_conditional: bool, plan: str | None = None) -> PageRequest:
-    """Check the page's inputs; ``ValueError`` naming the field and the value, before any work. ``plan``: a
-    plan file or the folder of ``tstitch tune --out`` (its plan.json), sampled as one more run."""
-    page_plan = load_page_plan(plan, num_models) if plan and str(plan).strip() else None
-    if not fractions and page_plan is None:
-        raise ValueError("choose at least one fraction (or give a plan file)")
-    allocations = tuple(dict.fromkeys(parse_allocation(f, num_models) for f in fractions))
-    steps = _integer(steps, "steps", 1, 1000)
-    if page_plan is not None:
-        check_plan(page_plan, None, steps, [f"model {i}" for i in range(num_models)])
+def _labels(text: Any, num_classes: int | None) -> tuple[int, ...] | None:
+    if text is None or not str(text).strip():
+        return None
+    parts = str(text).replace(",", " ").split()
+    if len(parts) > MAX_IMAGES:
+        raise ValueError(f"class labels: at most {MAX_IMAGES} (one per image), got {len(parts):,}")
     try:
-        guidance = float(guidance)
-    except (TypeError, ValueError):
-        raise ValueError(f"guidance must be a number, got {guidance!r}") from None
-    if not math.isfinite(guidance) or guidance < 0:
-        raise ValueError(f"guidance must be a finite number >= 0, got {guidance!r}")
-    if scheduler and scheduler not in SCHEDULERS:
-        raise ValueError(f"unknown scheduler {scheduler!r}; known: {', '.join(SCHEDULERS)}")
-    class_labels = None
-    if class_conditional and labels and labels.strip():
+        labels = tuple(int(part) for part in parts)
+    except ValueError:
+        raise ValueError(f"class labels must be whole numbers separated by spaces, got {str(text)[:80]!r}") from None
+    if num_classes is not None:
+        bad = [y for y in labels if not 0 <= y < num_classes]
+        if bad:
+            raise ValueError(f"class labels must be in [0, {num_classes - 1}] for these models, got {bad}")
+    return labels
+
+
+def parse_request(model: str, fractions: Any, steps: Any, scheduler: Any, guidance: Any, seed: Any,
+                  num_images: Any, labels: Any, prompt: Any, *, num_models: int, class_conditional: bool,
+                  num_classes: int | None = None, plan: Plan | None = None, plan_source: str | None = None,
+                  max_work: int = MAX_WORK) -> PageRequest:
+    """Check the page's inputs: ``ValueError`` naming the field and the value, before any work.
+
+    Numbers may come as numbers or as their text (the HTTP API); ``fractions`` are the small models' shares
+    (``"0.4"``, ``"0.4,0.2"`` for three models); a fraction of 0 is the reference, which always runs.
+    ``plan``: a per-step plan sampled as one more run. A request asking for more than ``max_work``
+    steps x images x runs is refused, naming the three."""
+    if fractions is None:
+        fractions = []
+    if isinstance(fractions, (str, int, float)):
+        fractions = [fractions]
+    if not isinstance(fractions, (list, tuple)) or len(fractions) > 100:
+        raise ValueError(f"fractions must be a list of at most 100 fractions, got {str(fractions)[:80]}")
+    allocations = tuple(dict.fromkeys(parse_allocation(f, num_models) for f in fractions))
+    allocations = tuple(a for a in allocations if any(a))  # 0 is the reference
+    if not fractions and plan is None:
+        raise ValueError("fractions: choose at least one fraction (or a plan)")
+    steps = _whole(steps, "steps", 1, MAX_STEPS)
+    if plan is not None:
         try:
-            class_labels = tuple(int(part) for part in labels.replace(",", " ").split())
-        except ValueError:
-            raise ValueError(f"class labels must be whole numbers separated by spaces, got {labels!r}") from None
-    if not class_conditional and not (prompt and prompt.strip()):
-        raise ValueError("give a prompt")
-    return PageRequest(model, allocations, steps, scheduler or None, guidance, _integer(seed, "seed", 0),
-                       _integer(num_images, "images", 1, MAX_IMAGES), class_labels,
-                       prompt.strip() if prompt and not class_conditional else None, page_plan)
-
-
-def load_page_plan(path: str, num_models: int) -> Plan:
-    """The plan of a plan file, or of the plan.json in a folder (``tstitch tune --out``), for ``num_models``."""
-    target = Path(str(path).strip()).expanduser()
-    plan = load_plan(target)  # a file or a tune folder; FileNotFoundError / ValueError naming the file
-    if plan.num_models != num_models:
-        raise ValueError(f"plan {plan} ({target}) is for {plan.num_models} models, these are {num_models}")
-    return plan
+            check_plan(plan, None, steps, [f"model {i}" for i in range(num_models)])
+        except ValueError as error:
+            raise ValueError(f"plan {plan_source or ''}: {str(error).replace('(--steps)', '(the steps field)')}"
+                             ) from None
+    guidance = _real(guidance, "guidance", 0.0, MAX_GUIDANCE)
+    if scheduler not in (None, "") and scheduler not in SCHEDULERS:
+        raise ValueError(f"scheduler {str(scheduler)[:80]!r} is not offered; offered: {', '.join(SCHEDULERS)}")
+    seed = _whole(seed, "seed", 0, MAX_SEED, shown_high="2**63 - 1")
+    num_images = _whole(num_images, "images", 1, MAX_IMAGES)
+    class_labels = _labels(labels, num_classes) if class_conditional else None
+    if not class_conditional and not (prompt and str(prompt).strip()):
+        raise ValueError("prompt is empty: give a prompt")
+    request = PageRequest(model, allocations, steps, scheduler or None, guidance, seed, num_images, class_labels,
+                          str(prompt).strip() if prompt and not class_conditional else None, plan, plan_source,
+                          num_models)
+    if request.work > max_work:
+        raise ValueError(f"too much work for one request: steps x images x runs = {steps} x {num_images} x "
+                         f"{request.num_runs} = {request.work:,}, more than {max_work:,}; ask for fewer steps, "
+                         "images or fractions")
+    return request
 
 
 # -- the runs -----------------------------------------------------------------------------------------------
@@ -202,222 +323,317 @@ def load_page_plan(path: str, num_models: int) -> Plan:
 
 @dataclass
 class PageRun:
-    """One gallery tile: a stitched run (``allocation`` the small models' shares) or the large model alone
-    (``allocation`` ``None``), and its speed-up against the large model alone (measured in the same request)."""
+    """One schedule of a request: its first repetition's images and steps, and its timings."""
 
-    allocation: tuple[float, ...] | None
+    schedule: Schedule
     result: RunResult
-    speedup: float | None = None
+    names: list[str]
+    #: Wall-clock seconds of each repetition (all images, denoising and decoding).
+    seconds: list[float] = field(default_factory=list)
+    #: The large model alone's time over this one's, paired per repetition (1 by construction for r 0).
+    speedup: Spread | None = None
+    #: Seconds the per-step costs predict for the model calls of one repetition (``None``: no cost model).
+    predicted_seconds: float | None = None
+    predicted_speedup: float | None = None
+    #: Paired distance of the images to the reference's (0: the same images; see :func:`paired_distance`).
+    distance: float | None = None
 
     @property
     def label(self) -> str:
-        names = self.result.model_names
-        if self.result.plan is not None:
-            return f"plan {self.result.plan}"
-        if self.allocation is None:
-            return f"{names[-1]} alone"
-        return " + ".join(f"{n} {f:g}" for n, f in zip(names, self.result.fractions, strict=True) if f > 0) or names[-1]
+        return self.schedule.label(self.names)
+
+    @property
+    def allocation(self) -> tuple[float, ...] | None:
+        return self.schedule.allocation
+
+    @property
+    def time(self) -> Spread | None:
+        return spread(self.seconds) if self.seconds else None
+
+    @property
+    def within_noise(self) -> bool:
+        """The speed-up's spread reaches 1 (the reference itself is not 'within noise': it is the reference)."""
+        s = self.speedup
+        return s is not None and not self.schedule.is_reference and s.low <= 1.0 <= s.high
 
     def step_models(self) -> list[str]:
         """The name of the model that ran each denoising step, in order."""
-        return [self.result.model_names[i] for i in self.result.model_per_step]
+        return [self.names[i] for i in self.result.model_per_step]
+
+    def steps_per_model(self) -> dict[str, int]:
+        counts = {name: 0 for name in self.names}
+        for name in self.step_models():
+            counts[name] += 1
+        return {name: count for name, count in counts.items() if count}
 
     def as_dict(self) -> dict[str, Any]:
-        return {**self.result.as_dict(), "label": self.label, "step_models": self.step_models(),
-                "allocation": None if self.allocation is None else list(self.allocation), "speedup": self.speedup}
+        time_spread, speed = self.time, self.speedup
+        return {
+            "label": self.label, "reference": self.schedule.is_reference,
+            "allocation": None if self.allocation is None else list(self.allocation),
+            "plan": None if self.schedule.plan is None else str(self.schedule.plan),
+            "plan_source": self.schedule.source,
+            "models": list(self.names), "steps_per_model": self.steps_per_model(),
+            "model_per_step": list(self.result.model_per_step), "step_models": self.step_models(),
+            "seconds": list(self.seconds), "seconds_median": None if time_spread is None else time_spread.median,
+            "seconds_low": None if time_spread is None else time_spread.low,
+            "seconds_high": None if time_spread is None else time_spread.high,
+            "speedup": None if speed is None else speed.median, "speedup_low": None if speed is None else speed.low,
+            "speedup_high": None if speed is None else speed.high, "within_noise": self.within_noise,
+            "predicted_seconds": self.predicted_seconds, "predicted_speedup": self.predicted_speedup,
+            "distance": self.distance,
+        }
 
 
-def run_request(loaded: LoadedModels, request: PageRequest,
-                on_progress: Callable[[int, int, str], None] | None = None) -> Iterator[list[PageRun]]:
-    """Sample every allocation of ``request`` and the large model alone from the same noise and labels,
-    yielding the runs so far after each one (the large model alone first). One warm-up comes first
-    (untimed), so every time is that of a single warm run. Raises ``ValueError`` before any sampling."""
+@dataclass
+class PageResult:
+    """A request's runs (the reference first) and what was timed."""
+
+    runs: list[PageRun]
+    repetitions: int
+    batch_size: int
+    steps: int
+    threads: int
+    device: str
+    costs: CostModel | None
+    #: ``True`` while only the first round is in (images and one repetition of each time).
+    partial: bool = False
+
+    def timing_text(self) -> str:
+        """What the times are, in one sentence for the page."""
+        rounds = f"round 1 of {self.repetitions} so far" if self.partial else f"median of {self.repetitions}"
+        text = (f"Times: {rounds} repetitions run in turn (round-robin over the runs), with the lowest and highest; "
+                f"each repetition samples all {self.batch_size} images in one batch, {self.steps} steps, on "
+                f"{self.device} with {self.threads} torch thread{'s' if self.threads != 1 else ''}, decoding "
+                "included. Speed-up: the large model alone's time over the run's, paired per repetition; "
+                "'within noise' when its range reaches 1.")
+        if self.costs is not None:
+            text += (f" Predicted: the sum of per-step costs measured at batch {self.costs.batch_size} "
+                     f"({self.costs.repetitions} repetitions, model calls only).")
+        return text
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"runs": [run.as_dict() for run in self.runs], "repetitions": self.repetitions,
+                "batch_size": self.batch_size, "steps": self.steps, "threads": self.threads, "device": self.device,
+                "step_costs": None if self.costs is None else self.costs.as_dict(), "partial": self.partial}
+
+
+@dataclass(frozen=True)
+class Progress:
+    """Where a request is: ``run`` of ``runs`` (1-based), ``step`` of ``steps`` in it, timing round
+    ``repetition`` of ``repetitions``; ``done`` of ``total`` denoising steps in all."""
+
+    run: int
+    runs: int
+    step: int
+    steps: int
+    repetition: int
+    repetitions: int
+    done: int
+    total: int
+    label: str = ""
+
+    @property
+    def fraction(self) -> float:
+        return min(1.0, self.done / self.total) if self.total else 0.0
+
+    def __str__(self) -> str:
+        return (f"run {self.run} of {self.runs}, step {self.step} of {self.steps} "
+                f"(timing round {self.repetition} of {self.repetitions}{', ' + self.label if self.label else ''})")
+
+
+class _Cancelled(Exception):
+    """Raised before a model call once the request is cancelled: the sampling stops within one step."""
+
+
+class _StepWatch:
+    """Forward pre-hooks on the denoisers, for the duration of a request: every model call (one per denoising
+    step, in every sampler: the bare loop, the published DiT sampler and stitched pipelines) checks the cancel
+    flag and counts the step."""
+
+    def __init__(self, models: Sequence[torch.nn.Module], cancel: threading.Event, on_step: Callable[[], None]):
+        self.models, self.cancel, self.on_step = list(models), cancel, on_step
+        self.counting = False
+        self.handles: list[Any] = []
+
+    def __enter__(self) -> _StepWatch:
+        self.handles = [model.register_forward_pre_hook(self._before) for model in self.models]
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for handle in self.handles:
+            handle.remove()
+
+    def _before(self, *args: Any) -> None:
+        if self.cancel.is_set():
+            raise _Cancelled
+        if self.counting:
+            self.on_step()
+
+
+def _denoisers(loaded: LoadedModels) -> list[torch.nn.Module]:
+    if isinstance(loaded, ClassConditionalModels):
+        return list(loaded.models)
+    return [*loaded.small_models, loaded.large]
+
+
+def paired_distance(images: torch.Tensor, reference: torch.Tensor) -> float | None:
+    """How far ``images`` are from the ``reference`` images of the same noise, as ``tstitch tune`` measures it
+    (:mod:`tstitch.tune.quality`, here on the pixels): the mean paired distance over the mean distance between
+    different reference images, so 0 is "the same images" and 1 "as different as two unrelated samples".
+    ``None`` for a single image (no unrelated pair to scale by)."""
+    if len(reference) < 2:
+        return None
+    flat, ref = images.flatten(1).double(), reference.flatten(1).double()
+    scale = float((ref - ref.roll(1, dims=0)).norm(dim=1).mean())
+    return float((flat - ref).norm(dim=1).mean()) / scale if scale > 0 else None
+
+
+def run_request(loaded: LoadedModels, request: PageRequest, *, repetitions: int = REPETITIONS,
+                cancel: threading.Event | None = None, on_progress: Callable[[Progress], None] | None = None,
+                on_first_round: Callable[[PageResult], None] | None = None,
+                costs: CostModel | None = None) -> PageResult | None:
+    """Sample every schedule of ``request`` ``repetitions`` times, in round-robin order, after one untimed
+    warm-up at the request's batch size; ``None`` when ``cancel`` is set meanwhile (the sampling stops
+    before its next model call). ``on_first_round`` sees the images and first times once every schedule ran
+    once; ``costs`` (per-step costs at the request's batch size) give the predicted times."""
+    if repetitions < 1:
+        raise ValueError(f"repetitions must be >= 1, got {repetitions}")
+    cancel = cancel or threading.Event()
+    names = list(loaded.names)
+    schedules = request.schedules()
     options = SampleOptions(
         num_steps=request.steps, scheduler=request.scheduler, guidance_scale=request.guidance,
         class_labels=list(request.class_labels) if request.class_labels else None,
         prompts=[request.prompt] if request.prompt else None, num_images=request.num_images,
-        seed=request.seed, progress=False,
+        seed=request.seed, progress=False, warmup=False,
     )
-    total = request.num_runs
-    runs: list[PageRun] = []
-    # each stitched run: its allocation (None for the plan) and its options
-    jobs = [(a, replace(options, fractions=list(a))) for a in request.allocations]
-    if request.plan is not None:
-        jobs.append((None, replace(options, plan=request.plan)))
-    first_allocation, first = jobs[0]
-    if on_progress:
-        on_progress(0, total, f"warm-up, the large model alone, {len(jobs)} stitched runs")
-    # The first request carries the warm-up and the large model alone (generate's ``compare``).
-    result = generate(loaded, first, compare=True)
-    baseline = PageRun(None, result.baseline, 1.0)
-    runs += [baseline, PageRun(first_allocation, result.stitched, result.speedup)]
-    if on_progress:
-        on_progress(2, total, "sampled " + runs[-1].label)
-    yield list(runs)
-    for done, (allocation, job) in enumerate(jobs[1:], start=3):
-        result = generate(loaded, replace(job, warmup=False))
-        speedup = baseline.result.seconds / result.stitched.seconds if result.stitched.seconds > 0 else None
-        runs.append(PageRun(allocation, result.stitched, speedup))
+
+    def options_for(schedule: Schedule) -> SampleOptions:
+        if schedule.plan is not None:
+            return replace(options, plan=schedule.plan)
+        return replace(options, fractions=list(schedule.allocation))
+
+    order = round_robin(len(schedules), repetitions)
+    position = {"job": 0, "step": 0}
+
+    def report() -> None:
+        position["step"] += 1
         if on_progress:
-            on_progress(done, total, "sampled " + runs[-1].label)
-        yield list(runs)
+            repetition, index = order[position["job"]]
+            on_progress(Progress(index + 1, len(schedules), min(position["step"], request.steps), request.steps,
+                                 repetition + 1, repetitions, position["job"] * request.steps + position["step"],
+                                 len(order) * request.steps, schedules[index].label(names)))
 
-
-# -- what the page shows ------------------------------------------------------------------------------------
-
-
-def caption(run: PageRun) -> str:
-    """Short enough for a gallery tile: ``r 0.4: 0.084 s, 1.52x speed-up`` (``r``: the small models' shares),
-    or ``digits-xl alone: 0.128 s (reference)``."""
-    seconds = f"{run.result.seconds:.3f} s"
-    if run.result.plan is not None:
-        speed = f"{run.speedup:.2f}x speed-up" if run.speedup is not None else "no speed-up"
-        return f"{run.label}: {seconds}, {speed}"
-    if run.allocation is None:
-        return f"{run.label}: {seconds} (reference)"
-    speed = f"{run.speedup:.2f}x speed-up" if run.speedup is not None else "no speed-up"
-    return f"r {','.join(f'{f:g}' for f in run.allocation)}: {seconds}, {speed}"
-
-
-def _picture(image: torch.Tensor) -> Image.Image:
-    picture = image.detach().float().clamp(0, 1)
-    if picture.shape[0] == 1:
-        picture = 1.0 - picture  # the digits: dark on light, as the study's grids show them
-    array = (picture * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
-    pil = Image.fromarray(array[..., 0] if array.shape[2] == 1 else array).convert("RGB")
-    if max(pil.size) < TILE_SIDE:
-        factor = math.ceil(TILE_SIDE / max(pil.size))
-        pil = pil.resize((pil.width * factor, pil.height * factor), Image.NEAREST)
-    return pil
-
-
-def tile(run: PageRun, names: Sequence[str], columns: int = 4) -> Image.Image:
-    """The run's images (same seeds in the same places in every tile) above a strip with one cell per
-    denoising step, coloured by the model that ran it (the large model's colour is the last of
-    :data:`MODEL_COLOURS`)."""
-    pictures = [_picture(image) for image in run.result.images]
-    width, height = pictures[0].size
-    columns = min(columns, len(pictures))
-    rows = math.ceil(len(pictures) / columns)
-    gap, strip = 2, max(10, width // 6)
-    canvas = Image.new("RGB", (columns * (width + gap) - gap, rows * (height + gap) + strip + gap), "white")
-    for i, picture in enumerate(pictures):
-        canvas.paste(picture, ((i % columns) * (width + gap), (i // columns) * (height + gap)))
-    per_step = run.result.model_per_step
-    draw = ImageDraw.Draw(canvas)
-    top = rows * (height + gap)
-    for step, name in enumerate(run.step_models()):
-        left = round(step * canvas.width / len(per_step))
-        right = round((step + 1) * canvas.width / len(per_step)) - 1
-        draw.rectangle((left, top, max(left, right - 1), top + strip - 1), fill=_colour(names.index(name), len(names)))
-    return canvas
-
-
-def legend(names: Sequence[str]) -> str:
-    """Which colour is which model in the strips, as HTML."""
-    cells = []
-    for i, name in enumerate(names):
-        r, g, b = _colour(i, len(names))
-        cells.append(f'<span style="background:rgb({r},{g},{b});color:white;padding:1px 6px;'
-                     f'border-radius:3px">{name}</span>')
-    return "Strip under each tile: one cell per denoising step, in order, coloured by the model that ran it: " + \
-        " ".join(cells)
-
-
-def summary_table(runs: Sequence[PageRun], names: Sequence[str]) -> str:
-    """A Markdown table of the runs: steps per model, time, speed-up and the model of every step (its index
-    in ``names``, the loaded models smallest first)."""
-    lines = ["| run | steps per model | time (single run) | speed-up | model per step |", "|---|---|---|---|---|"]
-    for run in runs:
-        result = run.result
-        steps = ", ".join(f"{n} {s}" for n, s in zip(result.model_names, result.steps_per_model, strict=True) if s)
-        speed = "1.00x (reference)" if run.allocation is None and run.result.plan is None else (
-            f"{run.speedup:.2f}x" if run.speedup is not None else "-")
-        sequence = "".join(str(names.index(name)) for name in run.step_models())
-        lines.append(f"| {run.label} | {steps} | {result.seconds:.3f} s | {speed} | `{sequence}` |")
-    return "\n".join(lines)
-
-
-# -- the frontier -------------------------------------------------------------------------------------------
-
-
-def load_frontier(paths: Sequence[str | os.PathLike], names: Sequence[str]) -> tuple[list[dict[str, Any]], Path] | None:
-    """The measured rows of ``names`` (the loaded models, smallest first) from the first file of ``paths``
-    that has any: the demo's ``results.json`` (``rows``) or a tune ``frontier.json`` (a list of rows or
-    ``{"rows": [...]}``); each row needs ``models``, ``fractions``, ``fid`` and ``speedup``."""
-    for path in map(Path, paths):
-        if not path.is_file():
-            continue
-        try:
-            data = json.loads(path.read_text())
-        except (OSError, ValueError) as error:
-            logger.warning("ignoring the frontier file %s: %s", path, error)
-            continue
-        rows = data.get("rows", []) if isinstance(data, dict) else data
-        keep = [row for row in rows if isinstance(row, dict) and list(row.get("models", ())) == list(names)
-                and all(key in row for key in ("fractions", "fid", "speedup"))]
-        if keep:
-            return keep, path
-    return None
-
-
-def plot_frontier(rows: Sequence[dict[str, Any]], source: Path, runs: Sequence[PageRun],
-                  names: Sequence[str]) -> Image.Image:
-    """FID against speed-up of the measured rows, with this page's choices marked: at their measured FID
-    when the file has their allocation, and as a line at the page's own measured speed-up."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from io import BytesIO
-
-    import matplotlib.pyplot as plt
-
-    figure, axes = plt.subplots(figsize=(6.4, 3.6), dpi=100)
+    runs: list[PageRun | None] = [None] * len(schedules)
+    watch = _StepWatch(_denoisers(loaded), cancel, report)
     try:
-        ordered = sorted(rows, key=lambda row: row["speedup"])
-        axes.plot([r["speedup"] for r in ordered], [r["fid"] for r in ordered], "o-", color="0.55", ms=4,
-                  label=f"measured ({ordered[0].get('num_samples', '?')} samples per point)")
-        for run, row in zip(runs, marked_rows(rows, runs, names), strict=True):
-            if row is not None:
-                axes.plot(row["speedup"], row["fid"], "*", color="crimson", ms=14, zorder=3)
-                axes.annotate(", ".join(f"{f:g}" for f in run.allocation), (row["speedup"], row["fid"]),
-                              textcoords="offset points", xytext=(6, 6), color="crimson")
-            if run.allocation is not None and run.speedup is not None:
-                axes.axvline(run.speedup, color="crimson", alpha=0.25, lw=1)
-        axes.plot([], [], "*", color="crimson", ms=10, label="this page's fractions (lines: speed-up measured here)")
-        axes.set_xlabel(f"speed-up vs {names[-1]} alone")
-        axes.set_ylabel("FID (lower is better)")
-        axes.set_title(f"{' -> '.join(names)}: speed/quality frontier from {source.name}", fontsize=9)
-        axes.legend(fontsize=7)
-        axes.grid(alpha=0.3)
-        figure.tight_layout()
-        buffer = BytesIO()
-        figure.savefig(buffer, format="png")
-    finally:
-        plt.close(figure)
-    buffer.seek(0)
-    return Image.open(buffer).convert("RGB")
+        with watch:
+            k = len(names)  # the warm-up: every model takes a step, at the request's batch size (untimed)
+            generate(loaded, replace(options, fractions=list(warmup_fractions(k)[:-1]), num_steps=max(k, 2)))
+            watch.counting = True
+            for job, (repetition, index) in enumerate(order):
+                position.update(job=job, step=0)
+                result = generate(loaded, options_for(schedules[index])).stitched
+                if runs[index] is None:
+                    runs[index] = PageRun(schedules[index], result, names)
+                runs[index].seconds.append(result.seconds)
+                if repetition == 0 and index == len(schedules) - 1 and repetitions > 1 and on_first_round:
+                    on_first_round(_result(runs, request, 1, loaded, costs, partial=True))
+    except _Cancelled:
+        logger.info("request cancelled: the sampling stopped before its next step")
+        return None
+    return _result(runs, request, repetitions, loaded, costs)
 
 
-def marked_rows(rows: Sequence[dict[str, Any]], runs: Sequence[PageRun],
-                names: Sequence[str]) -> list[dict[str, Any] | None]:
-    """For each stitched run of the page, the frontier row measured at its allocation (``None`` if none is,
-    and for the large model alone)."""
-    found = []
+def _result(runs: list[PageRun], request: PageRequest, repetitions: int, loaded: LoadedModels,
+            costs: CostModel | None, partial: bool = False) -> PageResult:
+    reference = runs[0]
     for run in runs:
-        match = [] if run.allocation is None else [
-            row for row in rows if _same(_small_shares(row["fractions"], len(names)), run.allocation)]
-        found.append(match[0] if match else None)
-    return found
+        if run.schedule.is_reference:
+            run.speedup = Spread(1.0, 1.0, 1.0)
+        else:
+            run.speedup = ratio_spread(reference.seconds, run.seconds[: len(reference.seconds)])
+        run.distance = paired_distance(run.result.images, reference.result.images)
+        if costs is not None:
+            run.predicted_seconds = costs.plan_seconds(run.result.model_per_step)
+            run.predicted_speedup = costs.plan_seconds(reference.result.model_per_step) / run.predicted_seconds
+    return PageResult(list(runs), repetitions, request.num_images, request.steps, torch.get_num_threads(),
+                      str(loaded.device), costs, partial)
 
 
-def _small_shares(fractions: Sequence[float], num_models: int) -> Sequence[float]:
-    """The small models' shares of a frontier row, which gives them alone (the demo) or with the large one's."""
-    return fractions[: num_models - 1]
+def step_costs(loaded: LoadedModels, request: PageRequest) -> CostModel | None:
+    """Per-step costs of the models at the request's batch size (class-conditional models only: a pipeline's
+    denoiser needs its text conditioning)."""
+    if not isinstance(loaded, ClassConditionalModels):
+        return None
+    return measure_step_costs(loaded.models, loaded.latent_shape, batch_size=request.num_images,
+                              num_classes=loaded.num_classes, guidance_scale=request.guidance, device=loaded.device)
 
 
-def _same(a: Sequence[float], b: Sequence[float]) -> bool:
-    return len(a) == len(b) and all(abs(x - y) < 1e-6 for x, y in zip(a, b, strict=True))
+class RequestJob:
+    """One request sampled on a thread of its own, so that the page can show progress, pause after the first
+    round (to draw the tiles while nothing is being timed) and cancel it: :meth:`cancel` stops the sampling
+    before its next denoising step. Holds ``state.lock`` while sampling."""
+
+    def __init__(self, state: ServeState, loaded: LoadedModels, request: PageRequest, *,
+                 repetitions: int = REPETITIONS, pause_after_first_round: bool = True):
+        self.state, self.loaded, self.request, self.repetitions = state, loaded, request, repetitions
+        self.pause = pause_after_first_round
+        self.cancelled = threading.Event()
+        self.resumed = threading.Event()
+        self.progress: Progress | None = None
+        self.status = "waiting for the models"
+        self.first_round: PageResult | None = None
+        self.result: PageResult | None = None
+        self.error: BaseException | None = None
+        self.seconds = 0.0
+        self._thread = threading.Thread(target=self._run, name="tstitch-serve-request", daemon=True)
+
+    def start(self) -> RequestJob:
+        self._thread.start()
+        return self
+
+    @property
+    def done(self) -> bool:
+        return not self._thread.is_alive() and self._thread.ident is not None
+
+    def cancel(self) -> None:
+        self.cancelled.set()
+        self.resumed.set()
+
+    def resume(self) -> None:
+        """The page has shown the first round: timing goes on."""
+        self.resumed.set()
+
+    def join(self, timeout: float | None = None) -> None:
+        self._thread.join(timeout)
+
+    def _on_progress(self, progress: Progress) -> None:
+        self.progress = progress
+        self.status = str(progress)
+
+    def _on_first_round(self, result: PageResult) -> None:
+        self.first_round = result
+        if self.pause:
+            self.resumed.wait()
+
+    def _run(self) -> None:
+        begin = time.perf_counter()
+        try:
+            with self.state.lock:
+                if self.cancelled.is_set():
+                    return
+                self.status = "measuring per-step costs"
+                costs = self.state.step_costs(self.request.model, self.loaded, self.request)
+                self.status = "warming up"
+                self.result = run_request(self.loaded, self.request, repetitions=self.repetitions,
+                                          cancel=self.cancelled, on_progress=self._on_progress,
+                                          on_first_round=self._on_first_round, costs=costs)
+        except BaseException as error:  # handed to the page, which reports it
+            self.error = error
+        finally:
+            self.seconds = time.perf_counter() - begin
 
 
 # -- the server's state -------------------------------------------------------------------------------------
@@ -425,8 +641,9 @@ def _same(a: Sequence[float], b: Sequence[float]) -> bool:
 
 @dataclass
 class ServeState:
-    """The models the page can use, loaded on first use and kept, and the lock that keeps one request at a
-    time on them (the page also queues its generate event with a concurrency limit of 1)."""
+    """The models the page can use, loaded on first use and kept, the lock that keeps one request at a time
+    on them (the page also queues its generate event with a concurrency limit of 1), the tune plans offered
+    and the per-step costs measured so far."""
 
     available: list[str]
     missing: dict[str, str] = field(default_factory=dict)
@@ -434,22 +651,44 @@ class ServeState:
     device: str = "cpu"
     checkpoint_dir: str | None = None
     frontier_files: tuple[str, ...] = FRONTIER_FILES
+    #: The ``tstitch tune`` plans offered, by folder (:func:`find_tune_plans`); the page offers no other path.
+    tune_plans: dict[str, Plan] = field(default_factory=dict)
+    max_work: int = MAX_WORK
+    repetitions: int = REPETITIONS
     loaded: dict[str, LoadedModels] = field(default_factory=dict)
+    costs: dict[tuple[str, int, float], CostModel] = field(default_factory=dict)
     lock: threading.RLock = field(default_factory=threading.RLock)
 
     @property
     def choices(self) -> list[str]:
-        return ([CUSTOM] if self.custom_models else []) + list(self.available)
+        return ([CUSTOM] if self.custom_models else []) + list(self.available) + list(EMBEDDED_SETS)
 
     def models(self, name: str) -> LoadedModels:
-        """The loaded models of choice ``name`` (a preset, or ``custom``); ``ValueError`` for one not offered."""
+        """The loaded models of choice ``name`` (a preset, an embedded set or ``custom``); ``ValueError`` for
+        one not offered."""
         if name not in self.choices:
             reason = f": {self.missing[name]}" if name in self.missing else ""
-            raise ValueError(f"model choice {name!r} is not available{reason}; available: {', '.join(self.choices)}")
+            raise ValueError(f"models: {str(name)[:80]!r} is not offered{reason}; offered: {', '.join(self.choices)}")
         if name not in self.loaded:
             logger.info("loading %s", name)
             if name == CUSTOM:
                 self.loaded[name] = load_models(self.custom_models, device=self.device)
+            elif name in EMBEDDED_SETS:
+                self.loaded[name] = load_models(list(EMBEDDED_SETS[name]), device=self.device)
             else:
                 self.loaded[name] = load_preset(name, device=self.device, checkpoint_dir=self.checkpoint_dir)
         return self.loaded[name]
+
+    def plans_for(self, num_models: int) -> list[str]:
+        """The tune folders whose plan is for ``num_models`` models."""
+        return [folder for folder, plan in self.tune_plans.items() if plan.num_models == num_models]
+
+    def step_costs(self, name: str, loaded: LoadedModels, request: PageRequest) -> CostModel | None:
+        """:func:`step_costs`, measured once per model choice, batch size and guidance."""
+        key = (name, request.num_images, request.guidance)
+        if key not in self.costs:
+            found = step_costs(loaded, request)
+            if found is None:
+                return None
+            self.costs[key] = found
+        return self.costs[key]
