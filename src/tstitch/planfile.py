@@ -84,17 +84,49 @@ def save_plan(plan: Plan, path: str | os.PathLike) -> Path:
     return atomic_write(path, lambda tmp: tmp.write_text(json.dumps(plan_to_dict(plan), indent=2) + "\n"))
 
 
-def load_plan(path: str | os.PathLike, num_steps: int | None = None) -> Plan:
-    """Read a plan written by :func:`save_plan` (``num_steps`` also checks a per-step plan's length). A folder
-    means its ``plan.json`` (what ``tstitch tune --out`` writes)."""
-    path = Path(path)
+#: The most steps a per-step plan may have: what every command's --steps allows (and the schedulers' 1,000
+#: training timesteps).
+MAX_PLAN_STEPS = 1000
+#: The largest plan file read: a plan of 1,000 steps is under 10 KB.
+MAX_PLAN_BYTES = 1_000_000
+
+
+def _plan_file(path: Path) -> Path:
+    """``path``, or the ``plan.json`` of a folder, once it is a plain file of a plan's size: a FIFO (which would
+    block the reader), a device, a loop of links or a name too long are refused by name, without opening it."""
+    from .utils import path_problem
+
+    problem = path_problem(path)
+    if problem is not None:
+        raise ValueError(f"plan file {problem}")
     if path.is_dir():
         if not (path / "plan.json").is_file():
             raise FileNotFoundError(f"{path} is a folder without plan.json; give a plan file")
         path = path / "plan.json"
-    if not path.is_file():
+    if not path.exists():
         raise FileNotFoundError(f"plan file {path} does not exist")
+    if not path.is_file():
+        raise ValueError(f"plan file {path} is not a plain file (a FIFO, a device ...)")
+    size = path.stat().st_size
+    if size > MAX_PLAN_BYTES:
+        raise ValueError(f"plan file {path} is {size:,} bytes, more than any plan ({MAX_PLAN_BYTES:,} at most)")
+    return path
+
+
+def load_plan(path: str | os.PathLike, num_steps: int | None = None) -> Plan:
+    """Read a plan written by :func:`save_plan` (``num_steps`` also checks a per-step plan's length). A folder
+    means its ``plan.json`` (what ``tstitch tune --out`` writes). Refused (``ValueError``, naming the file):
+    anything but a plain file under 1 MB, JSON nested too deeply, a per-step plan of more than 1,000 steps."""
+    path = _plan_file(Path(path))
     try:
-        return plan_from_json(path.read_text(), num_steps)
+        plan = plan_from_json(path.read_text(), num_steps)
+    except RecursionError:
+        raise ValueError(f"{path}: not a plan (JSON nested too deeply)") from None
+    except UnicodeDecodeError as error:
+        raise ValueError(f"{path}: not a plan (not UTF-8 text: {error.reason})") from None
     except ValueError as error:
         raise ValueError(f"{path}: {error}") from None
+    if plan.sequence is not None and len(plan.sequence) > MAX_PLAN_STEPS:
+        raise ValueError(f"{path}: sequence has {len(plan.sequence):,} steps; a plan has at most {MAX_PLAN_STEPS:,} "
+                         "(the most steps a command runs)")
+    return plan
