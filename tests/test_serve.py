@@ -168,6 +168,7 @@ def test_times_are_medians_of_paired_repetitions_and_r0_is_the_reference():
     assert views.caption(reference) == "r 0 (b alone): 1.000 s, the reference (1.00x)"
     assert views.caption(fast) == "r 0.5: 0.500 s, 1.83x (1.80-2.00)"
     assert views.caption(noisy).endswith(", within noise")
+    assert views.caption(fast, partial=True) == "r 0.5: 0.500 s, 1.83x (first repetition)"
     table = views.summary_table(result)
     assert table.count("<tr>") == 4 and "<caption>" in table and "1.00x (reference)" in table
     assert "<code>0011</code>" in table  # the model of every step, a string the page lets wrap
@@ -319,7 +320,7 @@ def test_page_runs_every_fraction_and_the_reference_with_honest_times(server, cl
     assert Image.open(gallery[1]["image"]).width == 4 * 64 + 3 * 2  # 4 columns of the enlarged 8x8 digits
     assert "<td data-label=\"steps per model\">digits-s 1, digits-xl 5</td>" in table
     assert frontier is not None  # the rows of the frontier file match the loaded pair
-    assert "median of 3 repetitions" in note and "each repetition samples all 8 images in one batch" in note
+    assert "the median of 3 repetitions" in note and "each repetition samples all 8 images in one batch" in note
     assert "at batch 100, not this page's batch 8" in note
     assert status.startswith("<p>done: 3 runs x 3 repetitions in ")
 

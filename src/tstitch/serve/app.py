@@ -321,7 +321,7 @@ def _outputs(state: ServeState, result: core.PageResult, status: str) -> tuple:
     """The generate event's outputs: gallery, table, frontier, records, note, status."""
     gr = _gradio()
     names = result.runs[0].names
-    tiles = [(views.tile(run), views.caption(run)) for run in result.runs]
+    tiles = [(views.tile(run), views.caption(run, result.partial)) for run in result.runs]
     frontier = None if result.partial else views.load_frontier(state.frontier_files, names)
     table = views.summary_table(result, frontier)
     notes = [result.timing_text()]

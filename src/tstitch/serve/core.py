@@ -76,6 +76,8 @@ MAX_GUIDANCE = 100.0
 MAX_WORK = 20_000
 #: Every time on the page is the median of this many repetitions (run in round-robin order).
 REPETITIONS = 3
+#: The longest a request waits, after its first round, for the page to show the tiles (seconds).
+PAUSE_LIMIT = 60.0
 #: Where :func:`find_tune_plans` looks, below the server's working directory, and what it skips.
 PLAN_SEARCH_DEPTH = 4
 _SKIPPED_FOLDERS = {"node_modules", "__pycache__", "site-packages"}
@@ -401,8 +403,9 @@ class PageResult:
 
     def timing_text(self) -> str:
         """What the times are, in one sentence for the page."""
-        rounds = f"round 1 of {self.repetitions} so far" if self.partial else f"median of {self.repetitions}"
-        text = (f"Times: {rounds} repetitions run in turn (round-robin over the runs), with the lowest and highest; "
+        what = (f"the first of {self.repetitions} repetitions (the others are running)" if self.partial
+                else f"the median of {self.repetitions} repetitions, with the lowest and highest")
+        text = (f"Times: {what}, run in turn (round-robin over the runs); "
                 f"each repetition samples all {self.batch_size} images in one batch, {self.steps} steps, on "
                 f"{self.device} with {self.threads} torch thread{'s' if self.threads != 1 else ''}, decoding "
                 "included. Speed-up: the large model alone's time over the run's, paired per repetition; "
@@ -539,7 +542,7 @@ def run_request(loaded: LoadedModels, request: PageRequest, *, repetitions: int 
                     runs[index] = PageRun(schedules[index], result, names)
                 runs[index].seconds.append(result.seconds)
                 if repetition == 0 and index == len(schedules) - 1 and repetitions > 1 and on_first_round:
-                    on_first_round(_result(runs, request, 1, loaded, costs, partial=True))
+                    on_first_round(_result(runs, request, repetitions, loaded, costs, partial=True))
     except _Cancelled:
         logger.info("request cancelled: the sampling stopped before its next step")
         return None
@@ -615,8 +618,8 @@ class RequestJob:
 
     def _on_first_round(self, result: PageResult) -> None:
         self.first_round = result
-        if self.pause:
-            self.resumed.wait()
+        if self.pause:  # a page that never answers does not keep the models locked
+            self.resumed.wait(PAUSE_LIMIT)
 
     def _run(self) -> None:
         begin = time.perf_counter()

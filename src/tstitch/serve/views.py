@@ -53,9 +53,10 @@ def _seconds(value: float) -> str:
     return f"{value:.3f} s" if value < 10 else f"{value:.1f} s"
 
 
-def caption(run: PageRun, repetitions: int | None = None) -> str:
+def caption(run: PageRun, partial: bool = False) -> str:
     """Short enough for a gallery tile: ``r 0.4: 0.084 s, 1.52x (1.40-1.61)``, ``within noise`` when the
-    speed-up's range reaches 1, ``r 0 (digits-xl alone): 0.128 s, the reference``."""
+    speed-up's range reaches 1, ``r 0 (digits-xl alone): 0.128 s, the reference (1.00x)``; while only the
+    first repetition is in (``partial``), ``r 0.4: 0.084 s, 1.52x (first repetition)``."""
     time = run.time
     seconds = _seconds(time.median) if time is not None else "-"
     if run.schedule.is_reference:
@@ -63,6 +64,8 @@ def caption(run: PageRun, repetitions: int | None = None) -> str:
     speed = run.speedup
     if speed is None:
         return f"{run.label}: {seconds}"
+    if partial:
+        return f"{run.label}: {seconds}, {speed.median:.2f}x (first repetition)"
     text = f"{run.label}: {seconds}, {speed.median:.2f}x ({speed.low:.2f}-{speed.high:.2f})"
     return text + ", within noise" if run.within_noise else text
 
@@ -128,9 +131,9 @@ def summary_table(result: PageResult, frontier: Frontier | None = None) -> str:
     marked = marked_rows(frontier.rows, result.runs, len(names)) if frontier is not None else [None] * len(result.runs)
     headers = ["run", "time", "predicted", "speed-up", "predicted speed-up", "distance to r 0",
                "FID (frontier)", "steps per model", "model per step"]
-    caption_text = (f"The runs of this request, {result.batch_size} images each, "
-                    f"{'median of ' + str(result.repetitions) if not result.partial else 'first of'} "
-                    "repetitions (lowest-highest). Model per step: "
+    times = (f"the first of {result.repetitions} repetitions" if result.partial
+             else f"median of {result.repetitions} repetitions (lowest-highest)")
+    caption_text = (f"The runs of this request, {result.batch_size} images each, {times}. Model per step: "
                     + ", ".join(f"{i} = {html.escape(n)}" for i, n in enumerate(names)) + ".")
     lines = [f'<table class="runs"><caption>{caption_text}</caption>',
              "<thead><tr>" + "".join(f'<th scope="col">{h}</th>' for h in headers) + "</tr></thead><tbody>"]
