@@ -218,11 +218,12 @@ def load_frontier(paths: Sequence[str | os.PathLike], names: Sequence[str]) -> F
 
 
 def _batch_size(data: Any, names: Sequence[str]) -> int | None:
-    """The batch the demo timed its rows at: its section's per-step costs, else its configuration's."""
+    """The batch the demo timed its rows at: the per-step costs of its section that has these models (a
+    section of three models also holds the rows of its pairs), else its configuration's."""
     if not isinstance(data, dict):
         return None
     for section in data.get("sections", []):
-        if isinstance(section, dict) and list(section.get("models", ())) == list(names):
+        if isinstance(section, dict) and set(names) <= set(section.get("models", ())):
             batch = section.get("step_costs", {}).get("batch_size")
             if isinstance(batch, int):
                 return batch
@@ -248,16 +249,20 @@ def _same(a: Sequence[float], b: Sequence[float]) -> bool:
 
 def _place_labels(axes: Any, points: Sequence[tuple[float, float]], texts: Sequence[str], *, colour: str,
                   avoid: list[Any]) -> list[Any]:
-    """Annotate each point with its text at the first of a few offsets whose box overlaps no box placed so far
-    (``avoid``, in display pixels; the new boxes are added to it)."""
+    """Annotate each point with its text at the first of a few offsets whose box stays inside the axes and
+    overlaps no box in ``avoid`` (display pixels: the legend, the points, the labels placed so far; each new
+    label's box is added to it)."""
     renderer = axes.figure.canvas.get_renderer()
-    offsets = [(6, 6), (6, -14), (-30, 6), (-30, -14), (6, 18), (6, -26), (-30, 18), (-30, -26), (14, 0), (-42, 0)]
+    inside = axes.get_window_extent(renderer)
+    offsets = [(6, 6), (6, -14), (-30, 6), (-30, -14), (6, 18), (6, -26), (-30, 18), (-30, -26), (14, 0), (-42, 0),
+               (-12, 26), (-12, -34)]
     placed = []
     for (x, y), text in zip(points, texts, strict=True):
         for dx, dy in offsets:
             label = axes.annotate(text, (x, y), textcoords="offset points", xytext=(dx, dy), color=colour, fontsize=8)
             box = label.get_window_extent(renderer).expanded(1.05, 1.1)
-            if not any(box.overlaps(other) for other in avoid):
+            fits = inside.x0 <= box.x0 and box.x1 <= inside.x1 and inside.y0 <= box.y0 and box.y1 <= inside.y1
+            if fits and not any(box.overlaps(other) for other in avoid):
                 break
             label.remove()
         else:
@@ -269,6 +274,16 @@ def _place_labels(axes: Any, points: Sequence[tuple[float, float]], texts: Seque
     return placed
 
 
+def _point_boxes(axes: Any, points: Sequence[tuple[float, float]], half: float = 5.0) -> list[Any]:
+    """Small display-pixel boxes around the plotted points (a label must not cover a marker)."""
+    from matplotlib.transforms import Bbox
+
+    boxes = []
+    for x, y in axes.transData.transform(points):
+        boxes.append(Bbox([[x - half, y - half], [x + half, y + half]]))
+    return boxes
+
+
 def frontier_figure(frontier: Frontier, result: PageResult) -> tuple[Any, list[Any]]:
     """The frontier's FID (log axis) against its speed-up, each point labelled with its fractions, and this
     page's runs at the speed-up measured here (diamonds with their range, at the frontier's FID of their
@@ -277,15 +292,22 @@ def frontier_figure(frontier: Frontier, result: PageResult) -> tuple[Any, list[A
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     runs, names = result.runs, result.runs[0].names
     ordered = sorted(frontier.rows, key=lambda row: row["speedup"])
-    figure, axes = plt.subplots(figsize=(6.4, 4.0), dpi=100)
+    figure, axes = plt.subplots(figsize=(6.4, 4.4), dpi=100)
     where = f"batch {frontier.batch_size}" if frontier.batch_size else "its own batch size"
     samples = f", {frontier.num_samples} samples per point" if frontier.num_samples else ""
     axes.plot([r["speedup"] for r in ordered], [r["fid"] for r in ordered], "o-", color="0.35", ms=4,
               label=f"measured in {frontier.source.name} ({where}{samples})")
-    axes.set_yscale("log")
+    axes.set_yscale("log")  # r 1 (FID 45 on the digits) would squash the region worth reading
+    axes.set_xscale("log")
+    plain = matplotlib.ticker.FuncFormatter(lambda value, _: f"{value:g}")
+    some = matplotlib.ticker.FuncFormatter(lambda value, _: f"{value:g}" if f"{value:g}"[0] in "1235" else "")
+    for axis in (axes.xaxis, axes.yaxis):
+        axis.set_major_formatter(plain)
+        axis.set_minor_formatter(some)
     page = f"this page (batch {result.batch_size}, median and range of {result.repetitions})"
     if frontier.batch_size and frontier.batch_size != result.batch_size:
         page += ": another batch size than the frontier's"
@@ -306,21 +328,21 @@ def frontier_figure(frontier: Frontier, result: PageResult) -> tuple[Any, list[A
             page_points.append((speed.median, None))
             page_texts.append(short + " (no FID)")
     axes.plot([], [], "D", color="#b01030", label=page)
-    axes.set_xlabel(f"speed-up vs {names[-1]} alone")
-    axes.set_ylabel("FID, log axis (lower is better)")
+    axes.set_xlabel(f"speed-up vs {names[-1]} alone (log axis)", fontsize=9)
+    axes.set_ylabel("FID, log axis (lower is better)", fontsize=9)
     axes.set_title(f"{' -> '.join(names)}: speed/quality frontier", fontsize=9)
-    axes.legend(fontsize=7, loc="upper left")
+    axes.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16))  # below: it hides no point
     axes.grid(alpha=0.3, which="both")
     figure.tight_layout()
     figure.canvas.draw()
-    renderer = figure.canvas.get_renderer()
-    avoid = [axes.get_legend().get_window_extent(renderer)]
     low = axes.get_ylim()[0]
-    labels = _place_labels(axes, [(r["speedup"], r["fid"]) for r in ordered],
+    frontier_points = [(r["speedup"], r["fid"]) for r in ordered]
+    page_points = [(x, y if y is not None else low) for x, y in page_points]
+    avoid = _point_boxes(axes, frontier_points + page_points)
+    labels = _place_labels(axes, frontier_points,
                            [",".join(f"{f:g}" for f in r["fractions"][: len(names) - 1]) for r in ordered],
                            colour="0.25", avoid=avoid)
-    labels += _place_labels(axes, [(x, y if y is not None else low) for x, y in page_points], page_texts,
-                            colour="#b01030", avoid=avoid)
+    labels += _place_labels(axes, page_points, page_texts, colour="#b01030", avoid=avoid)
     return figure, labels
 
 
