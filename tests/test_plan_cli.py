@@ -107,28 +107,23 @@ def test_bench_plan_overhead_beside_the_prefix_plans(tmp_path, capsys):
 def test_serve_plan_is_one_more_gallery_run(tmp_path):
     pytest.importorskip("gradio", reason="the web extra is not installed (pip install 'tstitch[web]')")
     from tstitch.models.loading import load_preset
-    from tstitch.serve import core
+    from tstitch.serve import core, views
 
-    tuned = tmp_path / "tuned"
-    tuned.mkdir()
-    save_plan(Plan.parse("S2 > XL2 > S1", ["S", "XL"]), tuned / "plan.json")
+    plan = Plan.parse("S2 > XL2 > S1", ["S", "XL"])  # the page takes a Plan (an upload or a tune folder's)
     values = dict(model="digits", fractions=["0.4"], steps=5, scheduler="", guidance=1.0, seed=0, num_images=2,
                   labels="0 1", prompt="")
-    page = core.parse_request(*values.values(), num_models=2, class_conditional=True, plan=str(tuned))
-    assert page.plan == Plan.parse("S2 > XL2 > S1", ["S", "XL"]) and page.num_runs == 3
-    runs = list(core.run_request(load_preset("digits", device="cpu"), page))[-1]
-    assert [run.label for run in runs] == ["digits-xl alone", "digits-s 0.4 + digits-xl 0.6", "plan S2 > XL2 > S1"]
+    page = core.parse_request(*values.values(), num_models=2, class_conditional=True, plan=plan)
+    assert page.plan == plan and page.num_runs == 3
+    runs = core.run_request(load_preset("digits", device="cpu"), page, repetitions=1).runs
+    assert [run.label for run in runs] == ["r 0 (digits-xl alone)", "r 0.4", "plan S2 > XL2 > S1"]
     assert runs[2].step_models() == ["digits-s", "digits-s", "digits-xl", "digits-xl", "digits-s"]
-    assert core.caption(runs[2]).startswith("plan S2 > XL2 > S1: ") and runs[2].speedup > 0
+    assert views.caption(runs[2]).startswith("plan S2 > XL2 > S1: ") and runs[2].speedup.median > 0
     # only a plan, no fraction: the plan carries the large model alone
-    only = core.parse_request(*{**values, "fractions": []}.values(), num_models=2, class_conditional=True,
-                              plan=str(tuned / "plan.json"))
-    assert [run.label for run in list(core.run_request(load_preset("digits", device="cpu"), only))[-1]] == [
-        "digits-xl alone", "plan S2 > XL2 > S1"]
-    for plan, steps, message in [(tuned, 6, "gives the model of 5 steps, but the run has 6 steps"),
-                                 (tmp_path, 5, str(tmp_path) + " is a folder without plan.json; give a plan file")]:
-        with pytest.raises((ValueError, FileNotFoundError), match=message):
-            core.parse_request(*{**values, "steps": steps}.values(), num_models=2, class_conditional=True,
-                               plan=str(plan))
-    with pytest.raises(ValueError, match=r"plan S2 > XL2 > S1 \(.*\) is for 2 models, these are 3"):
-        core.parse_request(*values.values(), num_models=3, class_conditional=True, plan=str(tuned))
+    only = core.parse_request(*{**values, "fractions": []}.values(), num_models=2, class_conditional=True, plan=plan)
+    assert [run.label for run in core.run_request(load_preset("digits", device="cpu"), only, repetitions=1).runs] == [
+        "r 0 (digits-xl alone)", "plan S2 > XL2 > S1"]
+    with pytest.raises(ValueError, match="gives the model of 5 steps, but the run has 6 steps"):
+        core.parse_request(*{**values, "steps": 6}.values(), num_models=2, class_conditional=True, plan=plan)
+    with pytest.raises(ValueError, match=r"the plan S2 > XL2 > S1 is for 2 models, but there are 3"):
+        core.parse_request(*{**values, "fractions": ["0.4,0.2"]}.values(), num_models=3, class_conditional=True,
+                           plan=plan)

@@ -300,8 +300,8 @@ def parse_request(model: str, fractions: Any, steps: Any, scheduler: Any, guidan
         try:
             check_plan(plan, None, steps, [f"model {i}" for i in range(num_models)])
         except ValueError as error:
-            raise ValueError(f"plan {plan_source or ''}: {str(error).replace('(--steps)', '(the steps field)')}"
-                             ) from None
+            where = f"plan {plan_source}" if plan_source else "plan"
+            raise ValueError(f"{where}: {str(error).replace('(--steps)', '(the steps field)')}") from None
     guidance = _real(guidance, "guidance", 0.0, MAX_GUIDANCE)
     if scheduler not in (None, "") and scheduler not in SCHEDULERS:
         raise ValueError(f"scheduler {str(scheduler)[:80]!r} is not offered; offered: {', '.join(SCHEDULERS)}")
