@@ -404,3 +404,39 @@ def test_kill_9_at_several_moments_then_resume_gives_the_uninterrupted_results(u
     assert samples_digests(out) == samples_digests(uninterrupted)
     assert scores(out) == scores(uninterrupted)
     assert not list(out.rglob(".*tmp*"))
+
+
+# -- plan files -------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def bad_plans(tmp_path):
+    (tmp_path / "nested.json").write_text("[" * 100_000 + "]" * 100_000)  # 200 KB
+    (tmp_path / "long.json").write_text(json.dumps({"version": 1, "num_models": 2,
+                                                    "sequence": [0] * 2000 + [1] * 3000}))
+    os.mkfifo(tmp_path / "fifo.json")
+    (tmp_path / "loop.json").symlink_to(tmp_path / "loop.json")
+    return tmp_path
+
+
+@pytest.mark.parametrize("name, message", [
+    ("nested.json", "not a plan (JSON nested too deeply)"),
+    ("long.json", "sequence has 5,000 steps; a plan has at most 1,000"),
+    ("fifo.json", "is not a plain file"),
+    ("loop.json", "Too many levels of symbolic links"),
+])
+def test_bad_plan_files_are_refused_by_name_before_any_work(bad_plans, capsys, no_models, name, message):
+    """Before: 100,000-deep JSON was a RecursionError traceback; a 5,000-step plan was refused only after the
+    models loaded, as 'num_inference_steps ... got 5000' (not naming --plan); a FIFO was 'a folder' (and
+    load_plan called it missing); a loop of links 'does not exist'."""
+    from tstitch.planfile import load_plan
+
+    with deadline(20):
+        with pytest.raises(ValueError, match=re.escape(message)):
+            load_plan(bad_plans / name)
+        for command in ("sample", "evaluate"):
+            assert cli.main([command, "--preset", "digits", "--plan", str(bad_plans / name),
+                             "--out", str(bad_plans / "out")]) == 2
+            line = one_error_line(capsys.readouterr().err, command)
+            assert "argument --plan:" in line and message in line
+    assert not (bad_plans / "out").exists()
