@@ -14,6 +14,7 @@ import contextlib
 import os
 import socket
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -54,25 +55,29 @@ def free_port() -> int:
 @contextlib.contextmanager
 def driver(width: int, height: int) -> Iterator[Any]:
     """A headless Chromium of ``width`` x ``height`` CSS pixels through the system's chromedriver; quit, and
-    chromedriver's tree killed and reaped, on the way out."""
+    chromedriver's tree killed and reaped, on the way out. Its profile and temporary files live in a folder
+    removed afterwards (Chromium leaves a folder in the system's temporary folder otherwise)."""
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
-                     f"--window-size={width},{height}", "--hide-scrollbars", "--force-device-scale-factor=1"):
-        options.add_argument(argument)
-    service = Service(CHROMEDRIVER, popen_kw={"start_new_session": True, "preexec_fn": processes._default_sigint})
-    browser = webdriver.Chrome(service=service, options=options)
-    try:
-        yield browser
-    finally:
+    with tempfile.TemporaryDirectory(prefix="tstitch-chromium-") as folder:
+        options = webdriver.ChromeOptions()
+        options.binary_location = CHROMIUM
+        for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
+                         f"--window-size={width},{height}", "--hide-scrollbars", "--force-device-scale-factor=1",
+                         f"--user-data-dir={folder}/profile"):
+            options.add_argument(argument)
+        service = Service(CHROMEDRIVER, env=dict(os.environ, TMPDIR=folder),
+                          popen_kw={"start_new_session": True, "preexec_fn": processes._default_sigint})
+        browser = webdriver.Chrome(service=service, options=options)
         try:
-            browser.quit()
+            yield browser
         finally:
-            if service.process is not None:
-                processes.kill_tree(service.process)
+            try:
+                browser.quit()
+            finally:
+                if service.process is not None:
+                    processes.kill_tree(service.process)
 
 
 def resize(browser: Any, width: int, height: int) -> None:

@@ -11,6 +11,7 @@ import math
 import os
 import re
 import statistics
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -262,6 +263,8 @@ def server(tmp_path_factory):
     folder = tmp_path_factory.mktemp("serve")
     patch = pytest.MonkeyPatch()
     patch.setenv("GRADIO_TEMP_DIR", str(folder / "gradio"))  # the page's image files go here
+    (folder / "tmp").mkdir()
+    patch.setattr(tempfile, "tempdir", str(folder / "tmp"))  # gradio_client leaves an empty folder per download
     frontier = folder / "results.json"
     rows = [{"models": ["digits-s", "digits-xl"], "fractions": [r], "fid": 5 + 10 * r ** 2, "speedup": 1 + r,
              "num_samples": 600} for r in (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)]  # as the demo writes them
@@ -278,10 +281,20 @@ def server(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def client(server):
+def downloads(tmp_path_factory):
+    """Where gradio_client puts the files it receives (its default is the system's temporary folder)."""
+    return tmp_path_factory.mktemp("downloads")
+
+
+def new_client(url, downloads):
     from gradio_client import Client
 
-    return Client(server[0], verbose=False)
+    return Client(url, verbose=False, download_files=str(downloads))
+
+
+@pytest.fixture(scope="module")
+def client(server, downloads):
+    return new_client(server[0], downloads)
 
 
 def arguments(**changes):
@@ -402,11 +415,9 @@ def test_plans_from_an_upload_or_a_tune_folder_never_a_typed_path(server, client
         call(client, fractions=["0.5"], num_images=1, labels="1", steps=4, plan_folder="outputs/tune")
 
 
-def test_requests_queue_and_twenty_at_once_are_all_served(server):
-    from gradio_client import Client
-
+def test_requests_queue_and_twenty_at_once_are_all_served(server, downloads):
     url, _, watch = server
-    clients = [Client(url, verbose=False) for _ in range(2)]
+    clients = [new_client(url, downloads) for _ in range(2)]
     jobs = [clients[i % 2].submit(*arguments(fractions=[f"0.{i % 9 + 1}"], num_images=1, labels=str(i % 10),
                                              steps=2), api_name="/generate") for i in range(20)]
     for i, job in enumerate(jobs):
@@ -437,7 +448,7 @@ def test_cancel_stops_the_sampling_within_a_step_and_frees_the_models(server, cl
     assert time.monotonic() - begin < 60
 
 
-def test_an_abandoned_request_is_dropped(server):
+def test_an_abandoned_request_is_dropped(server, downloads):
     """A client that leaves (its event stream closed) stops its work: the model is not called any more, and the
     next small request is served at once."""
     import httpx
@@ -457,20 +468,23 @@ def test_an_abandoned_request_is_dropped(server):
                     break
     waited = watch.wait_quiet()
     assert watch.calls - before < 4 * 400 * 3
-    from gradio_client import Client
-
     begin = time.monotonic()
-    Client(url, verbose=False).predict(*arguments(fractions=["0.5"], num_images=1, labels="1", steps=2),
+    new_client(url, downloads).predict(*arguments(fractions=["0.5"], num_images=1, labels="1", steps=2),
                                        api_name="/generate")
     limit = 5.0 * max(1.0, os.getloadavg()[0] / (os.cpu_count() or 1))  # 5 s on a quiet machine
     assert time.monotonic() - begin < limit, f"the next request took {time.monotonic() - begin:.1f} s"
     assert waited < 10
 
 
-def test_docs_api_example_runs(server):
+def test_docs_api_example_runs(server, downloads, monkeypatch):
+    import gradio_client
+
     url, _, _ = server
     code = re.search(r"```python\n(.*?)```", DOCS.read_text(), re.S).group(1)
     assert 'Client("http://127.0.0.1:7860/")' in code
+    original = gradio_client.Client
+    monkeypatch.setattr(gradio_client, "Client",
+                        lambda address, **options: original(address, verbose=False, download_files=str(downloads)))
     namespace: dict = {}
     exec(code.replace("http://127.0.0.1:7860/", url), namespace)  # noqa: S102 (the docs' own example)
     runs = namespace["records"]["runs"]

@@ -196,7 +196,9 @@ def test_cancel_then_generate_and_an_uploaded_plan(page, tmp_path):
     plan = tmp_path / "tuned.json"
     plan.write_text(json.dumps({"version": 1, "num_models": 2, "sequence": [0, 0, 1, 1, 1]}))
     driver.find_element(By.CSS_SELECTOR, "#plan-box .label-wrap").click()
-    driver.find_element(By.CSS_SELECTOR, "#plan-file input[type=file]").send_keys(str(plan))
+    upload = WebDriverWait(driver, 30, poll_frequency=0.2).until(  # the accordion draws its content when opened
+        lambda d: d.find_elements(By.CSS_SELECTOR, "#plan-file input[type=file]"))
+    upload[0].send_keys(str(plan))
     WebDriverWait(driver, 30, poll_frequency=0.2).until(
         lambda d: d.find_elements(By.CSS_SELECTOR, "#plan-file td.filename[aria-label='tuned.json']"))
     captions = browser.generate(driver, expected_tiles=4)
