@@ -17,7 +17,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--verify-samples, the chosen plan is re-run on held-out seeds with a 95%% interval of its FID ratio "
         "to the large model alone and a measured speed-up. See docs/tune.md.",
     )
-    parser.add_argument("--out", required=True, help="a fresh output folder (existing outputs are never overwritten)")
+    from .checks import out_folder
+
+    parser.add_argument("--out", required=True, type=out_folder,
+                        help="a fresh output folder (existing outputs are never overwritten)")
     target = parser.add_mutually_exclusive_group()
     target.add_argument("--budget", type=float, help="time budget, a fraction of the large model alone (e.g. 0.5)")
     target.add_argument("--tolerance", type=float,
