@@ -184,7 +184,11 @@ def test_published_sampler_shards_draw_their_own_step_noise(tmp_path, monkeypatc
 
         return run
 
+    import tstitch.experiments.evaluate as evaluate
+
     monkeypatch.setattr(families, "official_sampler", recording)
+    # where evaluate looks the sampler up once it imports it at the top (the import-circle work, issue 20)
+    monkeypatch.setattr(evaluate, "official_sampler", recording, raising=False)
     for name in ("a", "b"):
         run_evaluate(config(tmp_path / name, sweep=False, fractions=(0.5,), num_samples=6, batch_size=3,
                             num_steps=2, mode="official", metric="none"), progress=False)
