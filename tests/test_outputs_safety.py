@@ -88,7 +88,7 @@ def manifest_names(root: Path) -> st.SearchStrategy[str]:
 COMMANDS = st.sampled_from(["sample", "demo", "evaluate", "", 3, None, ["sample"]])
 
 
-@settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=500, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=st.data(), out_is_link=st.booleans(), overwrite=st.booleans(), skip_check=st.booleans(),
        links=st.frozensets(st.sampled_from(LINKS)))
 def test_nothing_outside_out_changes_whatever_the_manifest_says(data, out_is_link, overwrite, skip_check, links):

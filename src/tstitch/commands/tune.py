@@ -61,7 +61,10 @@ def run(args: argparse.Namespace) -> int:
     from ..tune.api import _check_fresh
     from ..tune.workload import digits_workload, preset_workload
 
-    _check_fresh(args.out)  # before loading anything
+    try:
+        _check_fresh(args.out)  # before loading anything
+    except FileExistsError as error:  # the library says out_dir: the command's flag is --out
+        raise FileExistsError(f"argument --out: {str(error).removeprefix('out_dir ')}") from None
     if args.preset:
         workload = preset_workload(args.preset, device=args.device, checkpoint_dir=args.checkpoint_dir)
     else:
