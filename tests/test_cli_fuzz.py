@@ -14,6 +14,7 @@ import re
 import signal
 from pathlib import Path
 
+import hypothesis_home  # noqa: F401  (hypothesis's caches outside the working tree)
 import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st

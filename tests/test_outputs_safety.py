@@ -13,6 +13,7 @@ import os
 import tempfile
 from pathlib import Path
 
+import hypothesis_home  # noqa: F401  (hypothesis's caches outside the working tree)
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
