@@ -289,7 +289,7 @@ class OutputFolder:
         """The manifest's entries that the rule allows (each other entry is warned of once and left out)."""
         try:
             mode = os.lstat(self.manifest_path).st_mode
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):  # no folder yet (or a file above it: check says so)
             return {"files": {}, "running": {}}
         except OSError as error:
             raise self._unreadable(error.strerror or str(error)) from error
