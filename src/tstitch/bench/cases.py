@@ -11,9 +11,12 @@ import torch
 from torch import nn
 
 from ..models.dit_layout import dit_config
+from ..models.ldm_layouts import LDM_SHAPES, TINY_LDM_SHAPES, random_ldm_model
 from ..plan import Plan
 from ..sampling import num_classes_of, scheduler_factory
+from ..sampling.ldm_official import ddim_scheduler_config
 from ..sampling.schedulers import DIT_NOISE_SCHEDULE, SD_NOISE_SCHEDULE
+from ..zoo import load_family, scheduler_config
 
 __all__ = ["FRACTIONS", "PAPER_FRACTIONS", "BenchCase", "CASE_BUILDERS", "SUITES", "build_case", "dit_model",
            "unet_model", "DIT_SHAPES"]
@@ -130,8 +133,6 @@ def unet_model(name: str, latent_size: int, device: torch.device | str = "cpu", 
 
 
 def _digits_case(device: torch.device, seed: int, **options: Any) -> BenchCase:
-    from ..zoo import load_family, scheduler_config
-
     models = load_family(["digits-s", "digits-xl"], device=device)
     return BenchCase(
         name="digits", small=models["digits-s"], large=models["digits-xl"], small_name="digits-s",
@@ -167,9 +168,6 @@ def _unet_case(device: torch.device, seed: int, latent_size: int = 16, **options
 def _ldm_case(device: torch.device, seed: int, tiny: bool = False, **options: Any) -> BenchCase:
     """LDM-S -> LDM U-Nets (each with its own class embedder), random weights; ``tiny``: the layout at the
     smallest widths and 8x8 latents (tests)."""
-    from ..models.ldm_layouts import LDM_SHAPES, TINY_LDM_SHAPES, random_ldm_model
-    from ..sampling.ldm_official import ddim_scheduler_config
-
     shapes, size = (TINY_LDM_SHAPES, 8) if tiny else (LDM_SHAPES, 32)
     small, large = (random_ldm_model(*shapes[name], name=name, sample_size=size, device=device, seed=seed + i)
                     for i, name in enumerate(("LDM-S", "LDM")))

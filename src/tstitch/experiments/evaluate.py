@@ -53,6 +53,9 @@ import torch
 from tqdm.auto import tqdm
 
 from ..metrics import find_inception_weights, images_to_uint8, npz_batches
+from ..models.families import official_sampler
+from ..models.loaded import MODES, OFFICIAL_MODES, ClassConditionalModels
+from ..models.loading import load_models, load_preset
 from ..planfile import plan_to_dict
 from ..sampling import Stopwatch, scheduler_factory, scheduler_name
 from ..sampling.timing import warm_up
@@ -133,9 +136,6 @@ def resolve_models(config: EvaluateConfig, device: torch.device) -> Any:
     """The models of ``config`` as a :class:`tstitch.models.loaded.ClassConditionalModels`: a preset through
     :func:`tstitch.models.presets.load_preset`, explicit models through :func:`tstitch.models.presets.load_models`
     (embedded names, DiT files through :func:`tstitch.checkpoints.load_dit`, hub ids)."""
-    from ..models.loaded import ClassConditionalModels
-    from ..models.loading import load_models, load_preset
-
     dtype = DTYPES[config.dtype]
     if config.preset:
         loaded = load_preset(config.preset, device=device, dtype=dtype, checkpoint_dir=config.checkpoint_dir,
@@ -202,9 +202,6 @@ class EvaluationRun:
     # -- settings ---------------------------------------------------------------------------------------------
 
     def _check_sampler(self) -> None:
-        from ..models.families import official_sampler
-        from ..models.loaded import MODES, OFFICIAL_MODES
-
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
         plan = self.config.plan
@@ -345,8 +342,6 @@ class EvaluationRun:
         noise = sample_noise(self.config.seed, indices, loaded.latent_shape).to(self.device)
         labels = sample_labels(indices, loaded.num_classes).to(self.device)
         if self.mode in ("official", "official-zeros"):
-            from ..models.families import official_sampler
-
             sampler = official_sampler(loaded.family, self.mode)
             with Stopwatch(self.device) as watch:
                 out = sampler(models, schedule.plan or schedule.small_fractions or None, noise=noise,

@@ -12,6 +12,7 @@ import torch
 from ..caching import cache_settings, parse_cache_option, parse_cache_spec
 from ..models.presets import OFFICIAL_MODES, PRESETS
 from ..plan import Plan
+from .sample_plans import check_plan
 
 __all__ = ["EvaluateConfig", "METRICS", "DTYPES", "MAX_SCHEDULES", "schedule_count"]
 
@@ -80,8 +81,6 @@ class EvaluateConfig:
         if self.fractions is not None and self.sweep:
             raise ValueError("give either fractions (one schedule) or a sweep, not both")
         if self.plan is not None:
-            from .sample_plans import check_plan
-
             if self.sweep:
                 raise ValueError(f"give either a plan (one schedule) or a sweep, not both (plan {self.plan})")
             check_plan(self.plan, self.fractions, self.num_steps)

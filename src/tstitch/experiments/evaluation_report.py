@@ -32,6 +32,8 @@ from ..metrics import (
 )
 from ..tune.stats import RatioEstimate, gaussian_statistics, jackknife_fid_ratio, paired_fid_ratio
 from ..utils import atomic_write, write_csv, write_json
+from ..zoo import load_classifier
+from ..zoo.data import load_digits_tensors
 from .evaluation_files import fingerprint, samples_ok
 from .plots import plot_pareto
 from .study import Allocation, add_relative_columns
@@ -58,9 +60,6 @@ def metric_space(run: EvaluationRun) -> tuple[FeatureSpace, Reference, dict[str,
     config, device = run.config, run.device
     key: dict[str, Any] = {"metric": run.metric, "pr_k": config.pr_k, "is_splits": config.is_splits}
     if run.metric == "digits":
-        from ..zoo import load_classifier
-        from ..zoo.data import load_digits_tensors
-
         space = DigitsFeatures(load_classifier(device=device))
         if config.reference is None:
             digits, _ = load_digits_tensors()

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..utils import atomic_write
 from ._checks import finite_matrix, positive_int, uint8_images
 from .scores import FeatureFID, _checked_statistics, _device_of, accuracy_from_logits, inception_score, precision_recall
 
@@ -228,8 +229,6 @@ def load_reference(source: str | os.PathLike, space: FeatureSpace, *, batch_size
     Features of reference images are cached in ``cache_dir`` (keyed by the file's path, size, time and the
     feature space), so a sweep computes them once.
     """
-    from ..utils import atomic_write
-
     batch_size = positive_int("batch_size", batch_size)
     source = Path(source)
     if not source.exists():

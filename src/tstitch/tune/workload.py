@@ -12,8 +12,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from diffusers import DDIMScheduler
 from torch import nn
 
+from ..models.loading import load_preset
+from ..models.presets import get_preset
+from ..zoo import load_classifier, load_family, scheduler_config
+from ..zoo.data import NUM_CLASSES, load_digits_tensors
 from .plans import short_names
 from .quality import flat_features
 from .stats import gaussian_statistics
@@ -59,11 +64,6 @@ class Workload:
 def digits_workload(names: Sequence[str] = ("digits-s", "digits-b", "digits-xl"), *,
                     weights_dir: str | None = None, device: str | torch.device = "cpu") -> Workload:
     """The embedded digits family with the digits metric (classifier features, real digits statistics)."""
-    from diffusers import DDIMScheduler
-
-    from ..zoo import load_classifier, load_family, scheduler_config
-    from ..zoo.data import NUM_CLASSES, load_digits_tensors
-
     device = torch.device(device)
     family = load_family(list(names), directory=weights_dir, device=device)
     classifier = load_classifier(weights_dir, device=device)
@@ -89,10 +89,6 @@ def preset_workload(name: str, *, device: str | torch.device = "cpu",
                     checkpoint_dir: str | None = None) -> Workload:
     """A class-conditional preset whose weights are present (no download). The digits presets get the digits
     metric; others are scored in their latent space (the paired distance; no FID, so budgets only)."""
-    from diffusers import DDIMScheduler
-
-    from ..presets import get_preset, load_preset
-
     preset = get_preset(name)
     zoo_names = [getattr(source, "zoo", None) for source in preset.models]
     if all(zoo_names):
