@@ -28,7 +28,7 @@ from tstitch.models.ldm_checkpoints import (
     infer_ldm_unet_config,
     load_vq_first_stage,
 )
-from tstitch.plan import Plan, model_index_for_timestep
+from tstitch.plan import Plan
 from tstitch.sampling.ldm_official import (
     ClassConditionedUNet,
     LDMDDIMSchedule,
@@ -135,7 +135,7 @@ def test_strict_switch_differs_from_the_dit_rule_on_a_tie():
     # 1 - 0.399 == 601 / 1000 in floating point: the published LDM rule is strict, the DiT rule is not
     assert 601 / 1000 == 1 - 0.399
     assert Plan((0.399, 0.601)).model_at_timestep(601, 1000, strict=True) == 1
-    assert model_index_for_timestep((0.399, 0.601), 601, 1000) == 0
+    assert Plan((0.399, 0.601)).model_at_timestep(601, 1000) == 0
 
 
 def test_three_models():

@@ -14,7 +14,7 @@ import pytest
 import torch
 from torch import nn
 
-from tstitch.plan import Plan, model_index_for_timestep
+from tstitch.plan import Plan
 from tstitch.sampling.official import (
     RespacedDiffusion,
     guide_three_channels,
@@ -220,7 +220,7 @@ def test_two_model_stitch_rule(fraction, num_steps):
     assert out.record.timesteps == timesteps
     expected = [0 if t / T >= 1 - fraction else 1 for t in timesteps]
     assert out.record.model_per_step() == expected
-    assert out.record.model_per_step() == [model_index_for_timestep((fraction, 1 - fraction), t, T) for t in timesteps]
+    assert out.record.model_per_step() == [Plan((fraction, 1 - fraction)).model_at_timestep(t, T) for t in timesteps]
     assert len(small.calls) == expected.count(0) and len(large.calls) == expected.count(1)
     assert [c[1][0].item() for c in small.calls + large.calls] == timesteps
     if (fraction, num_steps) == (0.4, 10):
@@ -233,7 +233,7 @@ def test_three_models_and_fraction_forms():
     kwargs = dict(noise=noise, class_labels=labels, num_steps=10)
     out = sample_official(models, [0.3, 0.3], **kwargs)
     timesteps = respaced_timesteps(10)[::-1]
-    assert out.record.model_per_step() == [model_index_for_timestep((0.3, 0.3, 0.4), t, T) for t in timesteps]
+    assert out.record.model_per_step() == [Plan((0.3, 0.3, 0.4)).model_at_timestep(t, T) for t in timesteps]
     assert out.record.steps_per_model() == [3, 3, 4]
     for fractions in ([0.3, 0.3, 0.4], Plan((0.3, 0.3, 0.4))):
         again = sample_official(models, fractions, **kwargs)

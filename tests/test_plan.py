@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from tstitch import Plan, load_plan, model_index_for_timestep, save_plan
+from tstitch import Plan, load_plan, save_plan
 from tstitch.planfile import plan_from_json, plan_to_dict
 
 
@@ -224,24 +224,24 @@ def test_schedule_is_immutable():
 
 def test_timestep_rule_two_models():
     fractions = (0.4, 0.6)  # small model while t / T >= 0.6
-    assert model_index_for_timestep(fractions, 999, 1000) == 0
-    assert model_index_for_timestep(fractions, 600, 1000) == 0
-    assert model_index_for_timestep(fractions, 599, 1000) == 1
-    assert model_index_for_timestep(fractions, 0, 1000) == 1
-    assert [model_index_for_timestep((0.0, 1.0), t, 1000) for t in (1000, 999, 0)] == [0, 1, 1]
-    assert [model_index_for_timestep((1.0, 0.0), t, 1000) for t in (999, 1, 0)] == [0, 0, 0]
+    assert Plan(tuple(fractions)).model_at_timestep(999, 1000) == 0
+    assert Plan(tuple(fractions)).model_at_timestep(600, 1000) == 0
+    assert Plan(tuple(fractions)).model_at_timestep(599, 1000) == 1
+    assert Plan(tuple(fractions)).model_at_timestep(0, 1000) == 1
+    assert [Plan((0.0, 1.0)).model_at_timestep(t, 1000) for t in (1000, 999, 0)] == [0, 1, 1]
+    assert [Plan((1.0, 0.0)).model_at_timestep(t, 1000) for t in (999, 1, 0)] == [0, 0, 0]
 
 
 def test_timestep_rule_keeps_the_published_float_tie():
     # 1 - 0.7 == 0.30000000000000004 > 300 / 1000: the published rule gives t = 300 to the large model
-    assert model_index_for_timestep((0.7, 0.3), 300, 1000) == 1
-    assert model_index_for_timestep((0.7, 0.3), 301, 1000) == 0
+    assert Plan((0.7, 0.3)).model_at_timestep(300, 1000) == 1
+    assert Plan((0.7, 0.3)).model_at_timestep(301, 1000) == 0
 
 
 def test_timestep_rule_three_models():
     fractions = (0.3, 0.3, 0.4)
     expected = {999: 0, 701: 0, 699: 1, 400: 1, 399: 2, 0: 2}
-    assert {t: model_index_for_timestep(fractions, t, 1000) for t in expected} == expected
+    assert {t: Plan(tuple(fractions)).model_at_timestep(t, 1000) for t in expected} == expected
 
 
 @pytest.mark.parametrize("tenths", [0, 1, 2, 3, 4, 5, 6, 8, 9, 10])  # 7: the float tie above
@@ -251,7 +251,7 @@ def test_timestep_rule_agrees_with_step_counting_on_even_timesteps(tenths):
     scheduler = DDIMScheduler(num_train_timesteps=1000)
     scheduler.set_timesteps(10)  # 900, 800, ..., 0
     schedule = Plan.from_small_fractions(tenths / 10)
-    by_timestep = [model_index_for_timestep(schedule.fractions, int(t), 1000) for t in scheduler.timesteps]
+    by_timestep = [Plan(tuple(schedule.fractions)).model_at_timestep(int(t), 1000) for t in scheduler.timesteps]
     assert by_timestep == schedule.assignment(10)
 
 

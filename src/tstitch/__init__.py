@@ -9,7 +9,7 @@ A small model runs the first, noisy fraction of the denoising steps and the larg
     tstitch.unstitch(pipe)
 """
 
-from .plan import Plan, model_index_for_timestep
+from .plan import Plan
 from .planfile import load_plan, save_plan
 
 __version__ = "0.1.0"
@@ -52,7 +52,6 @@ __all__ = [
     "Plan",
     "StitchedDenoiser",
     "StitchRecord",
-    "model_index_for_timestep",
     "load_dit",
     "sample_official",
     "load_preset",

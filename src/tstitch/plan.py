@@ -28,12 +28,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["Plan", "model_index_for_timestep", "is_scalar", "check_count"]
+__all__ = ["Plan", "check_count"]
 
 _EPS = 1e-6
 
 
-def is_scalar(value: object) -> bool:
+def _is_scalar(value: object) -> bool:
     """Whether ``value`` is one fraction (a number, a numpy or 0-d torch scalar), not a list of them."""
     return isinstance(value, (numbers.Real, str)) or getattr(value, "ndim", None) == 0
 
@@ -109,7 +109,7 @@ class Plan:
     @classmethod
     def from_small_fractions(cls, small_fractions: float | Sequence[float], names: Sequence[str] | None = None) -> Plan:
         """Plan from the shares of the small models (a float or one per small model)."""
-        if is_scalar(small_fractions):
+        if _is_scalar(small_fractions):
             small_fractions = [small_fractions]
         small = [_check_fraction(f, f"fractions[{i}]") for i, f in enumerate(small_fractions)]
         total = sum(small)
@@ -125,11 +125,11 @@ class Plan:
             if value.num_models != num_models:
                 raise ValueError(f"{num_models} models but the plan {value} is for {value.num_models} models")
             return value
-        if value is None or (num_models == 1 and not is_scalar(value) and len(value) == 0):
+        if value is None or (num_models == 1 and not _is_scalar(value) and len(value) == 0):
             if num_models != 1:
                 raise ValueError(f"no fractions given for {num_models} models")
             return cls((1.0,))
-        if is_scalar(value):
+        if _is_scalar(value):
             if num_models == 1 and float(value) == 0.0:
                 return cls((1.0,))
             if num_models != 2:
@@ -244,14 +244,7 @@ class Plan:
 
     def model_index(self, step: int, num_steps: int) -> int:
         """Index of the model that runs scheduler step ``step`` (0-based) of ``num_steps``."""
-        if self.sequence is not None:
-            self._check_steps(num_steps)
-            return self.sequence[min(max(step, 0), num_steps - 1)]
-        bounds = self.boundaries(num_steps)
-        for index in range(self.num_models - 1, -1, -1):
-            if step >= bounds[index]:
-                return index
-        return 0
+        return self.assignment(num_steps)[min(max(step, 0), num_steps - 1)]
 
     def model_at_timestep(self, t: int, num_train_timesteps: int, *, strict: bool = False) -> int:
         """The published samplers' rule: model by training timestep ``t`` rather than by step count.
@@ -293,7 +286,3 @@ class Plan:
             return " > ".join(f"{self.names[i]}{n}" for i, n in self.segments())
         return " > ".join(f"{i}x{n}" for i, n in self.segments())
 
-
-def model_index_for_timestep(fractions: Sequence[float], t: int, num_train_timesteps: int) -> int:
-    """:meth:`Plan.model_at_timestep` for every model's ``fractions`` (the published DiT rule)."""
-    return Plan(tuple(fractions)).model_at_timestep(t, num_train_timesteps)

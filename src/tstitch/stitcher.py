@@ -355,9 +355,6 @@ def get_stitch(pipe_or_model: Any) -> StitchedDenoiser:
     hook = vars(pipe_or_model).get(_HOOK_ATTR) if isinstance(pipe_or_model, nn.Module) else None
     if hook is not None and hook.denoisers:
         return hook.denoisers[-1]  # the latest stitch of this model
-    for name in DENOISER_NAMES:  # a stitched denoiser put into a pipeline by hand
-        if isinstance(getattr(pipe_or_model, name, None), StitchedDenoiser):
-            return getattr(pipe_or_model, name)
     raise ValueError(f"{type(pipe_or_model).__name__} is not stitched")
 
 
@@ -394,7 +391,7 @@ def stitch(
     its stitch. Bad input raises ``ValueError`` before anything is changed.
     """
     name, large = _find_denoiser(pipe)
-    if isinstance(large, StitchedDenoiser):  # stitched already (or put there by hand): around its large model
+    if isinstance(large, StitchedDenoiser):  # stitched already: the new stitch goes around its large model
         large = large.large
     small_list = list(models) if isinstance(models, (list, tuple)) else [models]
     plan = Plan.coerce(plan, len(small_list) + 1)
@@ -425,8 +422,6 @@ def stitch(
     capture_prompts(pipe, adapters)
     pipe_ref = weakref.ref(pipe)
     denoiser.bind(lambda: getattr(pipe_ref(), "scheduler", None), running=False)  # its next run begins anew
-    if getattr(pipe, name) is not large:
-        object.__setattr__(pipe, name, large)  # bypass DiffusionPipeline.__setattr__ (it rewrites the config)
     object.__setattr__(pipe, _STITCH_ATTR, denoiser)
     hook = _install(large)
     hook.denoisers.append(denoiser)
@@ -436,11 +431,6 @@ def stitch(
 
 def unstitch(pipe: Any) -> Any:
     """Remove the stitch: the pipeline and its model are as before (a no-op on a pipeline that is not stitched)."""
-    for name in DENOISER_NAMES:
-        model = getattr(pipe, name, None)
-        if isinstance(model, StitchedDenoiser):  # put into the pipeline by hand
-            model._release()
-            object.__setattr__(pipe, name, model.large)
     denoiser = vars(pipe).pop(_STITCH_ATTR, None)
     release_prompts(pipe)
     if denoiser is not None:
