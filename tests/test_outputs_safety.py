@@ -1,7 +1,7 @@
 # Copyright 2026 The tstitch authors. Licensed under the Apache License, Version 2.0.
 """Nothing outside --out is ever touched, whatever ``tstitch-outputs.json`` says (issue 23).
 
-The rule is in ``tstitch.utils``'s docstring: a file is deleted or replaced only if it is a plain file name
+The rule is in ``tstitch.outputs``'s docstring: a file is deleted or replaced only if it is a plain file name
 directly inside --out, of a name the command writes, and not a symbolic link."""
 
 from __future__ import annotations
@@ -19,7 +19,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tstitch import cli
-from tstitch.utils import OUTPUTS_MANIFEST, OutputFolder, atomic_write, plain_name_problem
+from tstitch.outputs import OUTPUTS_MANIFEST, OutputFolder, plain_name_problem
+from tstitch.utils import atomic_write
 
 NAMES = ("grid.png", "summary.json")
 PATTERNS = ("sample-[0-9][0-9][0-9]*.png", "large-[0-9][0-9][0-9]*.png")
@@ -97,7 +98,7 @@ def test_nothing_outside_out_changes_whatever_the_manifest_says(data, out_is_lin
     newline, names of the command's patterns and not), with or without links named like outputs, an --out
     that is itself a link, and even begin/finish called without check: nothing outside --out changes, and
     inside it no link and none of your files."""
-    logging.getLogger("tstitch.utils").setLevel(logging.ERROR)  # 500 examples of warnings: not the point here
+    logging.getLogger("tstitch.outputs").setLevel(logging.ERROR)  # 500 examples of warnings: not the point here
     with tempfile.TemporaryDirectory() as temporary:
         root = Path(temporary)
         out = make_layout(root, out_is_link, links)
@@ -159,7 +160,7 @@ def test_the_reproduction_leaves_both_files_in_place(tmp_path, capsys, caplog):
     cwd = os.getcwd()
     os.chdir(tmp_path)
     try:
-        with caplog.at_level(logging.WARNING, logger="tstitch.utils"):
+        with caplog.at_level(logging.WARNING, logger="tstitch.outputs"):
             code = cli.main(["sample", "--preset", "digits", "--num-images", "2", "--steps", "2", "--out", "out",
                              "--no-progress", "--no-warmup"])
     finally:
@@ -178,7 +179,7 @@ def test_an_entry_of_the_commands_own_but_not_of_its_names_is_ignored(tmp_path, 
     (tmp_path / "notes.txt").write_text("mine")
     (tmp_path / OUTPUTS_MANIFEST).write_text(json.dumps({"files": {"notes.txt": "sample"}, "running": {}}))
     folder = OutputFolder(tmp_path, "sample", names=NAMES, patterns=PATTERNS)
-    with caplog.at_level(logging.WARNING, logger="tstitch.utils"):
+    with caplog.at_level(logging.WARNING, logger="tstitch.outputs"):
         folder.check()
         folder.begin()
         folder.finish([])

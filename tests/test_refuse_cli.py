@@ -19,7 +19,8 @@ import pytest
 import torch
 
 from tstitch import cli
-from tstitch.utils import OUTPUTS_MANIFEST, OutputFolder, atomic_write, write_json
+from tstitch.outputs import OUTPUTS_MANIFEST, OutputFolder
+from tstitch.utils import atomic_write, write_json
 
 NO_CUDA = pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
 

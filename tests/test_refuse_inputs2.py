@@ -30,7 +30,8 @@ from tiny_models import tiny_dit
 
 from tstitch import cli
 from tstitch.models.checkpoints import load_dit, save_dit_safetensors
-from tstitch.utils import OUTPUTS_MANIFEST, staged_writes
+from tstitch.outputs import OUTPUTS_MANIFEST
+from tstitch.utils import staged_writes
 
 COMMANDS_WITH_OUT = ["sample", "evaluate", "demo", "bench", "train-zoo"]
 

@@ -94,7 +94,7 @@ MAX_PLAN_BYTES = 1_000_000
 def _plan_file(path: Path) -> Path:
     """``path``, or the ``plan.json`` of a folder, once it is a plain file of a plan's size: a FIFO (which would
     block the reader), a device, a loop of links or a name too long are refused by name, without opening it."""
-    from .utils import path_problem
+    from .outputs import path_problem
 
     problem = path_problem(path)
     if problem is not None:

@@ -73,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
 
     from ..bench import SUITES, BenchSettings, format_report, run_bench
     from ..models.fastpaths import FastPaths
-    from ..utils import OutputFolder
+    from ..outputs import OutputFolder
 
     preset = "gpu-paper" if args.gpu_paper else "quick" if args.quick else "cpu"
     device = args.device or ("cuda" if args.gpu_paper else "cpu")

@@ -88,7 +88,7 @@ def device(*, allow_auto: bool = False) -> Callable[[str], str]:
 def _path(text: str) -> Path:
     """``Path(text)``, once the system can look it up: a path too long or a loop of links is refused by name
     (``Path.exists`` would raise, or call a loop missing)."""
-    from ..utils import path_problem
+    from ..outputs import path_problem
 
     problem = path_problem(text)
     if problem is not None:
@@ -98,7 +98,7 @@ def _path(text: str) -> Path:
 
 def out_folder(text: str) -> str:
     """An output folder: not empty, not an existing file, a UTF-8 name that leaves room for the files inside."""
-    from ..utils import output_path_problem
+    from ..outputs import output_path_problem
 
     if not text.strip():
         raise argparse.ArgumentTypeError("is empty: name a folder (e.g. outputs/run); '.' for this folder")

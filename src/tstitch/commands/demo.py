@@ -43,7 +43,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..experiments.demo import DemoConfig, format_table, run_demo
-    from ..utils import OutputFolder
+    from ..outputs import OutputFolder
 
     overrides = {"seed": args.seed, "device": args.device, "weights_dir": args.weights}
     if args.samples is not None:

@@ -138,7 +138,7 @@ def _is_evaluation(folder: Path) -> bool:
 def run(args: argparse.Namespace) -> int:
     from ..experiments.evaluate import EvaluateConfig, PeerError, format_rows, run_evaluate
     from ..experiments.processes import launch_place
-    from ..utils import OutputFolder
+    from ..outputs import OutputFolder
 
     _check_args(args)
     rank = launch_place()[0]  # RANK=abc, or RANK=1 left without WORLD_SIZE: refused by name before any work

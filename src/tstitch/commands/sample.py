@@ -242,7 +242,8 @@ def run(args: argparse.Namespace) -> int:
     from ..experiments.generate import generate
     from ..experiments.images import save_images
     from ..models.loading import load_models, load_preset
-    from ..utils import OutputFolder, staged_writes
+    from ..outputs import OutputFolder
+    from ..utils import staged_writes
 
     device = _device(args.device)
     options = _request(args, device)

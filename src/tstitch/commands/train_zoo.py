@@ -36,7 +36,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..utils import OutputFolder
+    from ..outputs import OutputFolder
     from ..zoo import CLASSIFIER_NAME, FAMILY
     from ..zoo.train import train_zoo
 

@@ -38,8 +38,9 @@ from typing import Any, Literal
 
 import torch
 
+from ..outputs import path_problem
 from ..sampling.checks import check_device, check_positive_int
-from ..utils import atomic_write, path_problem
+from ..utils import atomic_write
 from .checks import check_dtype, check_finite_weights
 from .dit_layout import (
     OFFICIAL_HEADS,

@@ -35,8 +35,8 @@ from typing import Any
 
 import torch
 
+from ..outputs import path_problem
 from ..sampling.ldm_official import ClassEmbedder
-from ..utils import path_problem
 from .checkpoints import check_float_tensors
 
 __all__ = [
