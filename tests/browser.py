@@ -68,7 +68,7 @@ def driver(width: int, height: int) -> Iterator[Any]:
                          f"--user-data-dir={folder}/profile"):
             options.add_argument(argument)
         service = Service(CHROMEDRIVER, env=dict(os.environ, TMPDIR=folder),
-                          popen_kw={"start_new_session": True, "preexec_fn": processes._default_sigint})
+                          popen_kw={"start_new_session": True, "preexec_fn": processes.default_sigint})
         browser = webdriver.Chrome(service=service, options=options)
         try:
             yield browser

@@ -21,7 +21,7 @@ from typing import Any
 import psutil  # installed with accelerate (the dev extra)
 
 
-def _default_sigint() -> None:
+def default_sigint() -> None:
     """Runs in the child between fork and exec: SIGINT back to its default (an ignored signal stays ignored
     across exec, a handled one becomes the default)."""
     signal.signal(signal.SIGINT, signal.SIG_DFL)
@@ -47,7 +47,7 @@ def kill_tree(process: subprocess.Popen) -> None:
 def child(argv: Sequence[str], **popen_kwargs: Any) -> Iterator[subprocess.Popen]:
     """``subprocess.Popen(argv, **popen_kwargs)`` in a session of its own with SIGINT at its default; on the
     way out (a failed assertion, a timeout, Ctrl-C) its whole tree is killed and it is reaped."""
-    process = subprocess.Popen(list(argv), start_new_session=True, preexec_fn=_default_sigint, **popen_kwargs)
+    process = subprocess.Popen(list(argv), start_new_session=True, preexec_fn=default_sigint, **popen_kwargs)
     try:
         yield process
     finally:

@@ -533,6 +533,7 @@ def test_command_refuses_a_preset_without_its_weights(capsys, monkeypatch):
     assert "argument --device" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_command_serves_on_localhost_and_stops_on_ctrl_c(tmp_path):
     import signal
     import subprocess

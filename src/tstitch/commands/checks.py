@@ -61,8 +61,8 @@ def device(*, allow_auto: bool = False) -> Callable[[str], str]:
     """A torch device name that this machine has (``cuda`` on a machine without CUDA is refused)."""
 
     def parse(text: str) -> str:
-        if allow_auto and text == "auto":
-            return text
+        if text == "cpu" or (allow_auto and text == "auto"):
+            return text  # every machine has a CPU: no need to import torch to say so
         import torch
 
         try:
