@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # Copyright 2026 The tstitch authors. Licensed under the Apache License, Version 2.0.
 #
-# The fast paths on one CUDA GPU, in one command (about 5 minutes on an H100; see docs/performance.md):
+# The fast paths on one CUDA GPU, in one command (about 6 minutes on an H100; see docs/performance.md):
 #   1. the paper's DiT-S/2 -> DiT-XL/2 table (256x256, 8 images, 100 DDIM steps, guidance 1.5, fractions 0, 0.2,
 #      ..., 1, 3 repetitions): fp32 eager against the CUDA fast path (bf16 with float32 latents, torch.compile
 #      and a CUDA graph per model, TF32, fused attention), speed-up, achieved TFLOP/s against the bf16 dense
 #      peak, the latent difference at r = 0.4, peak memory with and without offloading the idle model;
 #   2. the quality guard: digits-FID of the embedded family at r = 0.4 (1000 samples), fp32 against the fast path;
-#   3. the CUDA-only tests (tests/test_fastpaths.py).
+#   3. the CUDA-only tests (tests/test_fastpaths.py);
+#   4. the cost of a region step (tstitch.regions, docs/regions.md) against a full DiT-XL/2 step, batch 1 and 8,
+#      mask fractions 0.1-0.5 (fp32 eager, about 1 minute): regions_cost.json.
 # Every step writes its files as it goes (fastpaths.json/.png/.md after every repetition, quality.json/.md,
 # tests.txt, log.txt) into $OUT (set by the device tool), else benchmarks/results/gpu/.
 #
@@ -15,7 +17,7 @@
 # importlib_metadata, pure Python; torch with CUDA, numpy, safetensors, huggingface_hub, scipy, matplotlib,
 # torchmetrics are already there). Make them first, on a machine with PyPI:
 #   benchmarks/gpu.sh wheels
-# then, on the device tool: run(command="benchmarks/gpu.sh", carry=[".whl"], timeout_s=420).
+# then, on the device tool: run(command="benchmarks/gpu.sh", carry=[".whl"], timeout_s=540).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -52,6 +54,9 @@ timeout 50 python3 benchmarks/fastpaths.py --suite gpu-paper --quality --no-timi
 # 3. the CUDA-only tests.
 timeout 50 python3 -m pytest -q -p no:cacheprovider tests/test_fastpaths.py -k "cuda or graphed" 2>&1 | tee "$OUT/tests.txt" | tail -5
 [ "${PIPESTATUS[0]}" = 0 ] || { status=1; echo "CUDA tests: failed (see tests.txt)"; }
+# 4. the region step's cost (fp32 eager).
+timeout 150 python3 benchmarks/regions_cost.py --device cuda --reps 5 --out "$OUT/regions_cost.json" \
+    || { status=$?; echo "regions: exit $status"; }
 [ -f "$OUT/fastpaths.md" ] && cat "$OUT/fastpaths.md"
 [ -f "$OUT/quality.md" ] && cat "$OUT/quality.md"
 exit $status

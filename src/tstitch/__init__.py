@@ -26,6 +26,7 @@ _LAZY = {
     "load_dit": "models.checkpoints",
     "sample_official": "sampling.official",
     "load_preset": "models.loading",
+    "HybridDenoiser": "regions",
     **{name: "caching" for name in ("enable_cache", "disable_cache", "get_cache_record")},
 }
 
@@ -58,4 +59,5 @@ __all__ = [
     "enable_cache",
     "disable_cache",
     "get_cache_record",
+    "HybridDenoiser",
 ]

@@ -6,6 +6,9 @@
 """
 
 from .dit import large_on_tokens, patchify, unpatchify
-from .hybrid import RULES, HybridCall, HybridDenoiser, HybridRecord
+from .hybrid import RULES, FullStepCache, HybridCall, HybridDenoiser, HybridRecord
 
-__all__ = ["HybridDenoiser", "HybridCall", "HybridRecord", "RULES", "large_on_tokens", "patchify", "unpatchify"]
+__all__ = [
+    "HybridDenoiser", "HybridCall", "HybridRecord", "FullStepCache", "RULES", "large_on_tokens", "patchify",
+    "unpatchify",
+]

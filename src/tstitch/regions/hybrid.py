@@ -53,7 +53,7 @@ from ..compat import check_compatible
 from ..stitcher import get_stitch
 from .dit import check_dit, large_on_tokens, noise_tokens, patchify, unpatchify
 
-__all__ = ["HybridDenoiser", "HybridCall", "HybridRecord", "RULES"]
+__all__ = ["HybridDenoiser", "HybridCall", "HybridRecord", "FullStepCache", "RULES"]
 
 logger = logging.getLogger(__name__)
 
@@ -110,7 +110,7 @@ class HybridRecord:
 
 
 @dataclass
-class _Cache:
+class FullStepCache:
     """The large model's last full call: keys and values per block, output tokens, input shape and timestep."""
 
     keys: list[torch.Tensor]
@@ -163,7 +163,7 @@ class HybridDenoiser(nn.Module):
         self.training = large.training  # like the models it holds (this flag alone, not the submodules')
         self._tstitch_name = f"hybrid@{self.mask_fraction:g}"
         self.record = HybridRecord()
-        self._cache: _Cache | None = None
+        self._cache: FullStepCache | None = None
         self._pending: dict[str, Any] | None = None
         self._own_call = False
         self._stitch_call: int | None = None
@@ -216,19 +216,25 @@ class HybridDenoiser(nn.Module):
             return
         self._cache = self._make_cache(pending["keys"], pending["values"], output.detach(), pending["timestep"])
 
-    def _make_cache(self, keys: list, values: list, tokens: torch.Tensor, timestep: torch.Tensor | None) -> _Cache:
+    def _make_cache(self, keys: list, values: list, tokens: torch.Tensor, timestep: torch.Tensor | None
+                    ) -> FullStepCache:
         p = self.large.patch_size
         side = math.isqrt(tokens.shape[1]) * p
         shape = (tokens.shape[0], self.in_channels, side, side)
-        return _Cache(keys, values, tokens, shape, tokens.dtype, tokens.device, timestep)
+        return FullStepCache(keys, values, tokens, shape, tokens.dtype, tokens.device, timestep)
 
-    def _cache_for(self, x: torch.Tensor, timestep: torch.Tensor | None) -> _Cache | None:
+    def _cache_for(self, x: torch.Tensor, timestep: torch.Tensor | None) -> FullStepCache | None:
         cache = self._cache
         if cache is None or cache.shape != tuple(x.shape) or cache.dtype != x.dtype or cache.device != x.device:
             return None
         if timestep is not None and cache.timestep is not None and bool((timestep > cache.timestep).any()):
             return None
         return cache
+
+    @property
+    def cache(self) -> FullStepCache | None:
+        """The large model's last full call (keys, values, output tokens), or ``None``."""
+        return self._cache
 
     def reset(self) -> None:
         """Forget the cached full step and the record."""
