@@ -14,7 +14,8 @@ SOURCE = Path(__file__).resolve().parents[1] / "src"
 #: Lowest first: a module imports only from its own layer or the layers below it.
 LAYERS = (
     ("tstitch.utils", "tstitch.outputs", "tstitch.names", "tstitch.plan", "tstitch.planfile", "tstitch.compat",
-     "tstitch.conditioning", "tstitch.stepcount", "tstitch.adapters", "tstitch.adaptive", "tstitch.models.presets"),
+     "tstitch.conditioning", "tstitch.stepcount", "tstitch.adapters", "tstitch.adaptive", "tstitch.switching",
+     "tstitch.models.presets"),
     ("tstitch.stitcher", "tstitch.stitchfile", "tstitch.regions"),
     ("tstitch.sampling",),
     ("tstitch.caching", "tstitch.metrics", "tstitch.zoo"),

@@ -107,23 +107,25 @@ def test_bench_plan_overhead_beside_the_prefix_plans(tmp_path, capsys):
 def test_serve_plan_is_one_more_gallery_run(tmp_path):
     pytest.importorskip("gradio", reason="the web extra is not installed (pip install 'tstitch[web]')")
     from tstitch.models.loading import load_preset
-    from tstitch.serve import core, views
+    from tstitch.serve import views
+    from tstitch.serve.request import parse_request
+    from tstitch.serve.runs import run_request
 
     plan = Plan.parse("S2 > XL2 > S1", ["S", "XL"])  # the page takes a Plan (an upload or a tune folder's)
     values = dict(model="digits", fractions=["0.4"], steps=5, scheduler="", guidance=1.0, seed=0, num_images=2,
                   labels="0 1", prompt="")
-    page = core.parse_request(*values.values(), num_models=2, class_conditional=True, plan=plan)
+    page = parse_request(*values.values(), num_models=2, class_conditional=True, plan=plan)
     assert page.plan == plan and page.num_runs == 3
-    runs = core.run_request(load_preset("digits", device="cpu"), page, repetitions=1).runs
+    runs = run_request(load_preset("digits", device="cpu"), page, repetitions=1).runs
     assert [run.label for run in runs] == ["r 0 (digits-xl alone)", "r 0.4", "plan S2 > XL2 > S1"]
     assert runs[2].step_models() == ["digits-s", "digits-s", "digits-xl", "digits-xl", "digits-s"]
     assert views.caption(runs[2]).startswith("plan S2 > XL2 > S1: ") and runs[2].speedup.median > 0
     # only a plan, no fraction: the plan carries the large model alone
-    only = core.parse_request(*{**values, "fractions": []}.values(), num_models=2, class_conditional=True, plan=plan)
-    assert [run.label for run in core.run_request(load_preset("digits", device="cpu"), only, repetitions=1).runs] == [
+    only = parse_request(*{**values, "fractions": []}.values(), num_models=2, class_conditional=True, plan=plan)
+    assert [run.label for run in run_request(load_preset("digits", device="cpu"), only, repetitions=1).runs] == [
         "r 0 (digits-xl alone)", "plan S2 > XL2 > S1"]
     with pytest.raises(ValueError, match="gives the model of 5 steps, but the run has 6 steps"):
-        core.parse_request(*{**values, "steps": 6}.values(), num_models=2, class_conditional=True, plan=plan)
+        parse_request(*{**values, "steps": 6}.values(), num_models=2, class_conditional=True, plan=plan)
     with pytest.raises(ValueError, match=r"the plan S2 > XL2 > S1 is for 2 models, but there are 3"):
-        core.parse_request(*{**values, "fractions": ["0.4,0.2"]}.values(), num_models=3, class_conditional=True,
+        parse_request(*{**values, "fractions": ["0.4,0.2"]}.values(), num_models=3, class_conditional=True,
                            plan=plan)

@@ -20,9 +20,12 @@ import pytest
 import torch
 
 from tstitch.experiments.timing import Spread
-from tstitch.models.presets import CHECKPOINT_DIR_ENV
+from tstitch.models.presets import CHECKPOINT_DIR_ENV, PRESETS
 from tstitch.plan import Plan
-from tstitch.serve import core, views
+from tstitch.serve import views
+from tstitch.serve.request import PageRequest, Schedule, parse_allocation, parse_request
+from tstitch.serve.runs import PageRun, _result, paired_distance
+from tstitch.serve.state import find_tune_plans, preset_availability
 from tstitch.tune.cost import CostModel
 
 pytest.importorskip("gradio", reason="the web extra is not installed (pip install 'tstitch[web]')")
@@ -37,7 +40,7 @@ def request(**changes):
     values = dict(model="digits", fractions=["0.4"], steps=STEPS, scheduler="", guidance=1.0, seed=0, num_images=4,
                   labels="0 1 2 3", prompt="")
     values.update(changes)
-    return core.parse_request(*values.values(), **ALLOWED)
+    return parse_request(*values.values(), **ALLOWED)
 
 
 # -- checks ---------------------------------------------------------------------------------------------------
@@ -51,8 +54,8 @@ def test_parse_request_accepts_and_normalises():
     assert (req.steps, req.seed, req.scheduler, req.class_labels, req.guidance) == (10, 2**63 - 1, "dpm++", (3, 4, 5),
                                                                                    1.5)
     assert req.work == 10 * 4 * 3
-    assert request(fractions=["0"]).schedules() == [core.Schedule((0.0,))]
-    assert core.parse_allocation("0.4,0.2", 3) == (0.4, 0.2)
+    assert request(fractions=["0"]).schedules() == [Schedule((0.0,))]
+    assert parse_allocation("0.4,0.2", 3) == (0.4, 0.2)
 
 
 # Every input the page or its API can be handed that it refuses: each names its field, before any work.
@@ -100,12 +103,12 @@ def test_parse_request_refuses_bad_input_by_name(changes, message):
 
 def test_preset_availability_offline(tmp_path, monkeypatch):
     monkeypatch.delenv(CHECKPOINT_DIR_ENV, raising=False)
-    available, missing = core.preset_availability(tmp_path, offline=True)
+    available, missing = preset_availability(tmp_path, offline=True)
     assert {"digits", "digits-s-b-xl"} <= set(available)
     assert "dit-s-xl" not in available
     assert f"no file dit_s_256.pt in {tmp_path}" in missing["dit-s-xl"]
     assert "facebook/DiT-XL-2-256 is not in the local Hugging Face cache" in missing["dit-s-xl"]
-    assert set(available) | set(missing) == set(core.PRESETS)
+    assert set(available) | set(missing) == set(PRESETS)
 
 
 def write_tune_folder(folder: Path, sequence: list[int], names: list[str]) -> Path:
@@ -127,7 +130,7 @@ def test_tune_plans_are_found_below_the_working_directory_only(tmp_path):
     (tmp_path / "plain").mkdir()
     (tmp_path / "plain" / "plan.json").write_text("{}")  # not a tune folder (no frontier.json)
     (tmp_path / "linked").symlink_to(tmp_path / "outputs")  # links are not entered
-    found = core.find_tune_plans(tmp_path)
+    found = find_tune_plans(tmp_path)
     assert list(found) == ["outputs/tune"]
     assert found["outputs/tune"].sequence == (0, 0, 1, 1, 1, 1)
 
@@ -144,10 +147,9 @@ def fake_result(allocations=((0.0,), (0.5,), (0.25,)), seconds=((1.0, 1.1, 0.9),
         images = torch.rand(2, 1, 8, 8, generator=torch.Generator().manual_seed(0)) + allocation[0]
         result = RunResult("run", images, times[0], ["a", "b"], (allocation[0], 1 - allocation[0]),
                            [sequence.count(0), sequence.count(1)], sequence, [0.1, 0.2])
-        runs.append(core.PageRun(core.Schedule(allocation), result, ["a", "b"], list(times)))
-    request = core.PageRequest("a", allocations[1:], 4, None, 1.0, 0, 2)
+        runs.append(PageRun(Schedule(allocation), result, ["a", "b"], list(times)))
+    request = PageRequest("a", allocations[1:], 4, None, 1.0, 0, 2)
     costs = CostModel((0.01, 0.04), 2, 1.0, "float32", "cpu", 5)
-    from tstitch.serve.core import _result
 
     class Loaded:
         device = torch.device("cpu")
@@ -178,9 +180,9 @@ def test_times_are_medians_of_paired_repetitions_and_r0_is_the_reference():
 
 def test_paired_distance():
     reference = torch.rand(6, 1, 8, 8)
-    assert core.paired_distance(reference, reference) == 0
-    assert 0.5 < core.paired_distance(reference.roll(1, dims=0), reference) < 1.5  # as unrelated as it gets
-    assert core.paired_distance(reference[:1], reference[:1]) is None
+    assert paired_distance(reference, reference) == 0
+    assert 0.5 < paired_distance(reference.roll(1, dims=0), reference) < 1.5  # as unrelated as it gets
+    assert paired_distance(reference[:1], reference[:1]) is None
 
 
 def test_frontier_plot_labels_do_not_overlap_and_mark_the_page(tmp_path):

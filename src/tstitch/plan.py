@@ -28,6 +28,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from .adaptive import AdaptiveRule
+
 __all__ = ["Plan", "check_count"]
 
 _EPS = 1e-6
@@ -56,21 +58,31 @@ def check_count(value: Any, name: str, minimum: int) -> int:
 
 @dataclass(frozen=True)
 class Plan:
-    """Which model runs each scheduler step: shares of the steps (``fractions``) or a per-step ``sequence``.
+    """Which model runs each scheduler step: shares of the steps (``fractions``), a per-step ``sequence``, or
+    an ``adaptive`` rule that picks each sample's switch step during the run (:mod:`tstitch.adaptive`).
 
     Build it with :meth:`from_small_fractions` (the small models' shares; the last, large model takes what
-    remains), :meth:`from_sequence` or :meth:`from_segments`. ``names`` (optional, one per model) only label it.
+    remains), :meth:`from_sequence`, :meth:`from_segments` or ``Plan(adaptive=AdaptiveRule(...))``. ``names``
+    (optional, one per model) only label it.
     """
 
     fractions: tuple[float, ...] | None = None
     sequence: tuple[int, ...] | None = None
     model_count: int | None = None
     names: tuple[str, ...] | None = None
+    adaptive: AdaptiveRule | None = None
 
     def __post_init__(self) -> None:
-        if (self.fractions is None) == (self.sequence is None):
-            raise ValueError("a plan needs either fractions or a sequence, not both or neither")
-        if self.fractions is not None:
+        if sum(kind is not None for kind in (self.fractions, self.sequence, self.adaptive)) != 1:
+            raise ValueError("a plan needs either fractions or a sequence, not both or neither (or an adaptive rule "
+                             "alone)")
+        if self.adaptive is not None:
+            if not isinstance(self.adaptive, AdaptiveRule):
+                raise ValueError(f"adaptive must be an AdaptiveRule, got {self.adaptive!r}")
+            if self.model_count not in (None, 2):
+                raise ValueError(f"an adaptive plan switches between 2 models (small, large), not {self.model_count}")
+            object.__setattr__(self, "model_count", 2)
+        elif self.fractions is not None:
             if len(self.fractions) < 1:
                 raise ValueError("fractions must not be empty: a plan needs at least one model")
             checked = tuple(_check_fraction(f, f"fractions[{i}]") for i, f in enumerate(self.fractions))
@@ -170,7 +182,10 @@ class Plan:
 
     @classmethod
     def parse(cls, text: str, names: Sequence[str] | None = None) -> Plan:
-        """Per-step plan from its text form: ``S8 > XL12`` with ``names`` (any case), or ``0x8 > 1x12``."""
+        """Per-step plan from its text form: ``S8 > XL12`` with ``names`` (any case), or ``0x8 > 1x12``; or an
+        adaptive plan: ``adaptive(small-first, x0-change>0.15, 0.2..0.6)`` (:class:`AdaptiveRule`)."""
+        if str(text).strip().startswith("adaptive"):
+            return cls(adaptive=AdaptiveRule.parse(text), names=None if names is None else tuple(names))
         sequence: list[int] = []
         upper = None if names is None else [n.upper() for n in names]
         for part in str(text).split(">"):
@@ -211,10 +226,14 @@ class Plan:
 
     def _fractions(self) -> tuple[float, ...]:
         if self.fractions is None:
-            raise ValueError(f"plan {self} is a per-step sequence and has no fractions")
+            kind = "a per-step sequence" if self.sequence is not None else "adaptive"
+            raise ValueError(f"plan {self} is {kind} and has no fractions")
         return self.fractions
 
     def _check_steps(self, num_steps: int) -> None:
+        if self.adaptive is not None:
+            raise ValueError(f"plan {self} picks each sample's model during the run; its record says which ran "
+                             "(StitchRecord.model_per_step_per_sample)")
         if num_steps < 0:
             raise ValueError(f"num_steps must be >= 0, got {num_steps}")
         if self.sequence is not None and num_steps != len(self.sequence):
@@ -236,8 +255,8 @@ class Plan:
 
     def assignment(self, num_steps: int) -> list[int]:
         """The model index of every step, in order."""
+        self._check_steps(num_steps)
         if self.sequence is not None:
-            self._check_steps(num_steps)
             return list(self.sequence)
         bounds = self.boundaries(num_steps)
         return [i for i in range(self.num_models) for _ in range(bounds[i + 1] - bounds[i])]
@@ -280,6 +299,8 @@ class Plan:
         return runs
 
     def __str__(self) -> str:
+        if self.adaptive is not None:
+            return str(self.adaptive)
         if self.fractions is not None:
             return " -> ".join(f"{f:g}" for f in self.fractions)
         if self.names is not None:

@@ -38,7 +38,9 @@ class StitchRecord:
 
     ``calls`` holds one ``(step, model_index)`` pair per denoiser call, in order; ``seconds`` and
     ``num_calls`` are per model. Times are wall-clock around each call; on CUDA they only mean something
-    when the denoiser was built with ``sync_timing=True``.
+    when the denoiser was built with ``sync_timing=True``. An adaptive plan's run also has ``switch_steps``:
+    the step at which each sample (row of the scheduler's sample) switched from model ``switch_models[0]`` to
+    ``switch_models[1]`` (``num_steps``: never); a call whose batch was split adds one entry per model.
     """
 
     model_names: list[str]
@@ -46,6 +48,8 @@ class StitchRecord:
     calls: list[tuple[int, int]] = field(default_factory=list)
     seconds: list[float] = field(default_factory=list)
     num_calls: list[int] = field(default_factory=list)
+    switch_steps: list[int] | None = None
+    switch_models: tuple[int, int] | None = None
     _timesteps: Any = None  # the scheduler's timesteps of this run, read lazily (no device sync per call)
     _call_positions: list[int] = field(default_factory=list)
 
@@ -56,6 +60,7 @@ class StitchRecord:
         self.seconds = [0.0] * len(self.model_names)
         self.num_calls = [0] * len(self.model_names)
         self._timesteps = timesteps
+        self.switch_steps = self.switch_models = None
 
     def add(self, step: int, position: int, model_index: int, seconds: float) -> None:
         self.calls.append((step, model_index))
@@ -83,7 +88,16 @@ class StitchRecord:
         per_step = self.model_per_step()
         return [per_step.count(i) for i in range(len(self.model_names))]
 
+    def model_per_step_per_sample(self) -> list[list[int]] | None:
+        """Adaptive plans: for each sample, the model index of every step (``None`` for a fixed plan)."""
+        if self.switch_steps is None:
+            return None
+        start, end = self.switch_models
+        return [[start if k < switch else end for k in range(self.num_steps)] for switch in self.switch_steps]
+
     def as_dict(self) -> dict[str, Any]:
+        adaptive = {} if self.switch_steps is None else {
+            "switch_steps": list(self.switch_steps), "model_per_step_per_sample": self.model_per_step_per_sample()}
         return {
             "model_names": list(self.model_names),
             "num_steps": self.num_steps,
@@ -94,6 +108,7 @@ class StitchRecord:
             ],
             "seconds": list(self.seconds),
             "num_calls": list(self.num_calls),
+            **adaptive,
         }
 
 
@@ -122,6 +137,8 @@ class StepCounter:
         self.in_run = True
         self.owner: int | None = None  # the thread of the current run
         self.conflict = False  # another thread touched the scheduler during the run
+        #: ``listener(position, args, kwargs)`` before each ``step()`` call is counted (adaptive plans' signal)
+        self.on_step: list[Callable[[int, tuple, dict], None]] = []
         self._lock = threading.Lock()
 
     def __deepcopy__(self, memo: dict) -> Any:
@@ -172,6 +189,8 @@ class StepCounter:
     def notify(self, name: str, args: tuple, kwargs: dict) -> None:
         with self._lock:
             if name == "step":
+                for listener in self.on_step:
+                    listener(self.calls, args, kwargs)
                 self.calls += 1
                 timesteps = getattr(self.scheduler, "timesteps", None)
                 if timesteps is not None and self.calls >= len(timesteps):

@@ -33,6 +33,7 @@ from .compat import check_compatible
 from .conditioning import Adapter, adapted_call, capture_prompts, per_model, release_prompts
 from .plan import Plan
 from .stepcount import StepCounter, StitchRecord, model_name, num_steps_of
+from .switching import Switching
 
 __all__ = [
     "StitchedDenoiser", "StitchRecord", "stitch", "unstitch", "get_record", "get_stitch", "check_compatible",
@@ -84,6 +85,12 @@ class StitchedDenoiser(nn.Module):
         self.extensions: dict[str, Any] = {}
         self.record = StitchRecord([model_name(m, i) for i, m in enumerate(models)])
         self._counter = StepCounter()
+        #: an adaptive plan's per-sample state (tstitch.switching), fed by every scheduler step
+        self.switching = None if self.plan.adaptive is None else Switching(self.plan.adaptive)
+        if self.switching is not None:
+            if any(adapter is not None for adapter in self.conditioning):
+                raise ValueError("an adaptive plan cannot split the batch of a model with its own conditioning yet")
+            self._counter.on_step.append(self.switching.on_step)
         self._sources: list[Callable[[], Any]] = []  # where the scheduler comes from, latest bind() last
         self._large_forward: Callable | None = None  # set while hooked on the large model: its own forward
         # Expose the large model's forward signature (pipelines inspect it) on a per-instance forward.
@@ -154,26 +161,38 @@ class StitchedDenoiser(nn.Module):
             # The record is reset at the first call of a run rather than in set_timesteps, so that a run of
             # another pipeline sharing this scheduler leaves this denoiser's record alone.
             num_steps = num_steps_of(scheduler)
-            self.plan.model_index(0, num_steps)  # a per-step plan for another step count raises here
+            if self.switching is None:
+                self.plan.model_index(0, num_steps)  # a per-step plan for another step count raises here
             self._counter.new_run = False
             self.record.reset(num_steps, getattr(scheduler, "timesteps", None))
+            if self.switching is not None:
+                self.switching.reset(scheduler, self.record)
         position = self._counter.calls
         order = getattr(scheduler, "order", 1) or 1
         step = position // order
+        if self.switching is not None:  # -1: the samples are on different models at this step
+            return self.switching.model_at(step), step, position
         return self.plan.model_index(step, self.record.num_steps), step, position
 
     # The routing runs outside torch.compile: a compiled large model traces its forward, which is the stitch
     # hook; only the model calls themselves are traced, so the routing never causes a recompilation.
     @torch.compiler.disable(recursive=False)
     def _dispatch(self, *args: Any, **kwargs: Any) -> Any:
-        call = self._begin_call(args, kwargs)
+        index, step, position = self.current_model_index()
+        if self.switching is not None:
+            self.switching.observe_input(step, args, kwargs)
+            if index < 0:  # each model runs the rows of its samples
+                return self.switching.split(lambda i, a, k: self._run(i, step, position, a, k), args, kwargs)
+        return self._run(index, step, position, args, kwargs)
+
+    def _run(self, index: int, step: int, position: int, args: tuple, kwargs: dict) -> Any:
+        call = self._begin_call(index, step, position, args, kwargs)
         output = call(*args, **kwargs)
         self._end_call()
         return output
 
     @torch.compiler.disable
-    def _begin_call(self, args: tuple, kwargs: dict) -> Callable:
-        index, step, position = self.current_model_index()
+    def _begin_call(self, index: int, step: int, position: int, args: tuple, kwargs: dict) -> Callable:
         model = self.models[index]
         for callback in self.before_call:
             callback(index)

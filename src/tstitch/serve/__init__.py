@@ -1,11 +1,15 @@
 # Copyright 2026 The tstitch authors. Licensed under the Apache License, Version 2.0.
 """``tstitch serve``: a web page to try stitching (Gradio, the ``web`` extra).
 
-:mod:`tstitch.serve.core` computes what the page shows (checked requests, timed runs; no Gradio),
-:mod:`tstitch.serve.views` draws it (tiles, table, frontier) and :mod:`tstitch.serve.app` is the page.
+:mod:`tstitch.serve.request` checks what the page is asked (no torch), :mod:`tstitch.serve.runs` times the
+runs, :mod:`tstitch.serve.state` holds the server's models, plans and running request (all three without
+Gradio), :mod:`tstitch.serve.views` draws the results (tiles, table, frontier) and :mod:`tstitch.serve.app`
+is the page.
 """
 
-from .core import PageRequest, PageResult, PageRun, ServeState, parse_request, preset_availability, run_request
+from .request import PageRequest, parse_request
+from .runs import PageResult, PageRun, run_request
+from .state import ServeState, preset_availability
 
 __all__ = ["PageRequest", "PageResult", "PageRun", "ServeState", "parse_request", "preset_availability",
            "run_request", "start", "make_state", "build_app"]

@@ -1,5 +1,5 @@
 # Copyright 2026 The tstitch authors. Licensed under the Apache License, Version 2.0.
-"""The ``tstitch serve`` page: a Gradio app over :mod:`tstitch.serve.core` and :mod:`tstitch.serve.views`.
+"""The ``tstitch serve`` page: a Gradio app over :mod:`tstitch.serve.state` and :mod:`tstitch.serve.views`.
 
 Gradio is an optional extra (``pip install tstitch[web]``) and is imported only here, when a page is built.
 """
@@ -13,8 +13,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from . import core, views
-from .core import CUSTOM, RequestJob, ServeState
+from tstitch.planfile import load_plan
+
+from . import views
+from .request import parse_request, scheduler_names
+from .runs import PageResult
+from .state import CUSTOM, DEFAULT_PRESET, FRONTIER_FILES, RequestJob, ServeState, find_tune_plans, preset_availability
 
 logger = logging.getLogger(__name__)
 
@@ -87,15 +91,15 @@ def make_state(preset: str | None = None, models: Sequence[str] | None = None, *
     """The server's state and the model choice the page opens with; the default choice is loaded here, so
     an unusable ``preset`` or ``models`` fails before the server starts. The tune plans offered are those
     under ``plans_under`` (default: the working directory)."""
-    available, missing = core.preset_availability(checkpoint_dir)
-    files = (frontier,) if frontier else core.FRONTIER_FILES
+    available, missing = preset_availability(checkpoint_dir)
+    files = (frontier,) if frontier else FRONTIER_FILES
     if frontier and not os.path.isfile(frontier):
         raise FileNotFoundError(f"--frontier {frontier}: no such file")
     if preset and models:
         raise ValueError("give --preset or --model, not both")
-    plans = core.find_tune_plans(Path.cwd() if plans_under is None else plans_under)
+    plans = find_tune_plans(Path.cwd() if plans_under is None else plans_under)
     state = ServeState(available, missing, list(models) if models else None, device, checkpoint_dir, files, plans)
-    default = CUSTOM if models else (preset or core.DEFAULT_PRESET)
+    default = CUSTOM if models else (preset or DEFAULT_PRESET)
     if default not in state.choices and default not in missing:
         raise ValueError(f"unknown preset {default!r}; known presets: {', '.join([*available, *missing])}")
     state.models(default)  # ValueError naming the reason for a preset whose weights are missing
@@ -129,12 +133,12 @@ def _missing_text(state: ServeState) -> str:
 
 def _examples(state: ServeState) -> list[tuple[str, str, list[str], int]]:
     """Three requests one click away: (button text, model choice, fractions, steps)."""
-    examples = [("digits, r 0.2 / 0.4 / 0.6, 25 steps", core.DEFAULT_PRESET, ["0.2", "0.4", "0.6"], 25),
+    examples = [("digits, r 0.2 / 0.4 / 0.6, 25 steps", DEFAULT_PRESET, ["0.2", "0.4", "0.6"], 25),
                 ("the U-Net pair, r 0.3 / 0.5", "digits-unet", ["0.3", "0.5"], 25)]
     if "digits-s-b-xl" in state.choices:
         examples.append(("three models, 0.4,0.2 and 0.2,0.5", "digits-s-b-xl", ["0.4,0.2", "0.2,0.5"], 25))
     else:
-        examples.append(("digits, r 0.5 of 100 steps", core.DEFAULT_PRESET, ["0.5"], 100))
+        examples.append(("digits, r 0.5 of 100 steps", DEFAULT_PRESET, ["0.5"], 100))
     return [example for example in examples if example[1] in state.choices]
 
 
@@ -158,7 +162,7 @@ def _plan_choice(state: ServeState, upload: Any, picked: Any, num_models: int) -
         path = Path(upload if isinstance(upload, str) else getattr(upload, "path", "") or upload.get("path", ""))
         source = path.name
         try:
-            plan = core.load_plan(path)
+            plan = load_plan(path)
         except (OSError, ValueError, RecursionError) as error:
             text = str(error).replace(str(path), source) if not isinstance(error, RecursionError) else "nested too deep"
             raise ValueError(f"plan file {source}: {text}") from None
@@ -186,7 +190,7 @@ def build_app(state: ServeState, default: str):
     gr = _gradio()
 
     settings = _choice_settings(state, default)
-    schedulers = [("the preset's", "")] + [(name, name) for name in core.scheduler_names()]
+    schedulers = [("the preset's", "")] + [(name, name) for name in scheduler_names()]
     readme = f"[the README](/gradio_api/file={README})" if README.is_file() else "the project's README"
 
     with gr.Blocks(title="tstitch serve", analytics_enabled=False) as app:
@@ -265,7 +269,7 @@ def build_app(state: ServeState, default: str):
                 with state.lock:
                     loaded = state.models(name if isinstance(name, str) else repr(name))
                 plan, source = _plan_choice(state, upload, picked, len(loaded.names))
-                request = core.parse_request(
+                request = parse_request(
                     name, chosen, steps_value, scheduler_value, guidance_value, seed_value, images_value,
                     labels_value, prompt_value, num_models=len(loaded.names), class_conditional=loaded.kind == "class",
                     num_classes=getattr(loaded, "num_classes", None), plan=plan, plan_source=source,
@@ -317,7 +321,7 @@ def build_app(state: ServeState, default: str):
     return app
 
 
-def _outputs(state: ServeState, result: core.PageResult, status: str) -> tuple:
+def _outputs(state: ServeState, result: PageResult, status: str) -> tuple:
     """The generate event's outputs: gallery, table, frontier, records, note, status."""
     gr = _gradio()
     names = result.runs[0].names

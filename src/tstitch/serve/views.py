@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from PIL import Image, ImageDraw
 
-from .core import PageResult, PageRun, Progress
+from .runs import PageResult, PageRun, Progress
 
 logger = logging.getLogger(__name__)
 
