@@ -5,6 +5,8 @@ The file is what ``tstitch tune --out`` writes (``plan.json``) and what every co
 
     {"version": 1, "num_models": 2, "names": ["S", "XL"], "sequence": [0, 0, 1, 1]}
     {"version": 1, "num_models": 2, "fractions": [0.4, 0.6]}
+    {"version": 1, "num_models": 2, "adaptive": {"direction": "small-first", "threshold": 0.15,
+                                                 "min_switch": 0.2, "max_switch": 0.6, "signal": "x0-change"}}
 """
 
 from __future__ import annotations
@@ -14,13 +16,14 @@ import os
 from pathlib import Path
 from typing import Any
 
+from .adaptive import AdaptiveRule
 from .plan import Plan, check_count
 from .utils import atomic_write
 
 __all__ = ["plan_to_dict", "plan_from_dict", "plan_from_json", "save_plan", "load_plan", "PLAN_VERSION"]
 
 PLAN_VERSION = 1
-_FIELDS = {"version", "num_models", "names", "fractions", "sequence"}
+_FIELDS = {"version", "num_models", "names", "fractions", "sequence", "adaptive"}
 
 
 def plan_to_dict(plan: Plan) -> dict[str, Any]:
@@ -28,7 +31,9 @@ def plan_to_dict(plan: Plan) -> dict[str, Any]:
     data: dict[str, Any] = {"version": PLAN_VERSION, "num_models": plan.num_models}
     if plan.names is not None:
         data["names"] = list(plan.names)
-    if plan.fractions is not None:
+    if plan.adaptive is not None:
+        data["adaptive"] = plan.adaptive.to_dict()
+    elif plan.fractions is not None:
         data["fractions"] = list(plan.fractions)
     else:
         data["sequence"] = list(plan.sequence)
@@ -48,9 +53,11 @@ def plan_from_dict(data: Any, num_steps: int | None = None) -> Plan:
     names = data.get("names")
     if names is not None and not isinstance(names, list):
         raise ValueError(f"names must be a list of strings, got {names!r}")
-    if ("fractions" in data) == ("sequence" in data):
-        raise ValueError("a plan needs exactly one of the fields fractions and sequence")
-    if "fractions" in data:
+    if sum(key in data for key in ("fractions", "sequence", "adaptive")) != 1:
+        raise ValueError("a plan needs exactly one of the fields fractions and sequence (or adaptive)")
+    if "adaptive" in data:
+        plan = Plan(adaptive=AdaptiveRule.from_dict(data["adaptive"]), model_count=num_models, names=names)
+    elif "fractions" in data:
         fractions = data["fractions"]
         if not isinstance(fractions, list) or len(fractions) != num_models:
             raise ValueError(f"fractions must be a list of {num_models} numbers (num_models), got {fractions!r}")
