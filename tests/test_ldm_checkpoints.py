@@ -20,7 +20,6 @@ from diffusers import UNet2DConditionModel, VQModel
 from ldm_reference import UNetSpec, VQSpec, random_unet_state_dict, random_vq_state_dict, unet_forward, vq_decode
 
 from tstitch.models.ldm_checkpoints import (
-    ClassEmbedder,
     convert_ldm_unet_state_dict,
     extract_unet_state_dict,
     infer_ldm_unet_config,
@@ -28,6 +27,7 @@ from tstitch.models.ldm_checkpoints import (
     load_ldm_checkpoint,
     load_vq_first_stage,
 )
+from tstitch.sampling import ClassEmbedder
 
 PREFIX = "model.diffusion_model."
 

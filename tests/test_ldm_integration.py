@@ -19,7 +19,8 @@ from tstitch.bench import SUITES, build_case
 from tstitch.cli import main
 from tstitch.experiments.generate import SampleOptions, generate
 from tstitch.models.loading import load_preset
-from tstitch.sampling.ldm_official import ClassConditionedUNet, sample_ldm_official
+from tstitch.sampling import ClassConditionedUNet
+from tstitch.sampling.ldm_official import sample_ldm_official
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 

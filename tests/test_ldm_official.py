@@ -23,14 +23,13 @@ from ldm_reference import (
 )
 
 from tstitch.models.ldm_checkpoints import (
-    ClassEmbedder,
     convert_ldm_unet_state_dict,
     infer_ldm_unet_config,
     load_vq_first_stage,
 )
 from tstitch.plan import Plan
+from tstitch.sampling import ClassConditionedUNet, ClassEmbedder
 from tstitch.sampling.ldm_official import (
-    ClassConditionedUNet,
     LDMDDIMSchedule,
     compvis_alphas_cumprod,
     ddim_scheduler_config,

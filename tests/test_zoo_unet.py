@@ -13,8 +13,8 @@ import tstitch
 from tstitch import zoo
 from tstitch.compat import check_compatible
 from tstitch.metrics import classifier_accuracy
+from tstitch.sampling import ClassConditionedUNet
 from tstitch.sampling.guidance import num_classes_of
-from tstitch.sampling.ldm_official import ClassConditionedUNet
 from tstitch.zoo import DIGITS_DIT, DIGITS_UNET, FAMILY, UNetSpec, build_model, load_family, load_model
 from tstitch.zoo import load_classifier as shipped_classifier
 from tstitch.zoo.train import train_diffusion, train_zoo

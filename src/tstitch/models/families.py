@@ -21,7 +21,8 @@ from torch import nn
 from .. import zoo
 from ..sampling.checks import check_positive_int
 from ..sampling.guidance import unwrap_output
-from ..sampling.ldm_official import ClassConditionedUNet, ddim_scheduler_config, sample_ldm_wrapped
+from ..sampling.ldm_models import ClassConditionedUNet
+from ..sampling.ldm_official import ddim_scheduler_config, sample_ldm_wrapped
 from ..sampling.official import sample_official
 from ..stitcher import DENOISER_NAMES
 from .checkpoints import load_dit

@@ -36,11 +36,11 @@ from typing import Any
 import torch
 
 from ..outputs import path_problem
-from ..sampling.ldm_official import ClassEmbedder
+from ..sampling.ldm_models import ClassEmbedder
 from .checkpoints import check_float_tensors
 
 __all__ = [
-    "ClassEmbedder", "LDMComponents", "load_ldm_checkpoint", "load_vq_first_stage", "read_lightning_state_dict",
+    "LDMComponents", "load_ldm_checkpoint", "load_vq_first_stage", "read_lightning_state_dict",
     "read_compvis_yaml", "extract_unet_state_dict", "infer_ldm_unet_config", "convert_ldm_unet_state_dict",
     "infer_vq_config", "convert_vq_state_dict",
 ]

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from ..sampling.ldm_official import ClassConditionedUNet, ClassEmbedder
+from ..sampling.ldm_models import ClassConditionedUNet, ClassEmbedder
 
 __all__ = ["LDM_SHAPES", "TINY_LDM_SHAPES", "ldm_unet_config", "random_ldm_model"]
 
@@ -45,7 +45,7 @@ def ldm_unet_config(model_channels: int, context_dim: int, *, channel_mult: tupl
 
 def random_ldm_model(model_channels: int, context_dim: int, *, name: str = "LDM", num_classes: int = 1000,
                      sample_size: int = 32, device: torch.device | str = "cpu", seed: int = 0) -> torch.nn.Module:
-    """A :class:`~tstitch.sampling.ldm_official.ClassConditionedUNet` of this shape with random weights."""
+    """A :class:`~tstitch.sampling.ldm_models.ClassConditionedUNet` of this shape with random weights."""
     from diffusers import UNet2DConditionModel
 
     with torch.random.fork_rng(devices=[]):

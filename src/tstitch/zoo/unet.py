@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from ..sampling.ldm_official import ClassConditionedUNet, ClassEmbedder
+from ..sampling.ldm_models import ClassConditionedUNet, ClassEmbedder
 from .data import IMAGE_SIZE, NUM_CLASSES
 
 __all__ = ["UNetSpec", "DigitsUNet", "build_unet"]
