@@ -73,14 +73,14 @@ class AdaptiveRule:
         threshold: the signal's threshold, a finite number >= 0.
         min_switch, max_switch: the earliest and latest switch step as fractions of the steps,
             ``0 <= min_switch <= max_switch <= 1``; ``max_switch < 1`` for small-first, ``min_switch > 0`` for
-            large-first.
+            large-first. Not given: ``0..0.5`` for small-first, ``0.1..1`` for large-first.
         signal: what is watched; only ``"x0-change"``.
     """
 
     direction: str
     threshold: float
-    min_switch: float = 0.0
-    max_switch: float = 1.0
+    min_switch: float | None = None
+    max_switch: float | None = None
     signal: str = "x0-change"
 
     def __post_init__(self) -> None:
@@ -91,7 +91,9 @@ class AdaptiveRule:
         threshold = _number(self.threshold, "threshold")
         if threshold < 0:
             raise ValueError(f"threshold must be >= 0 (a relative change), got {threshold!r}")
-        low, high = _number(self.min_switch, "min_switch"), _number(self.max_switch, "max_switch")
+        default_low, default_high = (0.0, 0.5) if self.direction == "small-first" else (0.1, 1.0)
+        low = _number(default_low if self.min_switch is None else self.min_switch, "min_switch")
+        high = _number(default_high if self.max_switch is None else self.max_switch, "max_switch")
         if not 0.0 <= low <= high <= 1.0:
             raise ValueError(f"the switch bounds must have 0 <= min_switch <= max_switch <= 1, got {low!r}..{high!r}")
         if self.direction == "small-first" and high >= 1.0:
