@@ -38,12 +38,14 @@ import copy
 import json
 import logging
 import math
+import multiprocessing
 import os
 import platform
 import statistics
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -329,35 +331,57 @@ def summarize_info(method: Method, infos: list[dict[str, Any]], num_steps: int) 
     return out
 
 
+def sample_chunks(args: argparse.Namespace, chunks: Sequence[int]) -> dict[str, Any]:
+    """Run ``chunks`` (indices into the chunk bounds) of every method, interleaved: chunk k of every method
+    before the next chunk of any, in :func:`chunk_order`. One process, one thread."""
+    torch.set_num_threads(1)
+    workload = digits_workload(("digits-s", "digits-xl"))
+    small, large = workload.models
+    methods = methods_of(args)
+    bounds = chunk_bounds(args.samples, args.chunks)
+    runners = [build(m, small, large, args.steps) for m in methods]
+    warm = list(range(4))
+    for runner in runners:  # warm-up, and every method fails now rather than after the first chunk
+        run_chunk(runner, copy.deepcopy(workload.scheduler), sample_noise(args.seed + 10**6, warm,
+                  workload.sample_shape), sample_labels(warm, workload.num_classes), args)
+    out: dict[str, Any] = {"latents": {}, "seconds": {}, "infos": {}}
+    begin = time.perf_counter()
+    for n, k in enumerate(chunks):
+        lo, hi = bounds[k]
+        indices = list(range(lo, hi))
+        noise = sample_noise(args.seed, indices, workload.sample_shape)
+        labels = sample_labels(indices, workload.num_classes)
+        for i in chunk_order(len(methods), k):
+            latents, secs, info = run_chunk(runners[i], copy.deepcopy(workload.scheduler), noise, labels, args)
+            out["latents"][i, k], out["seconds"][i, k], out["infos"][i, k] = latents, secs, info
+        logger.warning("chunk %d (%d/%d of this process) done (%.0f s, load %.2f)", k + 1, n + 1, len(chunks),
+                       time.perf_counter() - begin, os.getloadavg()[0])
+    return out
+
+
 def study(args: argparse.Namespace) -> dict[str, Any]:
     torch.set_num_threads(1)
     load_start = os.getloadavg()
     begin = time.perf_counter()
     workload = digits_workload(("digits-s", "digits-xl"))
-    small, large = workload.models
     classifier = load_classifier()
     methods = methods_of(args)
-    indices = list(range(args.samples))
-    noise = sample_noise(args.seed, indices, workload.sample_shape)
-    labels = sample_labels(indices, workload.num_classes)
+    labels = sample_labels(list(range(args.samples)), workload.num_classes)
     bounds = chunk_bounds(args.samples, args.chunks)
-    runners = [build(m, small, large, args.steps) for m in methods]
-    for runner in runners:  # warm-up, and every method fails now rather than after the first chunk
-        run_chunk(runner, copy.deepcopy(workload.scheduler), noise[:4], labels[:4], args)
-    parts: dict[int, list[torch.Tensor]] = {i: [] for i in range(len(methods))}
-    seconds: dict[int, list[dict[str, float]]] = {i: [] for i in range(len(methods))}
-    infos: dict[int, list[dict[str, Any]]] = {i: [] for i in range(len(methods))}
     sampling_start = time.perf_counter()
-    for k, (lo, hi) in enumerate(bounds):
-        for i in chunk_order(len(methods), k):
-            out, secs, info = run_chunk(runners[i], copy.deepcopy(workload.scheduler), noise[lo:hi], labels[lo:hi],
-                                        args)
-            parts[i].append(out)
-            seconds[i].append(secs)
-            infos[i].append(info)
-        logger.warning("chunk %d/%d done (%.0f s, load %.2f)", k + 1, len(bounds), time.perf_counter() - begin,
-                       os.getloadavg()[0])
+    if args.workers == 1:
+        done = [sample_chunks(args, range(len(bounds)))]
+    else:  # chunk k in process k % workers, each process one thread and every method interleaved
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(args.workers, mp_context=context) as pool:
+            done = list(pool.map(sample_chunks, [args] * args.workers,
+                                 [range(w, len(bounds), args.workers) for w in range(args.workers)]))
     sampling_seconds = time.perf_counter() - sampling_start
+    merged = {key: {ik: v for part in done for ik, v in part[key].items()} for key in done[0]}
+    chunk_ids = range(len(bounds))
+    parts = {i: [merged["latents"][i, k] for k in chunk_ids] for i in range(len(methods))}
+    seconds = {i: [merged["seconds"][i, k] for k in chunk_ids] for i in range(len(methods))}
+    infos = {i: [merged["infos"][i, k] for k in chunk_ids] for i in range(len(methods))}
 
     latents = {i: torch.cat(parts[i]) for i in parts}
     features = {i: workload.features(latents[i]) for i in latents}
@@ -394,7 +418,7 @@ def study(args: argparse.Namespace) -> dict[str, Any]:
         "models": ["digits-s", "digits-xl"], "num_samples": args.samples, "chunks": args.chunks,
         "steps": args.steps, "scheduler": "DDIM (the family's schedule)", "guidance_scale": args.guidance,
         "seed": args.seed, "noise": "per-sample generator: tstitch.experiments.evaluation_files.sample_noise",
-        "labels": "i % 10", "jackknife_groups": args.groups, "clock": args.clock,
+        "labels": "i % 10", "jackknife_groups": args.groups, "clock": args.clock, "workers": args.workers,
         "distance": "uncalibrated LPIPS on the digits classifier's 4 ReLU outputs (unit-normalised over channels, "
                     "squared differences averaged over positions, summed over layers) to digits-xl's image from "
                     "the same noise; interval: mean +- t sd / sqrt(n)",
@@ -510,6 +534,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--samples", type=int, default=3000)
     parser.add_argument("--chunks", type=int, default=5, help="interleaved chunks of the samples (timed each)")
     parser.add_argument("--clock", choices=("cpu", "wall"), default="cpu")
+    parser.add_argument("--workers", type=int, default=1, help="processes (one thread each); chunk k runs in "
+                        "process k %% workers, every method interleaved within each process")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--guidance", type=float, default=1.0)
     parser.add_argument("--seed", type=int, default=22, help="held-out samples' seed (21: the probe's)")
