@@ -115,7 +115,7 @@ def test_methods_of_lists_the_reference_first_and_each_family_asked_for():
     assert [m.label for m in methods[1:]] == ["r=0.3", "r=1", "XL 0.3 > S", "XL 0.5 > S", "XL 0.7 > S"]
     args = study.parse_args(["--methods", "regions", "--masks", "0.3"])
     labels = [m.label for m in study.methods_of(args)]
-    assert labels == ["digits-xl alone", "XL 0.2 > H 0.4 > S 0.4 @mask 0.3", "S 0.3 > XL 0.3 > H 0.4 @mask 0.3"]
+    assert labels == ["digits-xl alone", "XL 0.2 > H 0.4 > S 0.4 @mask 0.3", "S 0.4 > H 0.2 > XL 0.4 @mask 0.3"]
 
 
 @pytest.mark.slow
