@@ -88,6 +88,9 @@ def measure(large, small, batch: int, fractions, reps: int, device: torch.device
         def region(f):
             hybrid.mask_fraction = f
             hybrid(x, t, y)
+            mode = hybrid.record.calls[-1].mode
+            if mode != "region":  # a timed call must be a region step, never the full fallback
+                raise RuntimeError(f"mask {f}: the hybrid call ran as {mode!r}")
 
         jobs = {"full": lambda: large(x, t, y), "small": lambda: small(x, t, y)}
         for f in fractions:

@@ -11,7 +11,7 @@ from tiny_models import SCHEDULERS, dit_pipeline, one_thread, tiny_dit  # noqa: 
 import tstitch
 from tstitch.compat import check_compatible
 from tstitch.plan import Plan
-from tstitch.regions import HybridDenoiser
+from tstitch.regions import HybridDenoiser, large_on_tokens
 from tstitch.stitcher import StitchedDenoiser
 
 SIZE, PATCH, CHANNELS = 8, 2, 4
@@ -117,6 +117,9 @@ def test_fallback_without_a_valid_cache(caplog):
         call = hybrid.record.calls[-1]
         assert call.mode == "fallback" and call.mask_fraction_used == 1.0 and call.tokens[0] == list(range(N))
         torch.testing.assert_close(out, large(x, t, y).sample, **TOL)
+        cache = hybrid.cache
+        large_on_tokens(large, x, t, y, torch.tensor([[0, 3]] * 3), cache)  # a subset call outside: not captured
+        assert hybrid.cache is cache
         hybrid(x, t - 100, y)  # the fallback filled the cache
         assert hybrid.record.calls[-1].mode == "region"
         hybrid(x, t + 100, y)  # a higher timestep: a new run, the cache is stale

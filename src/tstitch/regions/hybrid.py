@@ -165,6 +165,7 @@ class HybridDenoiser(nn.Module):
         self.record = HybridRecord()
         self._cache: FullStepCache | None = None
         self._pending: dict[str, Any] | None = None
+        self._embedded = -1
         self._own_call = False
         self._stitch_call: int | None = None
         self._attached: list[Any] = []
@@ -189,17 +190,22 @@ class HybridDenoiser(nn.Module):
     # -- the cache hooks ------------------------------------------------------------------------------------
     def _install_hooks(self) -> list[Any]:
         blocks = self.large.transformer_blocks
-        handles = [blocks[0].norm1.register_forward_pre_hook(self._on_start)]
+        handles = [self.large.pos_embed.register_forward_hook(self._on_embed),
+                   blocks[0].norm1.register_forward_pre_hook(self._on_start)]
         for i, block in enumerate(blocks):
             handles.append(block.attn1.to_k.register_forward_hook(self._keeper("keys", i)))
             handles.append(block.attn1.to_v.register_forward_hook(self._keeper("values", i)))
         handles.append(self.large.proj_out_2.register_forward_hook(self._on_end))
         return handles
 
+    def _on_embed(self, module: nn.Module, args: tuple, output: torch.Tensor) -> None:
+        self._embedded = output.shape[1]  # the call's token count: a capture must see every token
+
     def _on_start(self, module: nn.Module, args: tuple) -> None:
-        if self._own_call:
-            return
         x = args[0]
+        if self._own_call or x.shape[1] != self._embedded:  # ours, or a token subset (large_on_tokens)
+            self._pending = None
+            return
         timestep = args[1] if len(args) > 1 else None
         n = len(self.large.transformer_blocks)
         self._pending = {"keys": [None] * n, "values": [None] * n, "timestep": _timesteps(timestep, x.shape[0])}
