@@ -21,14 +21,12 @@ from diffusers import DiTTransformer2DModel
 
 from tstitch.models.checkpoints import (
     CheckpointNotAvailableError,
-    convert_official_dit_state_dict,
     get_timestep_embedding_mode,
-    heads_for_hidden_size,
-    infer_official_dit_config,
     load_dit,
     save_dit_safetensors,
     set_timestep_embedding,
 )
+from tstitch.models.dit_layout import convert_official_dit_state_dict, heads_for_hidden_size, infer_official_dit_config
 
 # -- an official-layout DiT, written from the architecture description -------------------------------------
 

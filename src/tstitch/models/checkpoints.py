@@ -12,7 +12,8 @@ Accepted sources (see :func:`load_dit`):
 
 The architecture is read from the weight shapes, never from the file name
 (:mod:`tstitch.models.dit_layout` says how; the head count comes from the published sizes or
-``num_attention_heads``).
+``num_attention_heads``). This module reads the sources (files safely, through :mod:`tstitch.models.weights`);
+:mod:`tstitch.models.dit_build` builds the model from a file's state dict.
 
 Two numerical details differ between the official DiT code and diffusers' ``DiTTransformer2DModel``:
 
@@ -31,7 +32,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import pickle
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -42,28 +42,16 @@ from ..outputs import path_problem
 from ..sampling.checks import check_device, check_positive_int
 from ..utils import atomic_write
 from .checks import check_dtype, check_finite_weights
-from .dit_layout import (
-    OFFICIAL_HEADS,
-    convert_official_dit_state_dict,
-    detect_layout,
-    heads_for_hidden_size,
-    infer_diffusers_dit_config,
-    infer_official_dit_config,
-)
+from .dit_build import check_sample_size, model_from_state_dict
 from .hub import REPO_FILE, REPO_ID, CheckpointNotAvailableError, download_hub_file, not_available, offline_mode
+from .weights import read_safetensors, read_torch_file
 
 __all__ = [
     "load_dit",
     "save_dit_safetensors",
-    "convert_official_dit_state_dict",
-    "infer_official_dit_config",
-    "infer_diffusers_dit_config",
     "set_timestep_embedding",
     "get_timestep_embedding_mode",
-    "detect_layout",
-    "heads_for_hidden_size",
     "CheckpointNotAvailableError",
-    "OFFICIAL_HEADS",
     "DIT_CLASS_NAMES",
 ]
 
@@ -80,67 +68,11 @@ META_LAYOUT = "tstitch_layout"
 
 DIT_CLASS_NAMES = ("DiTTransformer2DModel", "Transformer2DModel")
 
-#: The largest latent size a DiT is built for (a 4,096-pixel image through an f8 VAE). A config read from a
-#: file cannot ask for more: with ``sample_size`` 40,000 and patch 2 the position table alone holds 4e8 rows
-#: of the model's width (12.8 GB at width 8), allocated before any weight was checked.
-MAX_SAMPLE_SIZE = 512
-#: Config fields that the tensors show, checked against a config read from a file before the model is built.
-SHAPE_FIELDS = ("in_channels", "out_channels", "num_layers", "patch_size", "num_embeds_ada_norm")
-
 TimestepEmbedding = Literal["auto", "official", "diffusers"]
 _MODE_ATTR = "_tstitch_timestep_embedding"
 
 
-def check_float_tensors(sd: Mapping[str, torch.Tensor], where: str) -> None:
-    """Refuse weights that are not floating point (int32 or bool tensors would be cast silently into the
-    model's float parameters), naming the first tensors and their dtypes."""
-    wrong = [f"{key} is {str(value.dtype).replace('torch.', '')}" for key, value in sd.items()
-             if not (value.is_floating_point() or value.is_complex())]
-    if wrong:
-        more = f" and {len(wrong) - 3} more" if len(wrong) > 3 else ""
-        raise ValueError(f"{where}: model weights are floating-point tensors, but {', '.join(wrong[:3])}{more} "
-                         "(a file of another kind, or a corrupt one?)")
-
-
-def _check_sample_size(value: Any, whose: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_SAMPLE_SIZE:
-        raise ValueError(f"{whose} sample_size must be an integer in [1, {MAX_SAMPLE_SIZE}] (the latent of a "
-                         f"4,096-pixel image), got {value!r}")
-    return value
-
-
-def _checked_config(config: Mapping[str, Any], sd: Mapping[str, torch.Tensor], where: str) -> dict[str, Any]:
-    """A config read from a file (its metadata, a config.json beside it), once the tensors that fix the model's
-    size agree with it and it asks for a sane ``sample_size``: a model is never built from a config alone (a
-    small file asking for a huge model). Fields the config lacks are read from the tensors."""
-    size = _check_sample_size(config.get("sample_size"), f"{where}: the config's")
-    heads = config.get("num_attention_heads")
-    if heads is not None and (isinstance(heads, bool) or not isinstance(heads, int) or heads < 1):
-        raise ValueError(f"{where}: the config's num_attention_heads must be a positive integer, got {heads!r}")
-    shown = infer_diffusers_dit_config(sd, sample_size=size, num_attention_heads=heads, where=where)
-    config = {**shown, **{name: value for name, value in config.items() if value is not None}}
-    for name in ("num_attention_heads", "attention_head_dim", *SHAPE_FIELDS):
-        value = config[name]
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{where}: the config's {name} must be a positive integer, got {value!r}")
-    blocks = len({key.split(".")[1] for key in sd if key.startswith("transformer_blocks.")})
-    if config["num_layers"] != blocks:
-        raise ValueError(f"{where}: the config says num_layers={config['num_layers']}, the file has {blocks} blocks")
-    hidden, patch = config["num_attention_heads"] * config["attention_head_dim"], config["patch_size"]
-    expected = {  # the tensors whose shapes follow from the config's sizes
-        "pos_embed.proj.weight": (hidden, config["in_channels"], patch, patch),
-        "proj_out_2.weight": (patch * patch * config["out_channels"], hidden),
-        "transformer_blocks.0.norm1.emb.class_embedder.embedding_table.weight": (config["num_embeds_ada_norm"] + 1,
-                                                                                 hidden),
-    }
-    wrong = [f"{key} is {tuple(sd[key].shape)} in the file, {shape} in the model"
-             for key, shape in expected.items() if tuple(sd[key].shape) != shape]
-    if wrong:
-        raise ValueError(f"{where}: {len(wrong)} tensor(s) have the wrong shape for the architecture read from the "
-                         f"file: {'; '.join(wrong)}")
-    if config.get("norm_type", "ada_norm_zero") != "ada_norm_zero":
-        raise ValueError(f"{where}: the config says norm_type={config['norm_type']!r}; DiTs use 'ada_norm_zero'")
-    return config
+# -- reading files -----------------------------------------------------------------------------------------
 
 
 def _is_tensor_dict(obj: Any) -> bool:
@@ -173,47 +105,9 @@ def _unnest(obj: Any, where: str) -> dict[str, torch.Tensor]:
     )
 
 
-# -- reading files -----------------------------------------------------------------------------------------
-
-
 def _read_torch(path: Path) -> dict[str, torch.Tensor]:
-    try:
-        safe = [argparse.Namespace]  # training checkpoints carry their argparse arguments
-        with torch.serialization.safe_globals(safe):
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as error:
-        if "weights only" in str(error).lower():
-            raise ValueError(
-                f"{path}: the checkpoint holds Python objects that safe loading (weights_only=True) refuses; "
-                f"re-save just the state dict. ({str(error).splitlines()[0]})"
-            ) from error
-        raise ValueError(
-            f"{path}: not a readable PyTorch checkpoint (truncated or corrupt?): {error}"
-        ) from error
-    except Exception as error:  # zip, EOF and unpickling errors all mean the same here
-        with path.open("rb") as handle:
-            start = handle.read(16)
-        kind = "" if start[:2] in (b"PK", b"\x80\x02") or start[:1] == b"\x80" else f" (it starts with {start!r})"
-        raise ValueError(
-            f"{path}: not a readable PyTorch checkpoint (truncated or corrupt?){kind}: {type(error).__name__}: {error}"
-        ) from error
-    return _unnest(obj, str(path))
-
-
-def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(path), framework="pt", device="cpu") as handle:
-            metadata = dict(handle.metadata() or {})
-            tensors = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118
-    except Exception as error:
-        raise ValueError(
-            f"{path}: not a readable safetensors file (truncated or corrupt?): {error}"
-        ) from error
-    if not tensors:
-        raise ValueError(f"{path}: the safetensors file holds no tensors")
-    return tensors, metadata
+    # training checkpoints carry their argparse arguments
+    return _unnest(read_torch_file(path, safe_globals=[argparse.Namespace]), str(path))
 
 
 def _config_from_metadata(metadata: Mapping[str, str]) -> dict[str, Any] | None:
@@ -238,79 +132,6 @@ def _config_beside(path: Path) -> dict[str, Any] | None:
         if isinstance(config, dict) and config.get("_class_name") in DIT_CLASS_NAMES:
             return config
     return None
-
-
-def _init_args(config: Mapping[str, Any]) -> dict[str, Any]:
-    import inspect
-
-    from diffusers import DiTTransformer2DModel
-
-    allowed = set(inspect.signature(DiTTransformer2DModel.__init__).parameters) - {"self"}
-    return {k: v for k, v in config.items() if k in allowed}
-
-
-def _build(config: Mapping[str, Any], sd: Mapping[str, torch.Tensor], where: str):
-    from diffusers import DiTTransformer2DModel
-
-    with torch.random.fork_rng(devices=[]):  # building must not move the caller's random state
-        model = DiTTransformer2DModel(**_init_args(config))
-    expected = model.state_dict()
-    wrong = [f"{key} is {tuple(value.shape)} in the file, {tuple(expected[key].shape)} in the model"
-             for key, value in sd.items() if key in expected and tuple(value.shape) != tuple(expected[key].shape)]
-    if wrong:
-        raise ValueError(f"{where}: {len(wrong)} tensor(s) have the wrong shape for the architecture read from the "
-                         f"file: {'; '.join(wrong[:4])}")
-    result = model.load_state_dict(dict(sd), strict=False)
-    if result.missing_keys or result.unexpected_keys:
-        parts = []
-        if result.missing_keys:
-            parts.append("missing " + ", ".join(result.missing_keys[:8]))
-        if result.unexpected_keys:
-            parts.append("unexpected " + ", ".join(result.unexpected_keys[:8]))
-        raise ValueError(f"{where}: weights do not fit a DiTTransformer2DModel ({'; '.join(parts)})")
-    return model
-
-
-def _check_pos_embed(model: Any, sd: Mapping[str, torch.Tensor], where: str) -> None:
-    stored = sd.get("pos_embed")
-    if stored is None:
-        return
-    computed = model.pos_embed.pos_embed
-    if tuple(stored.shape) != tuple(computed.shape):
-        raise ValueError(
-            f"{where}: pos_embed has shape {tuple(stored.shape)}, the model expects {tuple(computed.shape)}"
-        )
-    if not torch.allclose(stored.float(), computed.float(), atol=1e-4):
-        # Not the standard 2D sin-cos table: use the stored one so that the forward pass is the checkpoint's.
-        model.pos_embed.pos_embed.copy_(stored.to(computed.dtype))
-
-
-def _model_from_state_dict(
-    sd: dict[str, torch.Tensor],
-    where: str,
-    *,
-    config: dict[str, Any] | None,
-    sample_size: int | None,
-    num_attention_heads: int | None,
-):
-    """The model and the timestep-embedding mode its layout implies."""
-    check_float_tensors(sd, where)
-    layout = detect_layout(sd)
-    if layout == "official":
-        config, converted = convert_official_dit_state_dict(
-            sd, sample_size=sample_size, num_attention_heads=num_attention_heads, where=where
-        )
-        model = _build(config, converted, where)
-        with torch.no_grad():
-            _check_pos_embed(model, sd, where)
-        return model, "official"
-    if config is None:
-        config = infer_diffusers_dit_config(
-            sd, sample_size=sample_size, num_attention_heads=num_attention_heads, where=where
-        )
-    else:
-        config = _checked_config(config, sd, where)
-    return _build(config, sd, where), "diffusers"
 
 
 # -- timestep embedding ------------------------------------------------------------------------------------
@@ -348,7 +169,6 @@ def get_timestep_embedding_mode(model: Any) -> Literal["official", "diffusers"]:
 
 
 # -- public loading / saving -------------------------------------------------------------------------------
-
 
 
 def _load_folder(folder: Path, subfolder: str | None, dtype: torch.dtype):
@@ -405,7 +225,7 @@ def _load_file(
     config: dict[str, Any] | None = None
     mode_hint: str | None = None
     if suffix in SAFETENSORS_SUFFIXES:
-        sd, metadata = _read_safetensors(path)
+        sd, metadata = read_safetensors(path)
         config = _config_from_metadata(metadata)
         mode_hint = metadata.get(META_TIMESTEP)
     elif suffix in TORCH_SUFFIXES:
@@ -429,7 +249,7 @@ def _load_file(
             "num_attention_heads": num_attention_heads,
             "attention_head_dim": hidden // num_attention_heads,
         }
-    model, mode = _model_from_state_dict(
+    model, mode = model_from_state_dict(
         sd, str(path), config=config, sample_size=sample_size, num_attention_heads=num_attention_heads
     )
     if mode_hint in ("official", "diffusers"):
@@ -481,7 +301,7 @@ def load_dit(
     dtype = check_dtype(dtype)
     if sample_size is not None:
         check_positive_int(sample_size, "sample_size")
-        _check_sample_size(sample_size, "load_dit's")
+        check_sample_size(sample_size, "load_dit's")
     if num_attention_heads is not None:
         check_positive_int(num_attention_heads, "num_attention_heads")
     text = os.fspath(source)

@@ -3,13 +3,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import torch
 
 from ..sampling.checks import check_device
 
-__all__ = ["check_finite_weights", "check_dtype", "check_device"]
+__all__ = ["check_finite_weights", "check_float_tensors", "check_dtype", "check_device"]
 
 
 def _finite(tensor: torch.Tensor) -> bool:
@@ -30,6 +31,17 @@ def check_finite_weights(model: torch.nn.Module, where: str) -> None:
         more = f" and {len(bad) - 4} more" if len(bad) > 4 else ""
         raise ValueError(f"{where}: non-finite weights (NaN or inf) in {', '.join(bad[:4])}{more}; the checkpoint "
                          "is damaged (a diverged training run or a bad conversion)")
+
+
+def check_float_tensors(sd: Mapping[str, torch.Tensor], where: str) -> None:
+    """Refuse weights that are not floating point (int32 or bool tensors would be cast silently into the
+    model's float parameters), naming the first tensors and their dtypes."""
+    wrong = [f"{key} is {str(value.dtype).replace('torch.', '')}" for key, value in sd.items()
+             if not (value.is_floating_point() or value.is_complex())]
+    if wrong:
+        more = f" and {len(wrong) - 3} more" if len(wrong) > 3 else ""
+        raise ValueError(f"{where}: model weights are floating-point tensors, but {', '.join(wrong[:3])}{more} "
+                         "(a file of another kind, or a corrupt one?)")
 
 
 def check_dtype(dtype: Any, name: str = "dtype") -> torch.dtype:

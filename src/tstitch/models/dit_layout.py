@@ -7,17 +7,18 @@ sigma) from the final projection, classes from the label table (its last row is 
 latent size from the stored position embedding. The number of attention heads cannot be seen in the
 weights; it comes from the table of published sizes (hidden 384/768/1024/1152 -> 6/12/16/16 heads) or,
 for other widths, a head width as close to 64 as divides the hidden size (override with
-``num_attention_heads``). Used by :mod:`tstitch.models.checkpoints`.
+``num_attention_heads``). Used by :mod:`tstitch.models.checkpoints` and :mod:`tstitch.models.dit_build`.
 """
 
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Mapping
 from typing import Any, Literal
 
 import torch
+
+from .weights import block_indices, first_few, shape_of
 
 __all__ = [
     "OFFICIAL_HEADS",
@@ -54,22 +55,27 @@ def heads_for_hidden_size(hidden_size: int) -> int:
     return min(divisors, key=lambda h: (abs(hidden_size / h - 64), h))
 
 
-def _shape(sd: Mapping[str, torch.Tensor], key: str, where: str) -> tuple[int, ...]:
-    if key not in sd:
-        raise ValueError(f"{where}: missing key {key!r}")
-    return tuple(sd[key].shape)
-
-
-def _count_blocks(sd: Mapping[str, Any], prefix: str) -> int:
-    pattern = re.compile(rf"^{re.escape(prefix)}(\d+)\.")
-    indices = {int(m.group(1)) for k in sd for m in [pattern.match(k)] if m}
+def _embedding_and_depth(sd: Mapping[str, Any], embedding: str, blocks: str, where: str) -> tuple[int, int, int, int]:
+    """Hidden size, latent channels and (square) patch size from the patch embedding's weight ``embedding``, and
+    the number of blocks ``<blocks><i>.*``, numbered from 0 with none missing."""
+    hidden, in_channels, patch, patch_w = shape_of(sd, embedding, where)
+    if patch != patch_w:
+        raise ValueError(f"{where}: non-square patches ({patch}x{patch_w}) are not supported")
+    indices = block_indices(sd, blocks)
     if not indices:
-        return 0
-    depth = max(indices) + 1
-    missing = sorted(set(range(depth)) - indices)
+        raise ValueError(f"{where}: no transformer blocks (keys '{blocks}<i>.*')")
+    depth = indices[-1] + 1
+    missing = sorted(set(range(depth)) - set(indices))
     if missing:
-        raise ValueError(f"blocks {missing} are missing (found blocks up to {depth - 1})")
-    return depth
+        raise ValueError(f"{where}: blocks {missing} are missing (found blocks up to {depth - 1})")
+    return hidden, in_channels, patch, depth
+
+
+def _heads(hidden: int, num_attention_heads: int | None, where: str) -> int:
+    heads = num_attention_heads or heads_for_hidden_size(hidden)
+    if hidden % heads:
+        raise ValueError(f"{where}: hidden size {hidden} is not divisible by {heads} heads")
+    return heads
 
 
 def _latent_size_from_tokens(num_tokens: int, patch_size: int, where: str) -> int:
@@ -95,34 +101,24 @@ def infer_official_dit_config(
     where: str = "state dict",
 ) -> dict[str, Any]:
     """``DiTTransformer2DModel`` config for an official-layout DiT state dict, from its shapes only."""
-    hidden, in_channels, patch, patch_w = _shape(sd, "x_embedder.proj.weight", where)
-    if patch != patch_w:
-        raise ValueError(f"{where}: non-square patches ({patch}x{patch_w}) are not supported")
-    try:
-        depth = _count_blocks(sd, "blocks.")
-    except ValueError as error:
-        raise ValueError(f"{where}: {error}") from None
-    if depth == 0:
-        raise ValueError(f"{where}: no transformer blocks (keys 'blocks.<i>.*')")
-    out_features = _shape(sd, "final_layer.linear.weight", where)[0]
+    hidden, in_channels, patch, depth = _embedding_and_depth(sd, "x_embedder.proj.weight", "blocks.", where)
+    out_features = shape_of(sd, "final_layer.linear.weight", where)[0]
     if out_features % (patch * patch):
         raise ValueError(f"{where}: final projection width {out_features} is not a multiple of patch^2")
     out_channels = out_features // (patch * patch)
-    table_rows = _shape(sd, "y_embedder.embedding_table.weight", where)[0]
-    freq = _shape(sd, "t_embedder.mlp.0.weight", where)[1]
+    table_rows = shape_of(sd, "y_embedder.embedding_table.weight", where)[0]
+    freq = shape_of(sd, "t_embedder.mlp.0.weight", where)[1]
     if freq != FREQUENCY_EMBEDDING_SIZE:
         raise ValueError(
             f"{where}: timestep frequency embedding is {freq} wide; diffusers' DiT only supports "
             f"{FREQUENCY_EMBEDDING_SIZE}"
         )
-    _check_mlp_ratio(hidden, _shape(sd, "blocks.0.mlp.fc1.weight", where)[0], where)
+    _check_mlp_ratio(hidden, shape_of(sd, "blocks.0.mlp.fc1.weight", where)[0], where)
     if sample_size is None:
         if "pos_embed" not in sd:
             raise ValueError(f"{where}: no 'pos_embed' to read the latent size from; pass sample_size")
         sample_size = _latent_size_from_tokens(sd["pos_embed"].shape[-2], patch, where)
-    heads = num_attention_heads or heads_for_hidden_size(hidden)
-    if hidden % heads:
-        raise ValueError(f"{where}: hidden size {hidden} is not divisible by {heads} heads")
+    heads = _heads(hidden, num_attention_heads, where)
     return dit_config(
         heads, hidden // heads, in_channels, out_channels, depth, sample_size, patch, table_rows - 1
     )
@@ -140,26 +136,16 @@ def infer_diffusers_dit_config(
     The latent size is not stored in diffusers' weights (the position embedding is not saved), so
     ``sample_size`` must be given.
     """
-    hidden, in_channels, patch, patch_w = _shape(sd, "pos_embed.proj.weight", where)
-    if patch != patch_w:
-        raise ValueError(f"{where}: non-square patches ({patch}x{patch_w}) are not supported")
-    try:
-        depth = _count_blocks(sd, "transformer_blocks.")
-    except ValueError as error:
-        raise ValueError(f"{where}: {error}") from None
-    if depth == 0:
-        raise ValueError(f"{where}: no transformer blocks (keys 'transformer_blocks.<i>.*')")
-    out_channels = _shape(sd, "proj_out_2.weight", where)[0] // (patch * patch)
-    table_rows = _shape(sd, "transformer_blocks.0.norm1.emb.class_embedder.embedding_table.weight", where)[0]
-    _check_mlp_ratio(hidden, _shape(sd, "transformer_blocks.0.ff.net.0.proj.weight", where)[0], where)
+    hidden, in_channels, patch, depth = _embedding_and_depth(sd, "pos_embed.proj.weight", "transformer_blocks.", where)
+    out_channels = shape_of(sd, "proj_out_2.weight", where)[0] // (patch * patch)
+    table_rows = shape_of(sd, "transformer_blocks.0.norm1.emb.class_embedder.embedding_table.weight", where)[0]
+    _check_mlp_ratio(hidden, shape_of(sd, "transformer_blocks.0.ff.net.0.proj.weight", where)[0], where)
     if sample_size is None:
         raise ValueError(
             f"{where}: diffusers-layout weights do not record the latent size; pass sample_size= or keep the "
             "model's config.json beside the weights (a diffusers folder)"
         )
-    heads = num_attention_heads or heads_for_hidden_size(hidden)
-    if hidden % heads:
-        raise ValueError(f"{where}: hidden size {hidden} is not divisible by {heads} heads")
+    heads = _heads(hidden, num_attention_heads, where)
     config = dit_config(
         heads, hidden // heads, in_channels, out_channels, depth, sample_size, patch, table_rows - 1
     )
@@ -213,10 +199,6 @@ _EMBEDDER_MAP = {
 }
 
 
-def _some(keys: list[str], limit: int = 8) -> str:
-    return ", ".join(keys[:limit]) + (f" ... ({len(keys)} in all)" if len(keys) > limit else "")
-
-
 def _expected_official_keys(depth: int) -> list[str]:
     keys = ["y_embedder.embedding_table.weight"]
     for name in (*_OFFICIAL_GLOBAL_MAP, *_EMBEDDER_MAP):
@@ -253,11 +235,11 @@ def convert_official_dit_state_dict(
     expected = _expected_official_keys(depth)
     missing = [k for k in expected if k not in sd]
     if missing:
-        raise ValueError(f"{where}: missing keys of the official DiT layout: {_some(missing)}")
+        raise ValueError(f"{where}: missing keys of the official DiT layout: {first_few(missing, 8)}")
     unexpected = sorted(set(sd) - set(expected) - {"pos_embed"})
     if unexpected:
         raise ValueError(
-            f"{where}: unexpected keys for an official DiT with {depth} blocks: {_some(unexpected)}"
+            f"{where}: unexpected keys for an official DiT with {depth} blocks: {first_few(unexpected, 8)}"
         )
 
     def own(t: torch.Tensor) -> torch.Tensor:

@@ -16,17 +16,16 @@ CompVis YAML (``config=``). The key renaming is diffusers' own (``convert_ldm_un
 ``convert_ldm_vae_checkpoint``); this module adds what they lack: shape inference, the key check, EMA,
 the class embedder, attention inside the VQ levels and the codebook.
 
-Files are read with ``torch.load(weights_only=True)``. Lightning files often pickle Lightning or
-OmegaConf objects beside the weights (callbacks keyed by class, hyper-parameters); those, and only
-those (names under ``pytorch_lightning``, ``lightning``, ``lightning_fabric``, ``omegaconf``,
-``typing``), are unpickled as inert placeholders: nothing in the file is executed.
+Files are read by :func:`tstitch.models.weights.read_lightning_state_dict` (``torch.load(weights_only=True)``).
+Lightning files often pickle Lightning or OmegaConf objects beside the weights (callbacks keyed by class,
+hyper-parameters); those, and only those (names under ``pytorch_lightning``, ``lightning``, ``lightning_fabric``,
+``omegaconf``, ``typing``), are unpickled as inert placeholders: nothing in the file is executed.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import pickle
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -35,12 +34,11 @@ from typing import Any
 
 import torch
 
-from ..outputs import path_problem
 from ..sampling.ldm_models import ClassEmbedder
-from .checkpoints import check_float_tensors
+from .weights import block_indices, build_from_weights, first_few, read_lightning_state_dict, shape_of
 
 __all__ = [
-    "LDMComponents", "load_ldm_checkpoint", "load_vq_first_stage", "read_lightning_state_dict",
+    "LDMComponents", "load_ldm_checkpoint", "load_vq_first_stage",
     "read_compvis_yaml", "extract_unet_state_dict", "infer_ldm_unet_config", "convert_ldm_unet_state_dict",
     "infer_vq_config", "convert_vq_state_dict",
 ]
@@ -53,8 +51,6 @@ EMBEDDER_KEY = "cond_stage_model.embedding.weight"
 FIRST_STAGE_PREFIX = "first_stage_model."
 #: The published LDM / LDM-S head width (CompVis ``num_head_channels``).
 DEFAULT_HEAD_CHANNELS = 32
-#: Module prefixes whose pickled objects are replaced by inert placeholders (never executed).
-PLACEHOLDER_MODULES = ("pytorch_lightning", "lightning", "lightning_fabric", "omegaconf", "typing")
 
 
 @dataclass
@@ -68,75 +64,7 @@ class LDMComponents:
     unet_config: dict[str, Any] = field(default_factory=dict)
 
 
-# -- reading files -----------------------------------------------------------------------------------------
-
-
-class _Placeholder:
-    """Stands in for a pickled Lightning/OmegaConf object: accepts any construction, keeps its state."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        self.args = args
-
-    def __setstate__(self, state: Any) -> None:
-        self.state = state
-
-
-def _load_weights_only(path: Path) -> Any:
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as error:
-        if "weights only" not in str(error).lower():
-            raise ValueError(f"{path}: not a readable PyTorch checkpoint (truncated or corrupt?): {error}") from error
-        first_error = error
-    except Exception as error:  # zip, EOF and unpickling errors all mean the same here
-        raise ValueError(f"{path}: not a readable PyTorch checkpoint (truncated or corrupt?): {error}") from error
-    try:
-        names = torch.serialization.get_unsafe_globals_in_checkpoint(path)
-    except Exception:  # pragma: no cover - the first load already read the archive
-        names = []
-    foreign = [n for n in names if n.split(".")[0] not in PLACEHOLDER_MODULES]
-    if not names or foreign:
-        raise ValueError(f"{path}: the checkpoint holds Python objects that safe loading (weights_only=True) "
-                         f"refuses ({', '.join(foreign or names) or first_error}); re-save just the state dict.")
-    stand_ins = [(type(n.rsplit(".", 1)[-1], (_Placeholder,), {}), n) for n in names]
-    logger.info("%s: %d Lightning/OmegaConf objects read as inert placeholders", path, len(names))
-    with torch.serialization.safe_globals(stand_ins):
-        try:
-            return torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as error:  # torch's message runs to many lines: keep the one that says why
-            lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-            reason = next((line for line in lines if "unsupported" in line.lower()), lines[0] if lines else "")
-            raise ValueError(f"{path}: cannot read the checkpoint safely: {reason}") from error
-
-
-def read_lightning_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """The tensors of a Lightning ``.ckpt`` (its ``state_dict``) or of a plain state dict file (``ValueError``
-    for unreadable files, pickled code, no tensors; ``FileNotFoundError`` for a missing file)."""
-
-    path = Path(path).expanduser()
-    problem = path_problem(path)
-    if problem is not None:
-        raise ValueError(f"LDM checkpoint {problem}")
-    if path.exists() and not path.is_file():
-        raise ValueError(f"LDM checkpoint {str(path)!r} is not a plain file (a folder, a FIFO ...): give the .ckpt")
-    if not path.is_file():
-        raise FileNotFoundError(f"LDM checkpoint {str(path)!r} not found: no such file")
-    if path.suffix.lower() == ".safetensors":
-        from safetensors.torch import load_file
-
-        try:
-            obj: Any = load_file(str(path))
-        except Exception as error:
-            raise ValueError(f"{path}: not a readable safetensors file (truncated or corrupt?): {error}") from error
-    else:
-        obj = _load_weights_only(path)
-    if isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping):
-        obj = obj["state_dict"]
-    tensors = {k: v for k, v in obj.items() if torch.is_tensor(v)} if isinstance(obj, Mapping) else {}
-    if not tensors:
-        keys = ", ".join(map(str, list(obj)[:8])) if isinstance(obj, Mapping) else type(obj).__name__
-        raise ValueError(f"{path}: no state dict found (expected tensors, possibly under 'state_dict'); found {keys}")
-    return tensors
+# -- the CompVis YAML --------------------------------------------------------------------------------------
 
 
 def read_compvis_yaml(path: str | os.PathLike) -> dict[str, Any]:
@@ -176,33 +104,22 @@ def extract_unet_state_dict(sd: Mapping[str, torch.Tensor], *, ema: bool | None 
     flat = {EMA_PREFIX + ("diffusion_model." + k).replace(".", ""): k for k in unet}
     missing = [name for name in flat if name not in sd]
     if missing:
-        raise ValueError(f"{where}: EMA weights are incomplete; missing {_some(missing)}")
+        raise ValueError(f"{where}: EMA weights are incomplete; missing {first_few(missing)}")
     logger.info("%s: using the EMA weights (model_ema.*) of the U-Net", where)
     return {k: sd[name] for name, k in flat.items()}, True
-
-
-def _shape(sd: Mapping[str, torch.Tensor], key: str, where: str) -> tuple[int, ...]:
-    if key not in sd:
-        raise ValueError(f"{where}: missing key {key!r}")
-    return tuple(sd[key].shape)
-
-
-def _indices(sd: Mapping[str, Any], prefix: str) -> list[int]:
-    pattern = re.compile(rf"^{re.escape(prefix)}(\d+)\.")
-    return sorted({int(m.group(1)) for k in sd for m in [pattern.match(k)] if m})
 
 
 def _parse_levels(sd: Mapping[str, torch.Tensor], where: str) -> list[list[tuple[int, bool]]]:
     """Input blocks grouped by level: per residual block (output channels, has attention)."""
     levels: list[list[tuple[int, bool]]] = [[]]
-    blocks = _indices(sd, "input_blocks.")
+    blocks = block_indices(sd, "input_blocks.")
     if blocks != list(range(len(blocks))) or not blocks:
         raise ValueError(f"{where}: input blocks are missing or not numbered 0..n (found {blocks})")
     for i in blocks[1:]:
         if f"input_blocks.{i}.0.op.weight" in sd:
             levels.append([])
             continue
-        out = _shape(sd, f"input_blocks.{i}.0.in_layers.2.weight", where)[0]
+        out = shape_of(sd, f"input_blocks.{i}.0.in_layers.2.weight", where)[0]
         levels[-1].append((out, f"input_blocks.{i}.1.norm.weight" in sd))
     return levels
 
@@ -214,8 +131,8 @@ def infer_ldm_unet_config(sd: Mapping[str, torch.Tensor], *, num_head_channels: 
     Heads: ``num_head_channels`` (channels per head, default 32 as published) or ``num_heads`` (a fixed
     head count, CompVis ``num_heads`` with ``num_head_channels: -1``).
     """
-    model_channels, in_channels = _shape(sd, "input_blocks.0.0.weight", where)[:2]
-    out_channels = _shape(sd, "out.2.weight", where)[0]
+    model_channels, in_channels = shape_of(sd, "input_blocks.0.0.weight", where)[:2]
+    out_channels = shape_of(sd, "out.2.weight", where)[0]
     levels = _parse_levels(sd, where)
     per_level = {len(level) for level in levels}
     if len(per_level) != 1 or 0 in per_level:
@@ -229,16 +146,17 @@ def infer_ldm_unet_config(sd: Mapping[str, torch.Tensor], *, num_head_channels: 
     if channels[0] != model_channels:
         raise ValueError(f"{where}: channel_mult must start with 1 for diffusers (level 0 has {channels[0]} channels)")
     expected_out = len(levels) * (per_level.pop() + 1)
-    if len(_indices(sd, "output_blocks.")) != expected_out:
-        raise ValueError(f"{where}: expected {expected_out} output blocks, found {len(_indices(sd, 'output_blocks.'))}")
+    outputs = len(block_indices(sd, "output_blocks."))
+    if outputs != expected_out:
+        raise ValueError(f"{where}: expected {expected_out} output blocks, found {outputs}")
     with_attention = [f"input_blocks.{i}.1" for i in range(1, 64) if f"input_blocks.{i}.1.norm.weight" in sd]
     attn = (with_attention or ["middle_block.1"])[0]
-    depth = len(_indices(sd, f"{attn}.transformer_blocks."))
+    depth = len(block_indices(sd, f"{attn}.transformer_blocks."))
     if depth == 0:
         raise ValueError(f"{where}: no spatial transformer blocks ('{attn}.transformer_blocks.<i>.*'); "
                          "only use_spatial_transformer U-Nets are supported")
-    context_dim = _shape(sd, f"{attn}.transformer_blocks.0.attn2.to_k.weight", where)[1]
-    scale_shift = _shape(sd, "input_blocks.1.0.emb_layers.1.weight", where)[0] == 2 * channels[0]
+    context_dim = shape_of(sd, f"{attn}.transformer_blocks.0.attn2.to_k.weight", where)[1]
+    scale_shift = shape_of(sd, "input_blocks.1.0.emb_layers.1.weight", where)[0] == 2 * channels[0]
     if num_heads is not None and num_head_channels is not None:
         raise ValueError("give num_heads or num_head_channels, not both")
     head_channels = num_head_channels or DEFAULT_HEAD_CHANNELS
@@ -255,7 +173,7 @@ def infer_ldm_unet_config(sd: Mapping[str, torch.Tensor], *, num_head_channels: 
         up_block_types=[d.replace("Down", "Up") for d in reversed(down)], block_out_channels=channels,
         layers_per_block=len(levels[0]), cross_attention_dim=context_dim, attention_head_dim=heads,
         transformer_layers_per_block=depth, norm_num_groups=32, norm_eps=1e-5, flip_sin_to_cos=True, freq_shift=0,
-        use_linear_projection=len(_shape(sd, f"{attn}.proj_in.weight", where)) == 2,
+        use_linear_projection=len(shape_of(sd, f"{attn}.proj_in.weight", where)) == 2,
         resnet_time_scale_shift="scale_shift" if scale_shift else "default",
     )
 
@@ -313,10 +231,6 @@ def _expected_unet_keys(sd: Mapping[str, torch.Tensor], config: Mapping[str, Any
     return keys
 
 
-def _some(keys: list[str], limit: int = 6) -> str:
-    return ", ".join(keys[:limit]) + (f" ... ({len(keys)} in all)" if len(keys) > limit else "")
-
-
 def convert_ldm_unet_state_dict(sd: Mapping[str, torch.Tensor], config: Mapping[str, Any], *,
                                 where: str = "U-Net") -> dict[str, torch.Tensor]:
     """CompVis U-Net weights (no prefix) -> ``UNet2DConditionModel`` weights, with diffusers' renaming.
@@ -327,29 +241,12 @@ def convert_ldm_unet_state_dict(sd: Mapping[str, torch.Tensor], config: Mapping[
 
     expected = _expected_unet_keys(sd, config)
     if missing := [k for k in expected if k not in sd]:
-        raise ValueError(f"{where}: missing keys of the CompVis U-Net layout: {_some(missing)}")
+        raise ValueError(f"{where}: missing keys of the CompVis U-Net layout: {first_few(missing)}")
     if unexpected := sorted(set(sd) - set(expected)):
-        raise ValueError(f"{where}: unexpected keys for this CompVis U-Net: {_some(unexpected)}")
+        raise ValueError(f"{where}: unexpected keys for this CompVis U-Net: {first_few(unexpected)}")
     prefixed = {UNET_PREFIX + k: v for k, v in sd.items()}
     converted = convert_ldm_unet_checkpoint(prefixed, dict(config))
     return {k: v.detach().clone().contiguous() for k, v in converted.items()}
-
-
-def _build(cls: Any, config: Mapping[str, Any], sd: Mapping[str, torch.Tensor], where: str) -> Any:
-
-    check_float_tensors(sd, where)  # int or bool tensors would be cast silently
-    with torch.random.fork_rng(devices=[]):  # building must not move the caller's random state
-        model = cls(**config)
-    expected = model.state_dict()
-    wrong = [f"{k} {tuple(v.shape)} (expected {tuple(expected[k].shape)})"
-             for k, v in sd.items() if k in expected and v.shape != expected[k].shape]
-    if wrong:
-        raise ValueError(f"{where}: wrong shapes: {_some(wrong, 4)}")
-    result = model.load_state_dict(dict(sd), strict=False)
-    if result.missing_keys or result.unexpected_keys:
-        raise ValueError(f"{where}: weights do not fit a {cls.__name__} (missing {_some(result.missing_keys)}; "
-                         f"unexpected {_some(result.unexpected_keys)})")
-    return model.eval()
 
 
 # -- VQ first stage ----------------------------------------------------------------------------------------
@@ -357,22 +254,22 @@ def _build(cls: Any, config: Mapping[str, Any], sd: Mapping[str, torch.Tensor], 
 
 def infer_vq_config(sd: Mapping[str, torch.Tensor], *, where: str = "first stage") -> dict[str, Any]:
     """``VQModel`` config for CompVis ``VQModel`` weights (``encoder.*``, ``decoder.*``, ``quantize.*``)."""
-    ch, in_channels = _shape(sd, "encoder.conv_in.weight", where)[:2]
-    n_embed, embed_dim = _shape(sd, "quantize.embedding.weight", where)
-    levels = _indices(sd, "encoder.down.")
+    ch, in_channels = shape_of(sd, "encoder.conv_in.weight", where)[:2]
+    n_embed, embed_dim = shape_of(sd, "quantize.embedding.weight", where)
+    levels = block_indices(sd, "encoder.down.")
     if not levels or levels != list(range(len(levels))):
         raise ValueError(f"{where}: encoder levels missing or not numbered 0..n (found {levels})")
-    widths = [_shape(sd, f"encoder.down.{i}.block.0.conv2.weight", where)[0] for i in levels]
+    widths = [shape_of(sd, f"encoder.down.{i}.block.0.conv2.weight", where)[0] for i in levels]
     attention = [f"encoder.down.{i}.attn.0.q.weight" in sd for i in levels]
     if widths[0] != ch:
         raise ValueError(f"{where}: ch_mult must start with 1 for diffusers ({widths[0]} != {ch})")
     down = ["AttnDownEncoderBlock2D" if a else "DownEncoderBlock2D" for a in attention]
     up = ["AttnUpDecoderBlock2D" if a else "UpDecoderBlock2D" for a in reversed(attention)]
     return dict(  # scaling_factor 1.0: the LDM latents are the first stage's own (scale_factor 1.0)
-        in_channels=in_channels, out_channels=_shape(sd, "decoder.conv_out.weight", where)[0],
+        in_channels=in_channels, out_channels=shape_of(sd, "decoder.conv_out.weight", where)[0],
         down_block_types=down, up_block_types=up, block_out_channels=widths, norm_num_groups=32,
-        layers_per_block=len(_indices(sd, "encoder.down.0.block.")), num_vq_embeddings=n_embed,
-        latent_channels=_shape(sd, "decoder.conv_in.weight", where)[1], vq_embed_dim=embed_dim, scaling_factor=1.0,
+        layers_per_block=len(block_indices(sd, "encoder.down.0.block.")), num_vq_embeddings=n_embed,
+        latent_channels=shape_of(sd, "decoder.conv_in.weight", where)[1], vq_embed_dim=embed_dim, scaling_factor=1.0,
     )
 
 
@@ -411,7 +308,7 @@ def _vq_from_state_dict(sd: Mapping[str, torch.Tensor], where: str) -> Any:
     if len(converted) != len(known):
         raise ValueError(f"{where}: {len(known) - len(converted)} first-stage weights were not converted "
                          "(unexpected keys for a CompVis VQModel)")
-    return _build(VQModel, config, converted, where)
+    return build_from_weights(VQModel, config, converted, where)
 
 
 def load_vq_first_stage(source: str | os.PathLike | Mapping[str, torch.Tensor], *, device: str | torch.device = "cpu",
@@ -465,7 +362,7 @@ def load_ldm_checkpoint(
     from diffusers import UNet2DConditionModel
 
     converted = convert_ldm_unet_state_dict(unet_sd, unet_config, where=where)
-    unet = _place(_build(UNet2DConditionModel, unet_config, converted, where), device, dtype)
+    unet = _place(build_from_weights(UNet2DConditionModel, unet_config, converted, where), device, dtype)
     embedder = None
     if EMBEDDER_KEY in sd:
         table = sd[EMBEDDER_KEY]
