@@ -6,12 +6,12 @@ named by path or hub id (``tstitch sample --model``). Both return a
 :class:`~tstitch.models.loaded.ClassConditionalModels` (DiTs, the digits family) or a
 :class:`~tstitch.models.loaded.StitchedPipeline` (Stable Diffusion, SDXL), ready for
 :func:`tstitch.experiments.generate.generate`. Each model is loaded by its row of
-:data:`~tstitch.models.families.FAMILIES`; every source is checked before anything is loaded.
+:data:`~tstitch.models.families.FAMILIES`; every source is checked before anything is loaded (what a ``--model``
+source holds is read by :mod:`tstitch.models.kinds`).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections.abc import Sequence
@@ -26,8 +26,9 @@ from ..sampling.schedulers import SCHEDULERS
 from ..stitcher import check_compatible, stitch
 from .availability import check_available, checkpoint_dirs, find_file
 from .checks import check_device, check_dtype, check_finite_weights
-from .families import FAMILIES, Family, denoiser_of, family_of_class, family_of_name, load_pipeline
-from .hub import REPO_FILE, REPO_ID, CheckpointNotAvailableError, download_hint, hub_cached, not_fetched, offline_mode
+from .families import FAMILIES, Family, denoiser_of, family_of_name, load_pipeline
+from .hub import CheckpointNotAvailableError, hub_cached, not_fetched, offline_mode
+from .kinds import detect_kind
 from .ldm_checkpoints import load_vq_first_stage
 from .loaded import ClassConditionalModels, SamplingDefaults, StitchedPipeline, check_controlnet_layout
 from .presets import (
@@ -41,14 +42,10 @@ from .presets import (
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["load_preset", "load_models", "load_pipeline", "detect_kind", "check_preset", "CheckpointNotAvailableError"]
+__all__ = ["load_preset", "load_models", "load_pipeline", "check_preset", "CheckpointNotAvailableError"]
 
 
 # -- resolving sources -------------------------------------------------------------------------------------
-
-
-# The availability checks need no torch (``tstitch sample`` runs them before importing it).
-_checkpoint_dirs, _find_file, _check_available = checkpoint_dirs, find_file, check_available
 
 
 def _first_hub(source: ModelSource, offline: bool) -> str:
@@ -88,7 +85,7 @@ def _load_class_model(source: ModelSource | str, dirs: list[Path], offline: bool
         model = family.load(source, device=device, dtype=dtype, offline=offline,
                             timestep_embedding=timestep_embedding)
         return model, Path(source).name if Path(source).exists() else source, family
-    path = _find_file(source, dirs)
+    path = find_file(source, dirs)
     target = str(path) if path is not None else _first_hub(source, offline)
     logger.info("loading %s from %s", source.label, target)
     model = family.load(target, device=device, dtype=dtype, offline=offline, timestep_embedding=timestep_embedding,
@@ -164,14 +161,14 @@ def _build(
         check_dtype(dtype)
     dtype = _default_dtype(kind, device, dtype)
     offline = offline_mode(local_files_only)
-    dirs = _checkpoint_dirs(checkpoint_dir)
+    dirs = checkpoint_dirs(checkpoint_dir)
     if len(sources) < 2:
         raise ValueError(f"stitching needs at least two models (smallest first), got {len(sources)}")
     positions = [f"--model #{i + 1}" for i in range(len(sources))]
     named = [(s, p) for s, p in zip(sources, positions, strict=True) if isinstance(s, ModelSource)]
     if isinstance(vae, ModelSource):
         named.append((vae, "--vae"))
-    _check_available(named, dirs, offline, f"{label} (offline)" if offline else label)
+    check_available(named, dirs, offline, f"{label} (offline)" if offline else label)
 
     if kind == "class":
         models, names, families = [], [], []
@@ -186,8 +183,8 @@ def _build(
         for i, model in enumerate(models[:-1]):
             check_compatible(models[-1], model, f"models[{i}] ({names[i]})")
         family = families[-1]  # the large model's family decodes and gives the noise schedule
-        if isinstance(vae, ModelSource) and _find_file(vae, dirs) is not None:  # a downloaded file (vq-f8)
-            vae = str(_find_file(vae, dirs))
+        if isinstance(vae, ModelSource) and find_file(vae, dirs) is not None:  # a downloaded file (vq-f8)
+            vae = str(find_file(vae, dirs))
         decoder = None if vae is None else _load_vae(vae, offline, device, dtype)
         if decoder is not None:
             check_finite_weights(decoder, f"the VAE ({vae if isinstance(vae, str) else vae.label})")
@@ -289,59 +286,6 @@ def load_preset(
 
 
 # -- models given by path or hub id ------------------------------------------------------------------------
-
-
-def detect_kind(source: str, *, local_files_only: bool | None = None) -> Literal["class", "pipeline", "denoiser"]:
-    """What ``source`` holds: a class-conditional DiT (``"class"``), a text-to-image pipeline
-    (``"pipeline"``) or a bare denoiser folder (``"denoiser"``, usable as a small model only)."""
-    embedded = family_of_name(source)
-    if embedded is not None:
-        return embedded.kind
-    path = Path(source).expanduser()
-    if path.is_file():
-        return "class"
-    if path.is_dir():
-        return _kind_from_configs(lambda name: path / name if (path / name).is_file() else None, source)
-    if REPO_FILE.match(source):
-        return "class"
-    if not REPO_ID.match(source):
-        raise FileNotFoundError(f"model {source!r} not found: no such file or folder, and not a hub id 'owner/name'")
-    offline = offline_mode(local_files_only)
-
-    def fetch(name: str) -> Path | None:
-        from huggingface_hub import hf_hub_download
-
-        try:
-            return Path(hf_hub_download(source, name, local_files_only=offline))
-        except Exception:
-            return None
-
-    try:
-        return _kind_from_configs(fetch, source)
-    except ValueError:
-        if offline and not hub_cached(source):
-            raise CheckpointNotAvailableError(
-                f"{source!r} is not in the local Hugging Face cache and the hub is off (HF_HUB_OFFLINE=1 or "
-                f"local_files_only); download it once with network access ({download_hint(source)}) or pass a "
-                "local path"
-            ) from None
-        raise
-
-
-def _kind_from_configs(find: Any, source: str) -> Literal["class", "pipeline", "denoiser"]:
-    for name in ("model_index.json", "config.json", "transformer/config.json"):
-        found = find(name)
-        if found is None:
-            continue
-        try:
-            class_name = json.loads(Path(found).read_text()).get("_class_name", "")
-        except (OSError, json.JSONDecodeError) as error:
-            raise ValueError(f"{source}: unreadable {name} ({error})") from error
-        family = family_of_class(class_name)
-        if family is not None and family.kind == "class":
-            return "class"
-        return "pipeline" if name == "model_index.json" else "denoiser"
-    raise ValueError(f"{source}: neither a diffusers pipeline nor a model (no model_index.json or config.json)")
 
 
 def _default_fractions(num_models: int) -> tuple[float, ...]:
