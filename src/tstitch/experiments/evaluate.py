@@ -33,6 +33,11 @@ Layout of the output folder::
 Processes: every process loads the models; process 0 checks the manifest and lists the missing shards,
 which are dealt out round-robin; after a barrier the process group is closed and process 0 alone merges,
 scores and reports (no collective runs while it does).
+
+One cohesive thing, kept whole over 400 lines: :class:`EvaluationRun` is one run's settings and every step that
+depends on them (manifest, shards, merge), with its driver; what stands apart is already in
+:mod:`~tstitch.experiments.evaluation_config`, :mod:`~tstitch.experiments.evaluation_files`,
+:mod:`~tstitch.experiments.evaluation_report` and :mod:`~tstitch.experiments.processes`.
 """
 
 from __future__ import annotations
