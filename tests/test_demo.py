@@ -19,7 +19,7 @@ from tstitch.experiments import demo_sections
 from tstitch.experiments.demo import DemoConfig, format_table, run_demo
 from tstitch.experiments.demo_report import summarize_section
 from tstitch.experiments.demo_sections import DIT_SECTION, UNET_SECTION, DemoSection, load_sections, section_files
-from tstitch.experiments.study import predicted_clean, trajectory_agreement, trajectory_similarity
+from tstitch.experiments.study import predicted_clean, trajectory_agreement
 from tstitch.experiments.timing import Spread, chunk_bounds, ratio_spread, round_robin, run_interleaved, spread
 from tstitch.sampling import Guidance, denoise
 
@@ -146,15 +146,6 @@ def test_trajectory_agreement_is_the_formula_along_the_large_models_trajectory()
         assert found["small"].eps_cosine[k] == pytest.approx(float(eps_cosine), rel=1e-5)
     assert found["same"].x0_relative_l2 == [0.0] * 4
     assert found["same"].x0_cosine == pytest.approx([1.0] * 4)
-    # the two-value form keeps working for its callers, with either prediction
-    steps, values = trajectory_similarity(small, large, scheduler, noise, labels, num_steps=4, guidance_scale=1.5)
-    assert steps == found["small"].timesteps and values == pytest.approx(found["small"].eps_cosine)
-    _, values = trajectory_similarity(small, large, scheduler, noise, labels, num_steps=4, guidance_scale=1.5,
-                                      prediction="x0")
-    assert values == pytest.approx(found["small"].x0_cosine)
-    with pytest.raises(ValueError, match="prediction must be 'eps' or 'x0', got 'v'"):
-        trajectory_similarity(small, large, scheduler, noise, labels, num_steps=4, guidance_scale=1.5,
-                              prediction="v")
     v_scheduler = DDIMScheduler(num_train_timesteps=100, prediction_type="v_prediction")
     with pytest.raises(ValueError, match="prediction_type must be 'epsilon'"):
         trajectory_agreement({"s": small}, large, v_scheduler, noise, labels, num_steps=2, guidance_scale=1.0)

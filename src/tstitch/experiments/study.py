@@ -23,7 +23,6 @@ __all__ = [
     "three_model_allocations",
     "pareto_front",
     "add_relative_columns",
-    "trajectory_similarity",
     "trajectory_agreement",
     "TrajectoryAgreement",
     "predicted_clean",
@@ -195,27 +194,6 @@ def trajectory_agreement(
     denoise(lambda step: large, scheduler, noise, class_labels=labels, num_inference_steps=num_steps,
             guidance=guidance, callback=compare)
     return found
-
-
-def trajectory_similarity(
-    small: nn.Module,
-    large: nn.Module,
-    scheduler: Any,
-    noise: torch.Tensor,
-    labels: torch.Tensor,
-    *,
-    num_steps: int,
-    guidance_scale: float,
-    prediction: str = "eps",
-) -> tuple[list[float], list[float]]:
-    """Per step, the mean cosine similarity of the small and large model's predictions at the same
-    points of the large model's trajectory: of the noise (``prediction="eps"``) or of the clean image
-    (``"x0"``). Returns ``(timesteps, similarities)``; :func:`trajectory_agreement` gives every measure."""
-    if prediction not in ("eps", "x0"):
-        raise ValueError(f"prediction must be 'eps' or 'x0', got {prediction!r}")
-    found = trajectory_agreement({"small": small}, large, scheduler, noise, labels, num_steps=num_steps,
-                                 guidance_scale=guidance_scale)["small"]
-    return found.timesteps, found.eps_cosine if prediction == "eps" else found.x0_cosine
 
 
 def build_schedules(names: Sequence[str], *, fractions: Sequence[float] | None, sweep: bool,

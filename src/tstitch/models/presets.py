@@ -191,7 +191,10 @@ _DIT_SETTINGS: dict[str, Any] = dict(
     family="dit", num_steps=100, guidance_scale=1.5, scheduler="ddim", mode="official", vae=DIT_VAE_SOURCE,
     latent_scale=DIT_LATENT_SCALE, class_labels=DIT_LABELS, timestep_embedding="official",
 )
-_SD_PROMPT = "a photograph of an astronaut riding a horse"
+#: A text-to-image pair: the pipeline's own defaults, one prompt.
+_PIPELINE_SETTINGS: dict[str, Any] = dict(
+    family="diffusers-pipeline", fractions=(0.4,), prompt="a photograph of an astronaut riding a horse",
+)
 
 PRESETS: dict[str, Preset] = {
     preset.name: preset
@@ -221,17 +224,17 @@ PRESETS: dict[str, Preset] = {
         ),
         Preset(
             "sd15-bksdm-tiny", "BK-SDM-Tiny -> Stable Diffusion 1.5 (text-to-image, 512x512)",
-            family="diffusers-pipeline", models=(_BKSDM_TINY, _SD15), fractions=(0.4,), prompt=_SD_PROMPT,
+            models=(_BKSDM_TINY, _SD15), **_PIPELINE_SETTINGS,
             published="the pipeline's defaults (50 PNDM steps, guidance 7.5)",
         ),
         Preset(
             "sd15-bksdm-small", "BK-SDM-Small -> Stable Diffusion 1.5 (text-to-image, 512x512)",
-            family="diffusers-pipeline", models=(_BKSDM_SMALL, _SD15), fractions=(0.4,), prompt=_SD_PROMPT,
+            models=(_BKSDM_SMALL, _SD15), **_PIPELINE_SETTINGS,
             published="the pipeline's defaults (50 PNDM steps, guidance 7.5)",
         ),
         Preset(
             "sdxl-ssd1b", "SSD-1B -> SDXL base 1.0 (text-to-image, 1024x1024)",
-            family="diffusers-pipeline", models=(_SSD1B, _SDXL), fractions=(0.4,), prompt=_SD_PROMPT,
+            models=(_SSD1B, _SDXL), **_PIPELINE_SETTINGS,
             published="one prompt: 13.6 s at 0, 11.05 s at 0.4, 8.8 s at 1 (pipeline defaults)",
         ),
         Preset(
