@@ -7,6 +7,7 @@ started with SIGINT ignored (``nohup make test &``, a background job, some CI ru
 SIG_IGN down, and a test that sends the child a SIGINT would wait for nothing. Whatever happens in the test,
 the child's group and every process below it (``torchrun``'s workers start sessions of their own) are killed
 and the child is reaped on the way out; ``conftest.py`` checks at the end of the run that nothing is left.
+:func:`deadline` bounds work done in the test's own process instead (an argument check that opens a FIFO).
 """
 
 from __future__ import annotations
@@ -63,3 +64,20 @@ def run(argv: Sequence[str], *, timeout: float, **popen_kwargs: Any) -> subproce
     with child(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen_kwargs) as process:
         stdout, stderr = process.communicate(timeout=timeout)
     return subprocess.CompletedProcess(list(argv), process.returncode, stdout, stderr)
+
+
+@contextlib.contextmanager
+def deadline(seconds: int, what: str = "still running") -> Iterator[None]:
+    """Fail instead of hanging (a FIFO opened for reading waits for a writer forever): ``TimeoutError`` after
+    ``seconds``, saying ``what`` ran too long."""
+
+    def expired(signum: int, frame: Any) -> None:
+        raise TimeoutError(f"{what} after {seconds} s")
+
+    previous = signal.signal(signal.SIGALRM, expired)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)

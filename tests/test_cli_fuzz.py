@@ -11,13 +11,13 @@ import contextlib
 import io
 import os
 import re
-import signal
 from pathlib import Path
 
 import hypothesis_home  # noqa: F401  (hypothesis's caches outside the working tree)
 import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
+from processes import deadline
 
 from tstitch import cli
 
@@ -110,20 +110,6 @@ def stop_before_models(monkeypatch):
         monkeypatch.setattr(module, name, reached)
 
 
-@contextlib.contextmanager
-def deadline(seconds: int):
-    def expired(signum, frame):
-        raise TimeoutError(f"an argument check ran for more than {seconds} s (a FIFO opened?)")
-
-    previous = signal.signal(signal.SIGALRM, expired)
-    signal.alarm(seconds)
-    try:
-        yield
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, previous)
-
-
 def test_every_command_has_fuzzable_flags():
     assert set(FLAGS) == {"demo", "sample", "train-zoo", "evaluate", "bench", "tune", "serve"}
     assert FLAGS["sample"]["--steps"][0] == "number" and FLAGS["sample"]["--plan"][0] == "path"
@@ -156,7 +142,8 @@ def test_random_flag_values_are_checked_or_get_past_the_checks(data, tmp_path, m
         argv += [flag, *(data.draw(values, label=flag) for _ in range(count))]
 
     stderr = io.StringIO()
-    with deadline(30), contextlib.redirect_stderr(stderr), contextlib.redirect_stdout(io.StringIO()):
+    checking = deadline(30, "an argument check (a FIFO opened?) still ran")
+    with checking, contextlib.redirect_stderr(stderr), contextlib.redirect_stdout(io.StringIO()):
         try:
             code = cli.main(argv)
         except ModelLoad:

@@ -18,7 +18,6 @@ import subprocess
 import sys
 import time
 import types
-from contextlib import contextmanager
 from pathlib import Path
 
 import processes
@@ -52,22 +51,6 @@ def no_models(monkeypatch):
     for module, name in [(tstitch.models.loading, "load_preset"), (tstitch.models.loading, "load_models"),
                          (tstitch.experiments.evaluate, "resolve_models")]:
         monkeypatch.setattr(module, name, loaded)
-
-
-@contextmanager
-def deadline(seconds: int):
-    """Fail instead of hanging (a FIFO opened for reading waits for a writer forever)."""
-
-    def expired(signum, frame):
-        raise TimeoutError(f"still running after {seconds} s")
-
-    previous = signal.signal(signal.SIGALRM, expired)
-    signal.alarm(seconds)
-    try:
-        yield
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, previous)
 
 
 def one_error_line(err: str, command: str) -> str:
@@ -209,7 +192,7 @@ def test_a_fifo_and_truncated_files_with_a_safetensors_name(dit_file, tmp_path):
     from tstitch.models.ldm_checkpoints import load_ldm_checkpoint
 
     os.mkfifo(tmp_path / "fifo.safetensors")
-    with deadline(20):
+    with processes.deadline(20):
         with pytest.raises(ValueError, match="fifo.safetensors' is not a plain file"):
             load_dit(tmp_path / "fifo.safetensors")
         with pytest.raises(ValueError, match="fifo.safetensors' is not a plain file"):
@@ -432,7 +415,7 @@ def test_bad_plan_files_are_refused_by_name_before_any_work(bad_plans, capsys, n
     load_plan called it missing); a loop of links 'does not exist'."""
     from tstitch.planfile import load_plan
 
-    with deadline(20):
+    with processes.deadline(20):
         with pytest.raises(ValueError, match=re.escape(message)):
             load_plan(bad_plans / name)
         for command in ("sample", "evaluate"):

@@ -40,12 +40,14 @@ def make_noise(batch: int = len(LABELS), seed: int = 0) -> torch.Tensor:
     return torch.randn(batch, LATENT_CHANNELS, DIT_SAMPLE_SIZE, DIT_SAMPLE_SIZE, generator=generator)
 
 
-def run_sample(models, fractions, scheduler_name, guidance_scale=4.0, labels=LABELS, **kwargs):
+def run_sample(models, fractions, scheduler, guidance_scale=4.0, labels=LABELS, **kwargs):
+    """``tstitch.sample`` on the test's noise; ``scheduler``: a scheduler, or a name to make one by."""
     kwargs.setdefault("generator", torch.Generator().manual_seed(123))
+    learned_sigma = kwargs.pop("learned_sigma", True)
     return tstitch.sample(
         models,
         fractions,
-        make_scheduler(scheduler_name, learned_sigma=kwargs.pop("learned_sigma", True)),
+        make_scheduler(scheduler, learned_sigma=learned_sigma) if isinstance(scheduler, str) else scheduler,
         noise=make_noise(len(labels)),
         class_labels=labels,
         num_inference_steps=NUM_STEPS,
@@ -221,16 +223,7 @@ def test_learned_sigma_reaches_only_schedulers_that_learn_it(models, learned_sig
     small, _, large = models
     scheduler = make_scheduler("ddpm", learned_sigma=learned_sigma)
     spy = StepSpy(scheduler)
-    tstitch.sample(
-        [small, large],
-        0.4,
-        scheduler,
-        noise=make_noise(),
-        class_labels=LABELS,
-        num_inference_steps=NUM_STEPS,
-        guidance_scale=4.0,
-        generator=torch.Generator().manual_seed(0),
-    )
+    run_sample([small, large], 0.4, scheduler, generator=torch.Generator().manual_seed(0))
     expected = (len(LABELS), channels, DIT_SAMPLE_SIZE, DIT_SAMPLE_SIZE)
     assert [tuple(o.shape) for o in spy.outputs] == [expected] * NUM_STEPS
 
@@ -243,17 +236,8 @@ def test_guided_channels(models, guided_channels):
     small_spy, large_spy = OutputSpy(small), OutputSpy(large)
     scale, batch, channels = 4.0, len(LABELS), LATENT_CHANNELS
     try:
-        tstitch.sample(
-            [small, large],
-            0.4,
-            scheduler,
-            noise=make_noise(),
-            class_labels=LABELS,
-            num_inference_steps=NUM_STEPS,
-            guidance_scale=scale,
-            guided_channels=guided_channels,
-            generator=torch.Generator().manual_seed(0),
-        )
+        run_sample([small, large], 0.4, scheduler, guidance_scale=scale, guided_channels=guided_channels,
+                   generator=torch.Generator().manual_seed(0))
     finally:
         small_spy.handle.remove()
         large_spy.handle.remove()

@@ -27,6 +27,7 @@ from tiny_models import (  # one_thread: an autouse fixture
     CROSS_ATTENTION_DIM,
     DIT_SAMPLE_SIZE,
     LATENT_CHANNELS,
+    NO_SAFETY_CHECKER,
     SCHEDULERS,
     SD3_JOINT_DIM,
     SD3_POOLED_DIM,
@@ -44,6 +45,7 @@ from tiny_models import (  # one_thread: an autouse fixture
     step_of_each_scheduler_call,
     tiny_controlnet,
     tiny_dit,
+    tiny_pipeline,
     tiny_sd3_transformer,
     tiny_unet,
     tiny_vae,
@@ -106,44 +108,30 @@ def run_dit(pipe, guidance_scale=4.0, output_type="latent", steps=N, labels=LABE
     return captured[0]
 
 
-def run_sd(pipe, guidance_scale=5.0, output_type="latent", steps=N, **kwargs):
+def run_pipe(pipe, prompt, negative, guidance_scale, output_type, steps, **kwargs):
     return pipe(
-        prompt_embeds=PROMPT,
-        negative_prompt_embeds=NEGATIVE,
+        prompt_embeds=prompt,
+        negative_prompt_embeds=negative,
         guidance_scale=guidance_scale,
         num_inference_steps=steps,
         generator=_generator(),
         output_type=output_type,
         **kwargs,
     ).images
+
+
+def run_sd(pipe, guidance_scale=5.0, output_type="latent", steps=N, **kwargs):
+    return run_pipe(pipe, PROMPT, NEGATIVE, guidance_scale, output_type, steps, **kwargs)
 
 
 def run_sdxl(pipe, guidance_scale=5.0, output_type="latent", steps=N, **kwargs):
-    return pipe(
-        prompt_embeds=PROMPT,
-        negative_prompt_embeds=NEGATIVE,
-        pooled_prompt_embeds=POOLED,
-        negative_pooled_prompt_embeds=NEGATIVE_POOLED,
-        guidance_scale=guidance_scale,
-        num_inference_steps=steps,
-        generator=_generator(),
-        output_type=output_type,
-        **kwargs,
-    ).images
+    return run_sd(pipe, guidance_scale, output_type, steps, pooled_prompt_embeds=POOLED,
+                  negative_pooled_prompt_embeds=NEGATIVE_POOLED, **kwargs)
 
 
 def run_sd3(pipe, guidance_scale=5.0, output_type="latent", steps=N, **kwargs):
-    return pipe(
-        prompt_embeds=SD3_PROMPT,
-        negative_prompt_embeds=SD3_NEGATIVE,
-        pooled_prompt_embeds=SD3_POOLED,
-        negative_pooled_prompt_embeds=SD3_NEGATIVE_POOLED,
-        guidance_scale=guidance_scale,
-        num_inference_steps=steps,
-        generator=_generator(),
-        output_type=output_type,
-        **kwargs,
-    ).images
+    return run_pipe(pipe, SD3_PROMPT, SD3_NEGATIVE, guidance_scale, output_type, steps, pooled_prompt_embeds=SD3_POOLED,
+                    negative_pooled_prompt_embeds=SD3_NEGATIVE_POOLED, **kwargs)
 
 
 def run_controlnet(pipe, guidance_scale=5.0, output_type="latent", steps=N, **kwargs):
@@ -381,18 +369,7 @@ def test_img2img_counts_from_the_begin_index():
     """
 
     def make(unet, scheduler):
-        pipe = StableDiffusionImg2ImgPipeline(
-            vae=tiny_vae(),
-            text_encoder=None,
-            tokenizer=None,
-            unet=unet,
-            scheduler=scheduler,
-            safety_checker=None,
-            feature_extractor=None,
-            requires_safety_checker=False,
-        )
-        pipe.set_progress_bar_config(disable=True)
-        return pipe
+        return tiny_pipeline(StableDiffusionImg2ImgPipeline, scheduler, unet=unet, **NO_SAFETY_CHECKER)
 
     image = torch.rand(2, 3, UNET_SAMPLE_SIZE, UNET_SAMPLE_SIZE, generator=torch.Generator().manual_seed(5))
     for scheduler_name in ("euler", "heun", "dpmsolver++"):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import inspect
 from collections.abc import Sequence
 from typing import Any
 
@@ -198,72 +199,39 @@ def step_of_each_scheduler_call(scheduler_name: str, num_steps: int) -> list[int
 # -- pipelines -----------------------------------------------------------------------------------------------
 
 
-def dit_pipeline(transformer: DiTTransformer2DModel, scheduler: Any, vae: AutoencoderKL | None = None):
-    pipe = DiTPipeline(transformer=transformer, vae=vae or tiny_vae(), scheduler=scheduler)
+#: What the Stable Diffusion pipelines need to run without their safety checker.
+NO_SAFETY_CHECKER = dict(safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+
+
+def tiny_pipeline(cls: type, scheduler: Any, vae: AutoencoderKL | None = None, **parts: Any):
+    """A ``cls`` pipeline of ``parts`` with a tiny VAE (unless ``vae``), none of the text encoders and tokenizers
+    its constructor names (the tests pass embeddings) and no progress bar."""
+    empty = {name: None for name in inspect.signature(cls.__init__).parameters
+             if name.startswith(("text_encoder", "tokenizer"))}
+    pipe = cls(vae=vae or tiny_vae(), scheduler=scheduler, **empty, **parts)
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def dit_pipeline(transformer: DiTTransformer2DModel, scheduler: Any, vae: AutoencoderKL | None = None):
+    return tiny_pipeline(DiTPipeline, scheduler, vae, transformer=transformer)
 
 
 def sd_pipeline(unet: UNet2DConditionModel, scheduler: Any, vae: AutoencoderKL | None = None):
-    pipe = StableDiffusionPipeline(
-        vae=vae or tiny_vae(),
-        text_encoder=None,
-        tokenizer=None,
-        unet=unet,
-        scheduler=scheduler,
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+    return tiny_pipeline(StableDiffusionPipeline, scheduler, vae, unet=unet, **NO_SAFETY_CHECKER)
 
 
 def sdxl_pipeline(unet: UNet2DConditionModel, scheduler: Any, vae: AutoencoderKL | None = None):
-    pipe = StableDiffusionXLPipeline(
-        vae=vae or tiny_vae(),
-        text_encoder=None,
-        text_encoder_2=None,
-        tokenizer=None,
-        tokenizer_2=None,
-        unet=unet,
-        scheduler=scheduler,
-        add_watermarker=False,
-    )
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+    return tiny_pipeline(StableDiffusionXLPipeline, scheduler, vae, unet=unet, add_watermarker=False)
 
 
 def sd3_pipeline(transformer: SD3Transformer2DModel, scheduler: Any, vae: AutoencoderKL | None = None):
-    pipe = StableDiffusion3Pipeline(
-        transformer=transformer,
-        scheduler=scheduler,
-        vae=vae or tiny_vae(),
-        text_encoder=None,
-        tokenizer=None,
-        text_encoder_2=None,
-        tokenizer_2=None,
-        text_encoder_3=None,
-        tokenizer_3=None,
-    )
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+    return tiny_pipeline(StableDiffusion3Pipeline, scheduler, vae, transformer=transformer)
 
 
 def controlnet_pipeline(unet: UNet2DConditionModel, controlnet: ControlNetModel, scheduler: Any, vae=None):
-    pipe = StableDiffusionControlNetPipeline(
-        vae=vae or tiny_vae(),
-        text_encoder=None,
-        tokenizer=None,
-        unet=unet,
-        controlnet=controlnet,
-        scheduler=scheduler,
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+    return tiny_pipeline(StableDiffusionControlNetPipeline, scheduler, vae, unet=unet, controlnet=controlnet,
+                         **NO_SAFETY_CHECKER)
 
 
 class TwoCallCFGPipeline(DiffusionPipeline):
