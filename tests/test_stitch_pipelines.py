@@ -396,41 +396,50 @@ def _no_hooks(scheduler) -> bool:
     return not (HOOKS | {"_tstitch_counters", "_tstitch_saved"}) & set(vars(scheduler))
 
 
+def _edge(kind_name):
+    """The kind, its small and large model, and the maker of its edge scheduler."""
+    kind = KINDS[kind_name]
+    return kind, kind.model(1), kind.model(2), SCHEDULERS[EDGE_SCHEDULER[kind_name]]
+
+
+def _outputs(kind, pipe):
+    """The pipeline's latents and its images, each from a run of its own."""
+    return kind.run(pipe), kind.run(pipe, output_type="np")
+
+
+def _same(outputs, expected) -> bool:
+    return torch.equal(outputs[0], expected[0]) and np.array_equal(outputs[1], expected[1])
+
+
 @pytest.mark.parametrize("kind_name", EDGE_KINDS)
 def test_fraction_zero_is_bit_identical_to_the_plain_pipeline(kind_name):
-    kind, scheduler_name = KINDS[kind_name], EDGE_SCHEDULER[kind_name]
-    small, large = kind.model(1), kind.model(2)
-    pipe = kind.pipe(large, SCHEDULERS[scheduler_name]())
-    latents, images = kind.run(pipe), kind.run(pipe, output_type="np")
+    kind, small, large, scheduler = _edge(kind_name)
+    pipe = kind.pipe(large, scheduler())
+    plain = _outputs(kind, pipe)
     tstitch.stitch(pipe, small, 0.0)
     with StitchCallLog(small=small) as log:
-        assert torch.equal(kind.run(pipe), latents)
-        assert np.array_equal(kind.run(pipe, output_type="np"), images)
+        assert _same(_outputs(kind, pipe), plain)
     assert log.names == []
     assert tstitch.get_record(pipe).num_calls[0] == 0
 
 
 @pytest.mark.parametrize("kind_name", EDGE_KINDS)
 def test_fraction_one_is_the_pipeline_built_around_the_small_model(kind_name):
-    kind, scheduler_name = KINDS[kind_name], EDGE_SCHEDULER[kind_name]
-    small, large = kind.model(1), kind.model(2)
-    small_pipe = kind.pipe(small, SCHEDULERS[scheduler_name]())
-    latents, images = kind.run(small_pipe), kind.run(small_pipe, output_type="np")
-    pipe = kind.pipe(large, SCHEDULERS[scheduler_name]())
-    assert not torch.equal(kind.run(pipe), latents)
+    kind, small, large, scheduler = _edge(kind_name)
+    small_alone = _outputs(kind, kind.pipe(small, scheduler()))
+    pipe = kind.pipe(large, scheduler())
+    assert not torch.equal(kind.run(pipe), small_alone[0])
     tstitch.stitch(pipe, small, 1.0)
     with StitchCallLog(small=small, large=large) as log:
-        assert torch.equal(kind.run(pipe), latents)
-        assert np.array_equal(kind.run(pipe, output_type="np"), images)
+        assert _same(_outputs(kind, pipe), small_alone)
     assert set(log.names) == {"small"}  # the large model hands every call on
     assert tstitch.get_record(pipe).num_calls[1] == 0
 
 
 @pytest.mark.parametrize("kind_name", EDGE_KINDS)
 def test_unstitch_restores_the_pipeline(kind_name):
-    kind, scheduler_name = KINDS[kind_name], EDGE_SCHEDULER[kind_name]
-    small, large = kind.model(1), kind.model(2)
-    pipe = kind.pipe(large, SCHEDULERS[scheduler_name]())
+    kind, small, large, scheduler = _edge(kind_name)
+    pipe = kind.pipe(large, scheduler())
     before = kind.run(pipe)
     assert tstitch.stitch(pipe, small, 0.4) is pipe
     assert not torch.equal(kind.run(pipe), before)
