@@ -115,14 +115,13 @@ def test_methods_of_lists_the_reference_first_and_each_family_asked_for():
     assert [m.label for m in methods[1:]] == ["r=0.3", "r=1", "XL 0.3 > S", "XL 0.5 > S", "XL 0.7 > S"]
     args = study.parse_args(["--methods", "regions", "--masks", "0.3"])
     labels = [m.label for m in study.methods_of(args)]
-    assert labels == ["digits-xl alone", "XL 0.2 > H 0.4 > S 0.4 @mask 0.3", "S 0.4 > H 0.2 > XL 0.4 @mask 0.3"]
+    assert labels == ["digits-xl alone", "XL 0.4 > H 0.4 > S 0.2 @mask 0.3", "S 0.4 > H 0.2 > XL 0.4 @mask 0.3"]
 
 
 @pytest.mark.slow
 def test_a_tiny_run_writes_results_and_the_figure(tmp_path: Path):
     out = tmp_path / "run"
-    results = study.main(["--samples", "40", "--quick", "--methods", "t-stitch", "large-first",
-                          "--out", str(out), "--results-dir", str(tmp_path / "none")])
+    results = study.main(["--samples", "40", "--quick", "--out", str(out), "--results-dir", str(tmp_path / "none")])
     assert sorted(p.name for p in out.iterdir()) == ["frontier.png", "results.json"]
     written = json.loads((out / "results.json").read_text())
     assert written["num_samples"] == 40 and written["steps"] == 8
@@ -134,5 +133,15 @@ def test_a_tiny_run_writes_results_and_the_figure(tmp_path: Path):
     assert rows["XL 0.5 > S"]["steps_per_model"] == {"digits-s": 4, "digits-xl": 4}
     assert rows["r=1"]["distance"]["mean"] > rows["r=0.5"]["distance"]["mean"] > 0
     assert rows["r=1"]["time"]["ratio"] < rows["r=0.5"]["time"]["ratio"] < 1.0
+    adaptive = rows["x0-change>0.07"]
+    assert sum(adaptive["switch_step_counts"].values()) == 40
+    assert all(3 <= int(step) <= 6 for step in adaptive["switch_step_counts"])  # bounds 0.4..0.8 of 8 steps
+    assert sum(adaptive["steps_per_model"].values()) == pytest.approx(8)
+    region = rows["XL 0.4 > H 0.4 > S 0.2 @mask 0.3"]
+    assert region["steps_per_model"] == {"digits-s": 2, "hybrid": 3, "digits-xl": 3}
+    assert region["mask_fraction_per_hybrid_step"] == [5 / 16] * 3 and region["hybrid_modes"] == ["region"] * 3
+    bridge = rows["S 0.4 > H 0.2 > XL 0.4 @mask 0.3"]  # no full digits-xl step before its hybrid step
+    assert bridge["hybrid_modes"] == ["fallback"] and bridge["mask_fraction_per_hybrid_step"] == [1.0]
+    assert results["targets"]["c"]["present"] is False and results["targets"]["c"]["met"] is None
     assert written["machine"]["threads"] == 1 and len(written["machine"]["load_average_end"]) == 3
     assert results["targets"]["a"]["best_fraction"] in (0.0, 0.5, 1.0)

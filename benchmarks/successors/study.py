@@ -222,6 +222,7 @@ class Runner:
 
     denoiser: StitchedDenoiser
     info: Callable[[], dict[str, Any]]
+    reset: Callable[[], None] = lambda: None
 
 
 def build(method: Method, small: nn.Module, large: nn.Module, num_steps: int) -> Runner:
@@ -256,7 +257,10 @@ def build(method: Method, small: nn.Module, large: nn.Module, num_steps: int) ->
         calls = hybrid.record.calls
         return {"steps": denoiser.record.steps_per_model(),
                 "hybrid_calls": [{"mode": c.mode, "mask_fraction_used": c.mask_fraction_used} for c in calls]}
-    return Runner(denoiser, region_info)
+    # The hybrid's key/value cache is filled by any full call of digits-xl (other methods' runs included) and
+    # outlives a run; attach() resets only its record. So it is emptied before every run of this method: the
+    # hybrid steps then see only digits-xl calls of their own trajectory.
+    return Runner(denoiser, region_info, hybrid.reset)
 
 
 # -- the paired distance -------------------------------------------------------------------------------------------
@@ -297,6 +301,7 @@ def chunk_order(num_methods: int, chunk: int) -> list[int]:
 
 def run_chunk(runner: Runner, scheduler: Any, noise: torch.Tensor, labels: torch.Tensor,
               args: argparse.Namespace) -> tuple[torch.Tensor, dict[str, float], dict[str, Any]]:
+    runner.reset()
     start, start_cpu = time.perf_counter(), time.thread_time()
     out = sample(runner.denoiser, None, scheduler, noise=noise, class_labels=labels,
                  num_inference_steps=args.steps, guidance_scale=args.guidance)
@@ -554,7 +559,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--methods", nargs="+", choices=list(METHOD_GROUPS), default=list(METHOD_GROUPS))
     parser.add_argument("--samples", type=int, default=3000)
-    parser.add_argument("--chunks", type=int, default=5, help="interleaved chunks of the samples (timed each)")
+    parser.add_argument("--chunks", type=int, default=6, help="interleaved chunks of the samples (timed each)")
     parser.add_argument("--clock", choices=("cpu", "wall"), default="cpu")
     parser.add_argument("--workers", type=int, default=1, help="processes (one thread each); chunk k runs in "
                         "process k %% workers, every method interleaved within each process")
@@ -565,13 +570,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--fractions", type=float, nargs="+", default=[0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 1.0])
     parser.add_argument("--large-first", type=float, nargs="+", default=[0.3, 0.5, 0.7],
                         help="share of the steps digits-xl runs first, before digits-s")
-    parser.add_argument("--adaptive-small", type=float, nargs="+", default=[0.1, 0.2, 0.3],
+    parser.add_argument("--adaptive-small", type=float, nargs="+", default=[0.07, 0.08, 0.09],
                         help="small-first thresholds (x0-change above: switch to digits-xl)")
-    parser.add_argument("--adaptive-small-bounds", type=float, nargs=2, default=[0.1, 0.7], metavar=("MIN", "MAX"))
-    parser.add_argument("--adaptive-large", type=float, nargs="+", default=[0.05, 0.1, 0.2],
+    parser.add_argument("--adaptive-small-bounds", type=float, nargs=2, default=[0.4, 0.8], metavar=("MIN", "MAX"))
+    parser.add_argument("--adaptive-large", type=float, nargs="+", default=[0.04, 0.06, 0.1],
                         help="large-first thresholds (x0-change below: switch to digits-s)")
-    parser.add_argument("--adaptive-large-bounds", type=float, nargs=2, default=[0.2, 1.0], metavar=("MIN", "MAX"))
-    parser.add_argument("--region-large-first", type=float, nargs=2, default=[0.2, 0.4], metavar=("XL", "H"),
+    parser.add_argument("--adaptive-large-bounds", type=float, nargs=2, default=[0.25, 1.0], metavar=("MIN", "MAX"))
+    parser.add_argument("--region-large-first", type=float, nargs=2, default=[0.4, 0.4], metavar=("XL", "H"),
                         help="shares of digits-xl then the hybrid stage; digits-s the rest")
     parser.add_argument("--region-small-first", type=float, nargs=2, default=[0.4, 0.2], metavar=("S", "H"),
                         help="shares of digits-s then the hybrid stage; digits-xl the rest")
