@@ -16,7 +16,7 @@ LAYERS = (
     ("tstitch.utils", "tstitch.outputs", "tstitch.names", "tstitch.plan", "tstitch.planfile", "tstitch.compat",
      "tstitch.conditioning", "tstitch.stepcount", "tstitch.adapters", "tstitch.adaptive", "tstitch.switching",
      "tstitch.models.presets"),
-    ("tstitch.stitcher", "tstitch.stitchfile", "tstitch.regions"),
+    ("tstitch.denoiser", "tstitch.stitcher", "tstitch.stitchfile", "tstitch.regions"),
     ("tstitch.sampling",),
     ("tstitch.caching", "tstitch.metrics", "tstitch.zoo"),
     ("tstitch.models",),
