@@ -143,5 +143,8 @@ def test_a_tiny_run_writes_results_and_the_figure(tmp_path: Path):
     bridge = rows["S 0.4 > H 0.2 > XL 0.4 @mask 0.3"]  # no full digits-xl step before its hybrid step
     assert bridge["hybrid_modes"] == ["fallback"] and bridge["mask_fraction_per_hybrid_step"] == [1.0]
     assert results["targets"]["c"]["present"] is False and results["targets"]["c"]["met"] is None
+    table = study.markdown_table(written)
+    assert table.count("\n") == len(written["rows"]) + 1 and "| t-stitch | r=0.5 | 4 / - / 4 |" in table
+    assert "| region large-first | XL 0.4 > H 0.4 > S 0.2 @mask 0.3 | 2 / 3 / 3 |" in table
     assert written["machine"]["threads"] == 1 and len(written["machine"]["load_average_end"]) == 3
     assert results["targets"]["a"]["best_fraction"] in (0.0, 0.5, 1.0)

@@ -553,6 +553,20 @@ def plot(results: dict[str, Any], path: Path) -> None:
     save_figure(fig, path)
 
 
+def markdown_table(results: dict[str, Any]) -> str:
+    """The table of docs/successors.md, from a results.json."""
+    lines = ["| method | plan | steps S / H / XL | CPU time [min-max] | FID | FID ratio [95%] | distance [95%] | acc |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in results["rows"]:
+        steps = r["steps_per_model"]
+        counts = " / ".join(f"{steps[k]:.3g}" if k in steps else "-" for k in ("digits-s", "hybrid", "digits-xl"))
+        f, d, t = r["fid_ratio"], r["distance"], r["time"]
+        lines.append(f"| {r['family']} | {r['label']} | {counts} | {t['ratio']:.3f} [{t['min']:.3f}, {t['max']:.3f}] "
+                     f"| {r['fid']:.2f} | {f['ratio']:.3f} [{f['low']:.3f}, {f['high']:.3f}] "
+                     f"| {d['mean']:.4f} [{d['low']:.4f}, {d['high']:.4f}] | {r['accuracy']:.3f} |")
+    return "\n".join(lines)
+
+
 # -- the command ---------------------------------------------------------------------------------------------------
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -583,6 +597,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--masks", type=float, nargs="+", default=[0.1, 0.3, 0.5])
     parser.add_argument("--results-dir", default="benchmarks/results", help="where regions_cost.json and "
                         "adaptive_overhead.json are (targets c and d)")
+    parser.add_argument("--table", metavar="RESULTS_JSON", help="print the table of a results.json; run nothing")
     parser.add_argument("--quick", action="store_true", help="a check: 8 steps, 2 chunks, 4 groups, few points")
     parser.add_argument("--out", default="outputs/successors")
     args = parser.parse_args(argv)
@@ -595,6 +610,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
+    if args.table:
+        results = json.loads(Path(args.table).read_text())
+        print(markdown_table(results))
+        return results
     out = ensure_writable_dir(args.out)
     results = study(args)
     write_json(out / "results.json", results)
