@@ -11,8 +11,9 @@ the median over repetitions of each time divided by the same repetition's full l
 
     PYTHONPATH=src python3 benchmarks/regions_cost.py [--layers 28] [--batches 1 8] [--reps 3] [--device cuda]
 
-``--layers`` below 28 keeps the width (every block is the same, so the ratio per layer is the same; the small
-model keeps its 12 layers, so its share is then overstated: the JSON gives it apart).
+``--layers`` below 28 keeps the width (every block is the same, so the large model's ratios per layer are the same;
+the small model keeps its 12 layers, so its share is overstated by 28 / layers: ``region_ratio_at_28_layers``
+scales that share back, and the target is read from it).
 """
 
 from __future__ import annotations
@@ -109,23 +110,30 @@ def measure(large, small, batch: int, fractions, reps: int, device: torch.device
     result = {"batch": batch, "seconds": times, "full_median_s": statistics.median(full),
               "small_ratio": statistics.median(s / f for s, f in zip(times["small"], full, strict=True)),
               "fractions": {}}
+    depth = len(large.transformer_blocks)
     for f in fractions:
         tokens = chosen[f].shape[1]
-        result["fractions"][str(f)] = {
+        row = result["fractions"][str(f)] = {
             "tokens": tokens,
             "region_ratio": statistics.median(r / g for r, g in zip(times[f"region@{f}"], full, strict=True)),
             "subset_ratio": statistics.median(r / g for r, g in zip(times[f"subset@{f}"], full, strict=True)),
         }
+        if depth != 28:  # the region step of the 28-layer model: the subset ratio holds per layer, the small
+            # model's share shrinks by depth / 28 (the region step's other work is left at its measured share)
+            row["region_ratio_at_28_layers"] = row["region_ratio"] - result["small_ratio"] * (1 - depth / 28)
     return result
 
 
 def table(results: list[dict]) -> str:
-    lines = ["| batch | mask | tokens | region step / full large | large subset / full large | small / full large |",
-             "|---|---|---|---|---|---|"]
+    deep = any("region_ratio_at_28_layers" in row for r in results for row in r["fractions"].values())
+    extra = " region step / full large, at 28 layers |" if deep else ""
+    lines = ["| batch | mask | tokens | region step / full large | large subset / full large | small / full large |"
+             + extra, "|---|---|---|---|---|---|" + ("---|" if deep else "")]
     for r in results:
         for f, row in r["fractions"].items():
+            at_28 = f" {row['region_ratio_at_28_layers']:.3f} |" if deep else ""
             lines.append(f"| {r['batch']} | {f} | {row['tokens']}/256 | {row['region_ratio']:.3f} | "
-                         f"{row['subset_ratio']:.3f} | {r['small_ratio']:.3f} |")
+                         f"{row['subset_ratio']:.3f} | {r['small_ratio']:.3f} |" + at_28)
     return "\n".join(lines)
 
 
@@ -156,13 +164,14 @@ def main() -> None:
                 "a full large call; medians over interleaved repetitions of per-repetition ratios",
         "machine": machine(device), "load_average_before": load_before, "load_average_after": os.getloadavg(),
         "large_layers": args.layers, "small_layers": 12, "reps": args.reps, "dtype": "float32",
+        "note": "load averages are os.getloadavg() (1, 5, 15 minutes) before and after; the machine is shared",
         "wall_seconds": round(time.perf_counter() - started, 1), "target": TARGET, "results": results,
     }
     target = next((r["fractions"].get(str(TARGET["mask_fraction"])) for r in results
                    if r["batch"] == TARGET["batch"]), None)
     if target is not None:
-        report["target"]["measured_ratio"] = target["region_ratio"]
-        report["target"]["met"] = target["region_ratio"] <= TARGET["max_ratio"]
+        report["target"]["measured_ratio"] = target.get("region_ratio_at_28_layers", target["region_ratio"])
+        report["target"]["met"] = report["target"]["measured_ratio"] <= TARGET["max_ratio"]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=1) + "\n")
     print(table(results))
