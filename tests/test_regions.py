@@ -12,7 +12,6 @@ import tstitch
 from tstitch.compat import check_compatible
 from tstitch.plan import Plan
 from tstitch.regions import HybridDenoiser, large_on_tokens
-from tstitch.stitcher import StitchedDenoiser
 
 SIZE, PATCH, CHANNELS = 8, 2, 4
 N = (SIZE // PATCH) ** 2  # 16 tokens
@@ -190,7 +189,7 @@ def test_mask_one_stitched_is_the_large_model_and_mask_zero_the_small():
 def test_in_tstitch_sample():
     small, large = pair()
     hybrid = HybridDenoiser(small, large, mask_fraction=0.3)
-    denoiser = StitchedDenoiser([small, hybrid, large], Plan.parse("XL1 > H3 > S2", names=NAMES))
+    denoiser = tstitch.StitchedDenoiser([small, hybrid, large], Plan.parse("XL1 > H3 > S2", names=NAMES))
     hybrid.attach(denoiser)
     noise = torch.randn(2, CHANNELS, SIZE, SIZE, generator=torch.Generator().manual_seed(3))
     out = tstitch.sample(denoiser, None, SCHEDULERS["ddim"](), noise=noise, class_labels=[3, 4],
