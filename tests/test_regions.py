@@ -199,3 +199,23 @@ def test_in_tstitch_sample():
     assert hybrid.record.mask_fraction_used == [5 / N] * 3
     hybrid.remove()
     assert no_hooks(large) and not denoiser.before_call and not denoiser.extensions
+
+
+def test_attached_run_starts_without_another_runs_cache():
+    # a full call of the large model outside the run (here: the large model alone) fills the cache; an attached
+    # stitch's next run starts without it, so its first hybrid step falls back to the large model on every token (which fills it anew)
+    small, large = pair()
+    hybrid = HybridDenoiser(small, large, mask_fraction=0.3)
+    denoiser = tstitch.StitchedDenoiser([small, hybrid, large], Plan.parse("H2 > XL1 > H1", names=NAMES))
+    hybrid.attach(denoiser)
+    x, t, y = inputs(batch=2)
+    with torch.no_grad():
+        large(x, timestep=t, class_labels=y)
+    assert hybrid.cache is not None
+    noise = torch.randn(2, CHANNELS, SIZE, SIZE, generator=torch.Generator().manual_seed(3))
+    tstitch.sample(denoiser, None, SCHEDULERS["ddim"](), noise=noise, class_labels=[3, 4], num_inference_steps=4)
+    assert [c.mode for c in hybrid.record.calls] == ["fallback", "region", "region"]
+    hybrid.detach(denoiser)
+    assert not denoiser.before_call and not denoiser.extensions
+    hybrid.remove()
+    assert no_hooks(large)

@@ -285,8 +285,8 @@ class HybridDenoiser(nn.Module):
 
         def before_call(model_index: int) -> None:
             calls = len(denoiser.record.calls)
-            if calls == 0:  # the first call of a run (the stitch's record was just reset)
-                self.record.reset()
+            if calls == 0:  # the first call of a run (the stitch's record was just reset): a fresh record, and no
+                self.reset()  # cache left from another run (any full call of the large model fills it)
             if denoiser.models[model_index] is self:
                 self._stitch_call = calls
 
@@ -294,6 +294,16 @@ class HybridDenoiser(nn.Module):
         denoiser.extensions[self._extension_key] = self
         self._attached.append((denoiser, before_call))
         return self
+
+    def detach(self, stitched: Any) -> None:
+        """Stop following the runs of ``stitched`` (attached with :meth:`attach`); the hooks stay."""
+        denoiser = get_stitch(stitched)
+        for attached, callback in list(self._attached):
+            if attached is denoiser:
+                if callback in denoiser.before_call:
+                    denoiser.before_call.remove(callback)
+                denoiser.extensions.pop(self._extension_key, None)
+                self._attached.remove((attached, callback))
 
     # -- the call -------------------------------------------------------------------------------------------
     def forward(self, hidden_states: torch.Tensor, timestep: Any = None, class_labels: torch.Tensor | None = None,
