@@ -203,7 +203,8 @@ def test_in_tstitch_sample():
 
 def test_attached_run_starts_without_another_runs_cache():
     # a full call of the large model outside the run (here: the large model alone) fills the cache; an attached
-    # stitch's next run starts without it, so its first hybrid step falls back to the large model on every token (which fills it anew)
+    # stitch's next run starts without it, so its first hybrid step falls back to the large model on every token
+    # (which fills it anew)
     small, large = pair()
     hybrid = HybridDenoiser(small, large, mask_fraction=0.3)
     denoiser = tstitch.StitchedDenoiser([small, hybrid, large], Plan.parse("H2 > XL1 > H1", names=NAMES))

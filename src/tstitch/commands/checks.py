@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import difflib
 import math
+import re
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -162,6 +163,25 @@ def plan_file(text: str) -> Any:
         raise argparse.ArgumentTypeError(str(error)) from None
     except ValueError as error:
         raise argparse.ArgumentTypeError(f"not a tstitch plan: {error}") from None
+
+
+#: A per-step plan's text form with model names, read once the models' short names are known: ``XL8 > H8 > S9``.
+_PLAN_TEXT = re.compile(r"\s*[A-Za-z][A-Za-z0-9]*?\d+(\s*>\s*[A-Za-z][A-Za-z0-9]*?\d+)*\s*")
+
+
+def plan_option(text: str) -> Any:
+    """``--plan``: an adaptive plan's text (a :class:`tstitch.plan.Plan`), a per-step plan's text with the models'
+    short names (``XL8 > H8 > S9``, kept as text until the models are known), or a plan file (:func:`plan_file`)."""
+    from ..plan import Plan
+
+    if text.strip().startswith("adaptive("):
+        try:
+            return Plan.parse(text)
+        except ValueError as error:
+            raise argparse.ArgumentTypeError(f"not an adaptive plan: {error}") from None
+    if _PLAN_TEXT.fullmatch(text) and not _path(text).exists():
+        return text.strip()
+    return plan_file(text)
 
 
 def unknown_name(what: str, value: str, known: Iterable[str]) -> str:

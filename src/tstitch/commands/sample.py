@@ -10,7 +10,7 @@ from typing import Any
 
 from ..models.presets import MODES, PRESETS, describe_presets
 from ..names import EMBEDDED_MODELS, SCHEDULER_NAMES, scheduler_name
-from .checks import SEED, add_overwrite, device, existing_folder, integer, one_of, out_folder, plan_file, real, text
+from .checks import SEED, add_overwrite, device, existing_folder, integer, one_of, out_folder, plan_option, real, text
 
 #: Models with fewer parameters than this run on one CPU thread unless --threads says otherwise.
 TINY = 10_000_000
@@ -83,10 +83,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                           help="share of the steps run by the small model, two models (default: the preset's, 0.4)")
     fraction.add_argument("--fractions", type=real(0, 1), nargs="+", metavar="R",
                           help="shares of the small models, smallest first, for three or more models")
-    fraction.add_argument("--plan", type=plan_file, metavar="FILE",
-                          help="a plan file (tstitch.save_plan's JSON, or the folder of `tstitch tune --out`): which "
-                          "model runs each step; its models must be the run's, and a per-step plan's step count "
-                          "the run's --steps (default: the plan's)")
+    fraction.add_argument("--plan", type=plan_option, metavar="PLAN",
+                          help="which model runs each step: a plan file (tstitch.save_plan's JSON, or the folder of "
+                          "`tstitch tune --out`), a per-step plan with the models' short names ('S8 > XL12', "
+                          "'XL8 > H8 > S9' with --region), or an adaptive plan ('adaptive(small-first, "
+                          "x0-change>0.15, 0.2..0.6)', two models, each sample switching at its own step); its models "
+                          "must be the run's, and a per-step plan's step count the run's --steps (default: the plan's)")
+    schedule.add_argument("--region", type=real(0, 1), metavar="MASK",
+                          help="region-level stitching (DiTs): add the hybrid model H, the first small model on every "
+                          "token and the large model on this share of them, before the large model; use H in a "
+                          "per-step --plan (docs/regions.md)")
     schedule.add_argument("--steps", type=integer(1, 1000),
                           help="sampling steps, in [1, 1000] (default: the preset's; DiT 100, digits 25, "
                           "Stable Diffusion the pipeline's 50)")
@@ -183,11 +189,75 @@ def _check_args(args: argparse.Namespace) -> None:
         raise ValueError("--timestep-embedding applies to --model without --preset (presets use the official one)")
     if not args.preset and args.checkpoint_dir:
         raise ValueError("--checkpoint-dir applies to presets; give files directly with --model PATH")
+    _check_plan_args(args)
     if args.preset:
         if PRESETS[args.preset].kind == "pipeline" and importlib.util.find_spec("transformers") is None:
             raise ValueError(f"preset {args.preset!r} is a Stable Diffusion pipeline: its text encoder needs the "
                              "transformers package, which is not installed. Install the extra: "
                              "pip install 'tstitch[sd]'")
+
+
+def _check_plan_args(args: argparse.Namespace) -> None:
+    """--plan and --region against the other flags (and the preset), before any model is loaded."""
+    from ..models.loaded import OFFICIAL_MODES
+
+    preset = PRESETS[args.preset] if args.preset else None
+    mode = args.mode or (preset.mode if preset is not None and not args.model else None)
+    adaptive = getattr(args.plan, "adaptive", None) is not None
+    if adaptive:
+        if preset is not None and preset.kind == "pipeline":
+            raise ValueError(f"--plan {args.plan}: adaptive plans run class-conditional models in tstitch sample, "
+                             f"not the pipeline preset {args.preset!r}")
+        if mode in OFFICIAL_MODES:
+            raise ValueError(f"--plan {args.plan}: an adaptive plan runs in the bare loop, not the published DiT "
+                             f"sampler (mode {mode!r}): use --mode diffusers")
+        if args.cache:
+            raise ValueError(f"--plan {args.plan}: an adaptive plan splits a batch between the models; feature "
+                             "caches (--cache) do not follow the split: drop --cache")
+    if args.region is None:
+        return
+    if preset is not None and (preset.kind == "pipeline" or preset.family not in ("dit", "digits")):
+        raise ValueError(f"--region (region-level stitching) needs class-conditional DiTs; preset {args.preset!r} "
+                         f"is {'a pipeline' if preset.kind == 'pipeline' else 'a ' + preset.family + ' family'}")
+    if args.plan is None or adaptive:
+        raise ValueError("--region adds the hybrid model H: give a per-step --plan that uses it, e.g. "
+                         "--plan 'XL8 > H8 > S9'")
+    if mode in OFFICIAL_MODES:
+        raise ValueError(f"--region: a per-step plan runs in the bare loop, not the published DiT sampler (mode "
+                         f"{mode!r}): use --mode diffusers")
+    if args.cache:
+        raise ValueError("--region: feature caches (--cache) do not apply to the hybrid model's runs; drop --cache")
+
+
+def _with_region(loaded: Any, mask_fraction: float) -> Any:
+    """``loaded`` with the hybrid model (the first small model and the large one) before the large model."""
+    from dataclasses import replace
+
+    from ..experiments.sample_plans import HYBRID
+    from ..models.loaded import ClassConditionalModels
+    from ..regions import HybridDenoiser
+
+    if not isinstance(loaded, ClassConditionalModels):
+        raise ValueError(f"--region (region-level stitching) needs class-conditional DiTs, not the pipeline "
+                         f"{loaded.label}")
+    try:
+        hybrid = HybridDenoiser(loaded.models[0], loaded.large, mask_fraction=mask_fraction)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"--region (region-level stitching) needs DiTs: {error}") from None
+    return replace(loaded, models=[*loaded.models[:-1], hybrid, loaded.large],
+                   names=[*loaded.names[:-1], HYBRID, loaded.names[-1]])
+
+
+def _named_plan(text: str, names: list[str]) -> Any:
+    """A per-step plan's text over the models' short names (``S``, ``XL``, ``H``)."""
+    from ..experiments.sample_plans import plan_names
+    from ..plan import Plan
+
+    short = plan_names(names)
+    try:
+        return Plan.parse(text, short)
+    except ValueError as error:
+        raise ValueError(f"--plan {text!r}: {error}") from None
 
 
 def _device(name: str):
@@ -221,7 +291,8 @@ def _request(args: argparse.Namespace, device: Any) -> Any:
     from ..experiments.run_spec import SampleOptions
 
     return SampleOptions(
-        fractions=[args.fraction] if args.fraction is not None else args.fractions, plan=args.plan,
+        fractions=[args.fraction] if args.fraction is not None else args.fractions,
+        plan=None if isinstance(args.plan, str) else args.plan,
         num_steps=args.steps, scheduler=args.scheduler, mode=args.mode, guidance_scale=args.guidance,
         class_labels=args.class_labels, prompts=args.prompt, negative_prompt=args.negative_prompt,
         num_images=args.num_images, batch_size=args.batch_size, seed=args.seed, size=args.size,
@@ -261,6 +332,10 @@ def run(args: argparse.Namespace) -> int:
     else:
         loaded = load_models(args.model, device=device, dtype=dtype, local_files_only=offline, vae=args.vae,
                              timestep_embedding=args.timestep_embedding or "auto")
+    if args.region is not None:
+        loaded = _with_region(loaded, args.region)
+    if isinstance(args.plan, str):  # a per-step plan's text, read with the models' short names
+        options = replace(options, plan=_named_plan(args.plan, list(loaded.names)))
     threads = args.threads
     if threads is None and device.type == "cpu" and sum(p.numel() for p in loaded.large.parameters()) < TINY:
         threads = 1
@@ -278,7 +353,7 @@ def run(args: argparse.Namespace) -> int:
     others = folder.finish(written)
 
     spec = result.spec
-    shares = ", ".join(f"{n} {f:g}" for n, f in zip(spec.model_names, spec.fractions, strict=True))
+    shares = ", ".join(f"{n} {f:g}" for n, f in zip(spec.model_names, result.stitched.fractions, strict=True))
     if result.stitched.plan is not None:
         shares = f"plan {result.stitched.plan} ({shares} of the steps)"
     guidance = "default" if spec.guidance_scale is None else f"{spec.guidance_scale:g}"
@@ -291,6 +366,13 @@ def run(args: argparse.Namespace) -> int:
     if spec.cache:
         print(f"cache:     {', '.join(f'{name} {cache}' for name, cache in spec.cache)}")
     print(f"stitched:  {_describe_run(result.stitched)}")
+    per_sample = result.stitched.per_sample or {}
+    if "switch_steps" in per_sample:
+        print(f"switch steps per sample: {' '.join(map(str, per_sample['switch_steps']))}")
+    if "hybrid_calls" in per_sample:
+        used = [call["mask_fraction_used"] for call in per_sample["hybrid_calls"]]
+        print(f"hybrid:    {len(used)} calls, mask fraction used {min(used):g}..{max(used):g}" if used else
+              "hybrid:    no calls")
     if result.baseline is not None:
         print(f"{result.baseline.model_names[-1]} alone: {_describe_run(result.baseline)}")
         print(f"speed-up:  {result.speedup:.2f}x end to end ({result.stitched.seconds / result.baseline.seconds:.2f}x "

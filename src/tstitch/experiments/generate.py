@@ -29,6 +29,7 @@ from ..caching import cached, disable_cache, enable_cache
 from ..models.families import denoiser_of, official_sampler
 from ..models.loaded import OFFICIAL_MODES, ClassConditionalModels, LoadedModels, StitchedPipeline
 from ..plan import Plan
+from ..regions import HybridDenoiser
 from ..sampling import make_scheduler, sample
 from ..sampling.timing import Stopwatch, warm_up, warmup_fractions
 from ..stitcher import StitchedDenoiser, get_record, stitch
@@ -63,8 +64,12 @@ class RunResult:
     steps_per_model: list[int]
     model_per_step: list[int]
     model_seconds: list[float]
-    #: The per-step plan's text form (``S8 > XL12``) when the run followed one.
+    #: The per-step plan's text form (``S8 > XL12``) when the run followed one, or the adaptive plan's rule.
     plan: str | None = None
+    #: Adaptive plans: ``switch_steps`` (per sample, in order), ``switch_models`` and ``model_per_step_per_sample``;
+    #: region plans: ``hybrid_calls``, one per call of the hybrid model (batch, step, mode, mask_fraction_used,
+    #: tokens: the token indices the large model computed, per batch row).
+    per_sample: dict[str, Any] | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -76,6 +81,7 @@ class RunResult:
             "steps_per_model": list(self.steps_per_model),
             "model_per_step": list(self.model_per_step),
             "model_seconds": list(self.model_seconds),
+            **(self.per_sample or {}),
         }
 
 
@@ -185,6 +191,13 @@ def _class_run(loaded: ClassConditionalModels, spec: RunSpec, plan: Plan, label:
     dtype = getattr(torch, spec.latent_dtype) if spec.latent_dtype else loaded.large.dtype
     cache = dict(spec.cache) if spec.cache and not alone else None
     latents, model_seconds, per_step = [], [0.0] * k, []
+    hybrid = next((m for m in models if isinstance(m, HybridDenoiser)), None)
+    adaptive = plan.adaptive is not None
+    per_sample: dict[str, Any] | None = None
+    if adaptive:
+        per_sample = {"switch_steps": [], "switch_models": None, "model_per_step_per_sample": []}
+    elif hybrid is not None:
+        per_sample = {"mask_fraction": hybrid.mask_fraction, "hybrid_calls": []}
     with Stopwatch(device) as watch:
         for begin in range(0, count, batch_size):
             batch_noise = noise[begin : begin + batch_size].to(device)
@@ -199,18 +212,43 @@ def _class_run(loaded: ClassConditionalModels, spec: RunSpec, plan: Plan, label:
                 scheduler = make_scheduler(spec.scheduler, loaded.scheduler_config,
                                            learned_variance=loaded.learned_variance)
                 denoiser = StitchedDenoiser(models, plan)
+                if hybrid is not None:
+                    hybrid.attach(denoiser)  # a fresh record and cache each run
                 with cached(denoiser, cache):
                     out = sample(
                         denoiser, None, scheduler, noise=batch_noise.to(dtype), class_labels=batch_labels,
                         num_inference_steps=spec.num_steps, guidance_scale=spec.guidance_scale,
                         generator=generator, progress=progress,
                     )
+                if hybrid is not None:
+                    hybrid.detach(denoiser)
             per_step = out.record.model_per_step()
+            if per_sample is not None:
+                _note_per_sample(per_sample, out.record, hybrid, begin // batch_size)
             model_seconds = [a + b for a, b in zip(model_seconds, out.record.seconds, strict=True)]
             latents.append(out.latents)
         images = loaded.decode(torch.cat(latents), batch_size)
-    return RunResult(label, images, watch.seconds, names, step_shares(plan), [per_step.count(i) for i in range(k)],
-                     list(per_step), model_seconds, None if alone else plan_text(plan, names))
+    if adaptive:  # the mean steps per sample of each model
+        rows = per_sample["model_per_step_per_sample"]
+        steps = [round(sum(row.count(i) for row in rows) / len(rows), 3) for i in range(k)]
+        shares = step_shares(plan, rows)
+    else:
+        steps, shares = [per_step.count(i) for i in range(k)], step_shares(plan)
+    return RunResult(label, images, watch.seconds, names, shares, steps, list(per_step), model_seconds,
+                     None if alone else plan_text(plan, names), per_sample)
+
+
+def _note_per_sample(per_sample: dict[str, Any], record: Any, hybrid: HybridDenoiser | None, batch: int) -> None:
+    """Add one batch's adaptive switches or hybrid calls (:class:`RunResult.per_sample`)."""
+    if "switch_steps" in per_sample:
+        per_sample["switch_steps"] += list(record.switch_steps)
+        per_sample["switch_models"] = list(record.switch_models)
+        per_sample["model_per_step_per_sample"] += record.model_per_step_per_sample()
+        return
+    for call in hybrid.record.calls:
+        step = None if call.stitch_call is None else record.calls[call.stitch_call][0]
+        per_sample["hybrid_calls"].append({"batch": batch, "step": step, "mode": call.mode,
+                                           "mask_fraction_used": call.mask_fraction_used, "tokens": call.tokens})
 
 
 def _pipeline_noise_shape(loaded: StitchedPipeline, count: int, size: int | None) -> tuple[int, ...] | None:

@@ -30,7 +30,7 @@ from ..sampling import scheduler_name
 from ..sampling.checks import check_guidance_scale
 from ..sampling.official import SAMPLERS as OFFICIAL_SAMPLERS
 from ..sampling.schedulers import check_scheduler
-from .sample_plans import check_plan_models, check_plan_request, step_shares
+from .sample_plans import HYBRID, check_plan_models, check_plan_request, step_shares
 
 logger = logging.getLogger(__name__)
 
@@ -134,8 +134,8 @@ class RunSpec:
     warmup: bool = True
 
     @property
-    def fractions(self) -> tuple[float, ...]:
-        """Every model's share of the steps."""
+    def fractions(self) -> tuple[float | None, ...]:
+        """Every model's share of the steps (an adaptive plan's: ``None``, known once it ran)."""
         return step_shares(self.plan)
 
     @property
@@ -176,6 +176,8 @@ def resolve(loaded: LoadedModels, options: SampleOptions) -> RunSpec:
     if plan.is_sequence and mode in OFFICIAL_MODES:
         raise ValueError(f"a per-step plan ({plan}) runs in the bare loop, not the published DiT sampler "
                          f"(mode {mode!r}): use --mode diffusers")
+    if plan.adaptive is not None:
+        _check_adaptive(loaded, plan, mode, options)
     scheduler = options.scheduler or defaults.scheduler
     if scheduler is not None:
         scheduler = scheduler_name(scheduler)
@@ -225,6 +227,19 @@ def _plan(options: SampleOptions, defaults: SamplingDefaults, names: tuple[str, 
         raise ValueError(f"{len(names)} models take {len(names) - 1} fractions (--fractions, smallest model first), "
                          f"got {len(fractions)}: {fractions}")
     return Plan.coerce(fractions, len(names))
+
+
+def _check_adaptive(loaded: LoadedModels, plan: Plan, mode: str, options: SampleOptions) -> None:
+    """An adaptive plan runs class-conditional models in the bare loop, without feature caches."""
+    if mode in OFFICIAL_MODES:
+        raise ValueError(f"an adaptive plan ({plan}) runs in the bare loop, not the published DiT sampler "
+                         f"(mode {mode!r}): use --mode diffusers")
+    if not isinstance(loaded, ClassConditionalModels):
+        raise ValueError(f"an adaptive plan ({plan}) runs class-conditional models in tstitch sample, not the "
+                         f"pipeline {loaded.label or ''}".rstrip())
+    if options.cache:
+        raise ValueError(f"an adaptive plan ({plan}) splits a batch between the models; feature caches (--cache) "
+                         "keep state per batch and do not follow the split: drop --cache")
 
 
 def _cycle(values: Sequence[Any], count: int) -> tuple[Any, ...]:
@@ -294,10 +309,18 @@ def _prompts(loaded: StitchedPipeline, options: SampleOptions) -> tuple[str, ...
 def _fast(loaded: LoadedModels, options: SampleOptions, mode: str) -> FastPaths | None:
     """The speed options that apply: class-conditional models in the bare loop only."""
     fast = options.fast if options.fast is not None and options.fast.enabled else None
+    if fast is not None and (_plan_of(options).adaptive is not None or HYBRID in loaded.names):
+        logger.info("fast paths (one batch shape per model) do not apply to adaptive or region plans; running "
+                    "without them")
+        return None
     if fast is not None and (not isinstance(loaded, ClassConditionalModels) or mode == "official"):
         logger.info("fast paths apply to class-conditional models in the bare loop; running without them")
         return None
     return fast
+
+
+def _plan_of(options: SampleOptions) -> Plan:
+    return options.plan if options.plan is not None else Plan.coerce(None, 1)
 
 
 def _dtype_name(dtype: Any) -> str:

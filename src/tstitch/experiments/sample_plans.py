@@ -9,7 +9,12 @@ from collections.abc import Sequence
 
 from ..plan import Plan
 
-__all__ = ["check_plan", "check_plan_request", "check_plan_models", "plan_text", "step_shares"]
+__all__ = ["HYBRID", "check_plan", "check_plan_request", "check_plan_models", "plan_names", "plan_text",
+           "step_shares"]
+
+#: The name of the hybrid model (:class:`tstitch.regions.HybridDenoiser`) ``tstitch sample --region`` adds; ``H`` in
+#: plans.
+HYBRID = "hybrid"
 
 
 def check_plan(plan: Plan | None, fractions: Sequence[float] | None, num_steps: int | None,
@@ -43,16 +48,33 @@ def check_plan_models(plan: Plan, names: Sequence[str]) -> None:
                          f"({', '.join(names)})")
 
 
+def plan_names(names: Sequence[str]) -> list[str]:
+    """The models' short names in plan texts: the part after the last '-' in capitals (``digits-xl`` -> ``XL``),
+    ``H`` for the hybrid model, when these are distinct; else ``M0, M1, ...``."""
+    short = ["H" if name == HYBRID else name.rsplit("-", 1)[-1].upper() for name in names]
+    ok = len(set(short)) == len(short) and all(s[:1].isalpha() and s.isalnum() and not s[-1].isdigit() for s in short)
+    return short if ok else [f"M{i}" for i in range(len(names))]
+
+
 def plan_text(plan: Plan | None, names: Sequence[str]) -> str | None:
-    """A per-step plan's text form, with its own model labels or else the models' names."""
+    """A per-step plan's text form, with its own model labels or else the models' names; an adaptive plan's rule."""
+    if plan is not None and plan.adaptive is not None:
+        return str(plan)
     if plan is None or not plan.is_sequence:
         return None
     return str(plan if plan.names else Plan.from_sequence(plan.sequence, plan.num_models, names))
 
 
-def step_shares(plan: Plan) -> tuple[float, ...]:
+def step_shares(plan: Plan, per_sample: Sequence[Sequence[int]] | None = None) -> tuple[float | None, ...]:
     """Every model's share of the steps: a fraction plan's fractions, or a per-step plan's steps per model
-    over its step count."""
+    over its step count; an adaptive plan's mean share over the samples of ``per_sample`` (each sample's model
+    of every step; without it: ``None`` per model, known only once it ran)."""
     if plan.fractions is not None:
         return plan.fractions
+    if plan.adaptive is not None:
+        if not per_sample:
+            return (None,) * plan.num_models
+        steps = [row.count(i) for row in per_sample for i in range(plan.num_models)]
+        total = sum(len(row) for row in per_sample)
+        return tuple(sum(steps[i::plan.num_models]) / total for i in range(plan.num_models))
     return tuple(n / plan.num_steps for n in plan.steps_per_model(plan.num_steps))
