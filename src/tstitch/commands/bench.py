@@ -7,7 +7,7 @@ import argparse
 import time
 
 from ..names import BENCH_CASES
-from .checks import SEED, Unique, add_overwrite, device, integer, one_of, out_folder, plan_file, real
+from .checks import SEED, Unique, add_overwrite, device, integer, one_of, out_folder, plan_option, real
 
 #: The files the benchmark writes into --out.
 OUTPUTS = ("bench.json", "bench.png")
@@ -43,10 +43,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--images", type=integer(1, 10_000), help="images per run, in [1, 10000] (default: per case)")
     parser.add_argument("--fractions", type=real(0, 1), nargs="+", metavar="R", action=Unique,
                         help="fractions of the small model (default 0 0.2 0.4 0.6 0.8 1; 0 and 1 are always run)")
-    parser.add_argument("--plan", type=plan_file, metavar="FILE",
-                        help="also time this plan of the pair (a plan file, or the folder of `tstitch tune --out`; "
-                        "any order of the two models), its overhead beside the prefix plan's with as many small "
-                        "steps; a per-step plan sets --steps")
+    parser.add_argument("--plan", type=plan_option, metavar="PLAN",
+                        help="also time this plan of the pair (a plan file, the folder of `tstitch tune --out`, or a "
+                        "per-step text over S and L, the small and large model: 'S8 > L12'; any order of the two "
+                        "models), its overhead beside the prefix plan's with as many small steps; a per-step plan "
+                        "sets --steps; adaptive plans are refused (no fixed plain loop to compare with)")
     parser.add_argument("--seed", type=SEED, default=0, help="seed of the noise, labels and weights (default: 0)")
     parser.add_argument("--cache", action="append", metavar="[MODEL=]SPEC",
                         help="also time every fraction with feature caching (cached@r beside stitched@r), repeatable: "
@@ -98,6 +99,16 @@ def run(args: argparse.Namespace) -> int:
         defaults = dict(SUITES["cpu"])
         cases = [(name, dict(defaults.get(name, {}))) for name in args.cases]
     fractions = tuple(args.fractions) if args.fractions else None
+    if getattr(args.plan, "adaptive", None) is not None:
+        raise ValueError(f"--plan {args.plan}: bench times a plan against a plain loop of the same models per step; "
+                         "an adaptive plan has none: time it with `tstitch evaluate` (seconds per image)")
+    if isinstance(args.plan, str):  # a per-step plan's text over S and L
+        from ..plan import Plan
+
+        try:
+            args.plan = Plan.parse(args.plan, ["S", "L"])
+        except ValueError as error:
+            raise ValueError(f"--plan {args.plan!r}: {error} (bench's models are S and L)") from None
     if args.plan is not None:
         from ..experiments.sample_plans import check_plan
 

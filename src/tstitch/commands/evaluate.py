@@ -23,7 +23,7 @@ from .checks import (
     integer,
     one_of,
     out_folder,
-    plan_file,
+    plan_option,
     real,
 )
 
@@ -60,9 +60,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     choice = what.add_mutually_exclusive_group()
     choice.add_argument("--fractions", type=real(0, 1), nargs="+", metavar="F",
                         help="one schedule: the share of each small model, smallest first (default: the preset's)")
-    choice.add_argument("--plan", type=plan_file, metavar="FILE",
-                        help="one schedule given as a plan file (tstitch.save_plan's JSON, or the folder of "
-                        "`tstitch tune --out`); a per-step plan sets --steps")
+    choice.add_argument("--plan", type=plan_option, metavar="PLAN",
+                        help="one schedule: a plan file (tstitch.save_plan's JSON, or the folder of `tstitch tune "
+                        "--out`), a per-step plan with the models' short names ('S8 > XL12'), or an adaptive plan "
+                        "('adaptive(small-first, x0-change>0.15, 0.2..0.6)', each sample switching at its own step, "
+                        "recorded in samples.json); a per-step plan sets --steps")
     choice.add_argument("--sweep", action="store_true",
                         help="every fraction 0, 0.1, ..., 1 (two models) or every allocation (three models)")
     what.add_argument("--sweep-step", type=real(0, 0.5, low_open=True),
@@ -122,6 +124,14 @@ def _check_args(args: argparse.Namespace) -> None:
         raise ValueError("--sweep-step applies to --sweep")
     if args.many_schedules and not args.sweep:
         raise ValueError("--many-schedules applies to --sweep")
+    if getattr(args.plan, "adaptive", None) is not None:
+        preset_mode = PRESETS[args.preset].mode if args.preset and not args.models else None
+        if (args.mode or preset_mode) in ("official", "official-zeros"):
+            raise ValueError(f"--plan {args.plan}: an adaptive plan runs in the bare loop, not the published DiT "
+                             f"sampler (mode {args.mode or preset_mode!r}): use --mode diffusers")
+        if args.cache:
+            raise ValueError(f"--plan {args.plan}: an adaptive plan splits a batch between the models; feature "
+                             "caches (--cache) do not follow the split: drop --cache")
     if args.metric in ("digits", "none") and args.inception_weights:
         raise ValueError(f"--inception-weights applies to the inception metric, not --metric {args.metric}")
 

@@ -32,12 +32,14 @@ def sample_batches(
     progress: bool = False,
     generators: Sequence[torch.Generator] | None = None,
     cache: Any = None,
+    switch_steps: list[int] | None = None,
 ) -> tuple[torch.Tensor, float, list[int]]:
     """Stitched sampling of all of ``noise`` in batches of ``batch_size``, timed (CUDA synchronised).
 
     ``generators``: one per sample, for stochastic schedulers (each sample's step noise then depends on
     its own generator only, not on the batch it is in). ``cache``: per-model caches, as
     :func:`tstitch.caching.enable_cache` takes them (applied for each batch, taken off after it).
+    ``switch_steps``: an adaptive plan's switch step of every sample is appended to this list, in order.
 
     Returns the latents, the wall-clock seconds of the sampling (model calls and scheduler steps), and
     the model index of each step.
@@ -62,4 +64,6 @@ def sample_batches(
             )
         outputs.append(result.latents)
         per_step = result.record.model_per_step()
+        if switch_steps is not None and result.record.switch_steps is not None:
+            switch_steps += result.record.switch_steps
     return torch.cat(outputs), watch.seconds, per_step

@@ -42,6 +42,7 @@ depends on them (manifest, shards, merge), with its driver; what stands apart is
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import json
@@ -95,6 +96,7 @@ from .evaluation_report import (
     write_report,
 )
 from .processes import PeerError, Processes
+from .sample_plans import check_plan, named_plan
 from .study import Allocation, build_schedules, schedule_slug
 
 logger = logging.getLogger(__name__)
@@ -164,6 +166,9 @@ class EvaluationRun:
     """Settings, schedules and the work of one ``evaluate`` run (on one process)."""
 
     def __init__(self, config: EvaluateConfig, loaded: Any, processes: Processes):
+        if isinstance(config.plan, str):  # a per-step plan's text, over the models' short names
+            config = dataclasses.replace(config, plan=named_plan(config.plan, loaded.names))
+            check_plan(config.plan, config.fractions, config.num_steps)
         self.config = config
         self.loaded = loaded
         self.processes = processes
@@ -210,6 +215,9 @@ class EvaluationRun:
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
         plan = self.config.plan
+        if self.mode in OFFICIAL_MODES and plan is not None and plan.adaptive is not None:
+            raise ValueError(f"--plan {plan}: an adaptive plan runs in the bare loop, not the published DiT sampler "
+                             f"(mode {self.mode!r}): use --mode diffusers")
         if self.mode in OFFICIAL_MODES and plan is not None and plan.is_sequence:
             raise ValueError(f"a per-step plan ({plan}) runs in the bare loop, not the published DiT sampler "
                              f"(mode {self.mode!r}): use --mode diffusers")
@@ -342,6 +350,8 @@ class EvaluationRun:
 
     def sample_shard(self, schedule: Allocation, shard: int) -> None:
         loaded, indices = self.loaded, self.indices(shard)
+        adaptive = schedule.plan is not None and schedule.plan.adaptive is not None
+        switch_steps: list[int] = []  # an adaptive plan's, per sample
         by_name = dict(zip(loaded.names, loaded.models, strict=True))
         models = [by_name[name] for name in schedule.models]
         noise = sample_noise(self.config.seed, indices, loaded.latent_shape).to(self.device)
@@ -365,6 +375,7 @@ class EvaluationRun:
                 num_steps=self.num_steps, guidance_scale=self.guidance, batch_size=len(indices),
                 generators=step_generators(self.config.seed, indices),
                 cache={schedule.models.index(n): spec for n, spec in self.cache.items() if n in schedule.models},
+                switch_steps=switch_steps,
             )
         start = time.perf_counter()
         images = self._to_images(latents)
@@ -372,7 +383,8 @@ class EvaluationRun:
         buffer = io.BytesIO()
         np.savez(buffer, images=images, labels=labels.cpu().numpy(), indices=np.asarray(indices, dtype=np.int64),
                  seconds=np.float64(seconds), decode_seconds=np.float64(decode_seconds),
-                 model_per_step=np.asarray(per_step, dtype=np.int64))
+                 model_per_step=np.asarray(per_step, dtype=np.int64),
+                 switch_steps=np.asarray(switch_steps if adaptive else [], dtype=np.int64))
         path = shard_path(self.folder(schedule), shard)
         path.parent.mkdir(parents=True, exist_ok=True)
         write_bytes(path, buffer.getvalue(), "shard")
@@ -405,13 +417,14 @@ class EvaluationRun:
         if missing:
             raise RuntimeError(f"{folder}: shards {missing[:5]} are missing after sampling")
         seconds = decode_seconds = 0.0
-        labels, per_step = [], []
+        labels, per_step, switch_steps = [], [], []
         for path in shards:
             with np.load(path) as shard:
                 seconds += float(shard["seconds"])
                 decode_seconds += float(shard["decode_seconds"])
                 labels.append(shard["labels"])
                 per_step = shard["model_per_step"].tolist()
+                switch_steps += shard["switch_steps"].tolist() if "switch_steps" in shard else []
         for derived in ("metrics.json", FEATURES_FILE):
             (folder / derived).unlink(missing_ok=True)
         write_samples_npz(npz, shards, np.concatenate(labels).astype(np.int64), self.num_samples, self.image_shape)
@@ -419,7 +432,9 @@ class EvaluationRun:
             "schedule": schedule.label, "models": list(schedule.models), "fractions": list(schedule.small_fractions),
             "plan": None if schedule.plan is None else plan_to_dict(schedule.plan),
             "num_samples": self.num_samples, "sampling_seconds": seconds, "decode_seconds": decode_seconds,
-            "model_per_step": per_step, "settings_hash": self.settings_hash, SAMPLES_CHECKSUM: file_sha256(npz),
+            "model_per_step": per_step,
+            **({"switch_steps": switch_steps} if schedule.plan is not None and schedule.plan.adaptive else {}),
+            "settings_hash": self.settings_hash, SAMPLES_CHECKSUM: file_sha256(npz),
         })
         if not self.config.keep_shards:
             shutil.rmtree(folder / "shards", ignore_errors=True)

@@ -47,8 +47,10 @@ class EvaluateConfig:
     vae: str | None = None
     checkpoint_dir: str | None = None
     fractions: tuple[float, ...] | None = None
-    #: One schedule given as a :class:`~tstitch.plan.Plan` (e.g. ``tstitch tune``'s plan.json) instead of fractions.
-    plan: Plan | None = None
+    #: One schedule given as a :class:`~tstitch.plan.Plan` (e.g. ``tstitch tune``'s plan.json, or an adaptive plan)
+    #: instead of fractions, or a per-step plan's text over the models' short names (``S8 > XL12``), read once the
+    #: models are loaded.
+    plan: Plan | str | None = None
     sweep: bool = False
     sweep_step: float = 0.1
     num_samples: int | None = None
@@ -83,7 +85,10 @@ class EvaluateConfig:
         if self.plan is not None:
             if self.sweep:
                 raise ValueError(f"give either a plan (one schedule) or a sweep, not both (plan {self.plan})")
-            check_plan(self.plan, self.fractions, self.num_steps)
+            if not isinstance(self.plan, str):
+                check_plan(self.plan, self.fractions, self.num_steps)
+            if self.fractions is not None:
+                raise ValueError(f"give either a plan or fractions, not both (plan {self.plan})")
         if (not math.isfinite(self.sweep_step) or not 0 < self.sweep_step <= 0.5
                 or abs(round(1 / self.sweep_step) * self.sweep_step - 1) > 1e-9):
             raise ValueError(f"sweep_step must divide 1 (0.1, 0.125, 0.2, 0.25, 0.5), got {self.sweep_step}")

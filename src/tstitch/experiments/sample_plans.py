@@ -9,7 +9,7 @@ from collections.abc import Sequence
 
 from ..plan import Plan
 
-__all__ = ["HYBRID", "check_plan", "check_plan_request", "check_plan_models", "plan_names", "plan_text",
+__all__ = ["HYBRID", "check_plan", "check_plan_request", "check_plan_models", "named_plan", "plan_names", "plan_text",
            "step_shares"]
 
 #: The name of the hybrid model (:class:`tstitch.regions.HybridDenoiser`) ``tstitch sample --region`` adds; ``H`` in
@@ -54,6 +54,14 @@ def plan_names(names: Sequence[str]) -> list[str]:
     short = ["H" if name == HYBRID else name.rsplit("-", 1)[-1].upper() for name in names]
     ok = len(set(short)) == len(short) and all(s[:1].isalpha() and s.isalnum() and not s[-1].isdigit() for s in short)
     return short if ok else [f"M{i}" for i in range(len(names))]
+
+
+def named_plan(text: str, names: Sequence[str]) -> Plan:
+    """A per-step plan's text over the models' short names (:func:`plan_names`: ``S8 > XL12``)."""
+    try:
+        return Plan.parse(text, plan_names(names))
+    except ValueError as error:
+        raise ValueError(f"--plan {text!r}: {error}") from None
 
 
 def plan_text(plan: Plan | None, names: Sequence[str]) -> str | None:

@@ -6,6 +6,7 @@ Shared by ``tstitch demo`` (the embedded family) and ``tstitch evaluate`` (any m
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -51,7 +52,12 @@ class Allocation:
 
     @classmethod
     def from_plan(cls, models: Sequence[str], plan: Plan) -> Allocation:
-        """The schedule of a per-step (or fraction) ``plan`` over ``models``."""
+        """The schedule of a per-step, adaptive (or fraction) ``plan`` over ``models``; an adaptive plan's
+        ``small_fractions`` are its range's midpoint (its real shares are known once it ran)."""
+        if plan.adaptive is not None:
+            rule = plan.adaptive
+            middle = (rule.min_switch + rule.max_switch) / 2
+            return cls(tuple(models), (middle if rule.direction == "small-first" else 1.0 - middle,), plan)
         if plan.is_sequence:
             shares = [n / plan.num_steps for n in plan.steps_per_model(plan.num_steps)]
             return cls(tuple(models), tuple(shares[:-1]), plan)
@@ -64,6 +70,8 @@ class Allocation:
 
     @property
     def label(self) -> str:
+        if self.plan is not None and self.plan.adaptive is not None:
+            return str(self.plan)
         if self.plan is not None:
             return str(self.plan if self.plan.names else Plan.from_sequence(self.plan.sequence,
                                                                               len(self.models), self.models))
@@ -221,7 +229,11 @@ def build_schedules(names: Sequence[str], *, fractions: Sequence[float] | None, 
 
 def schedule_slug(schedule: Allocation) -> str:
     """A folder name for a schedule: every model with its share, e.g. ``digits-s-0.4_digits-xl-0.6``; a
-    per-step plan's is its text form, e.g. ``plan-S8_XL11_S1``."""
+    per-step plan's is its text form, e.g. ``plan-S8_XL11_S1``; an adaptive plan's its rule and a digest of it
+    (two rules never share a folder)."""
+    if schedule.plan is not None and schedule.plan.adaptive is not None:
+        digest = hashlib.sha256(str(schedule.plan).encode()).hexdigest()[:8]
+        return "plan-" + re.sub(r"[^A-Za-z0-9.+-]+", "_", schedule.label).strip("_") + "-" + digest
     if schedule.plan is not None and schedule.plan.is_sequence:
         return "plan-" + re.sub(r"[^A-Za-z0-9.+-]+", "_", schedule.label).strip("_")
     shares = [*schedule.small_fractions, round(1.0 - sum(schedule.small_fractions), 6)]
