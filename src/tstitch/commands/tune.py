@@ -49,6 +49,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="dearest predicted cost searched, segment search (default: %(default)s)")
     parser.add_argument("--rank-by", choices=("distance", "small_fid_ratio"),
                         help="the signal plans are ranked by (default: small_fid_ratio with an FID, else distance)")
+    parser.add_argument("--no-adaptive", action="store_true",
+                        help="do not verify small-first adaptive plans around the chosen plan (two models, with "
+                             "--verify-samples; one is chosen only when it beats the fixed plan)")
     parser.add_argument("--device", default="cpu", help="torch device (default: %(default)s)")
     parser.add_argument("--weights", help="folder of the embedded family's weights (default: the shipped ones)")
     parser.add_argument("--checkpoint-dir", help="folder of downloaded checkpoints, for --preset")
@@ -76,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
         search_samples=args.search_samples, search_seed=args.seed, verify_samples=args.verify_samples,
         verify_seed=args.verify_seed, batch_size=args.batch_size, guidance_scale=args.guidance,
         max_segments=args.max_segments, min_cost=args.min_cost, max_cost=args.max_cost, search=args.search,
-        rank_by=args.rank_by,
+        rank_by=args.rank_by, adaptive=not args.no_adaptive,
         progress=not args.no_progress,
     )
     print(format_summary(result))
@@ -105,6 +108,11 @@ def format_summary(result: dict) -> str:
         interval = row.get("fid_ratio")
         quality = f"FID ratio {interval['ratio']:.3f} [{interval['low']:.3f}, {interval['high']:.3f}]" if interval \
             else f"distance {row['distance']:.4f}"
+        switch = f", mean switch step {row['mean_switch_step']:.1f}" if "mean_switch_step" in row else ""
+        verdict = {True: ", beats the fixed plan", False: ", does not beat the fixed plan"}.get(row.get("wins"), "")
         lines.append(f"verified {row['plan']}: {quality}, measured cost {row['measured_cost']:.3f} "
-                     f"(predicted {row['predicted_cost']:.3f})")
+                     f"(predicted {row['predicted_cost']:.3f}){switch}{verdict}")
+    adaptive = result["frontier"].get("adaptive")
+    if adaptive and adaptive.get("skipped"):
+        lines.append(f"adaptive plans: skipped ({adaptive['skipped']})")
     return "\n".join(lines)

@@ -12,6 +12,7 @@ from typing import Any
 
 from ..planfile import save_plan
 from ..utils import ensure_writable_dir, pyplot, save_figure, write_json
+from .adaptive_plans import pick_adaptive, prepare
 from .cost import CostModel, measure_step_costs
 from .engine import PrefixSampler
 from .plans import as_plan
@@ -75,6 +76,7 @@ def tune(
     timing_repetitions: int = 5,
     rank_by: str | None = None,
     costs: CostModel | None = None,
+    adaptive: bool = True,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Find the fastest plan for the target on this machine; see ``docs/tune.md``.
@@ -99,6 +101,9 @@ def tune(
             samples; the default when the workload has an FID) or ``"distance"`` (the paired feature distance;
             the default otherwise).
         costs: a cost model measured before (default: measured now, ``timing_repetitions`` rounds).
+        adaptive: after the search, also verify a few small-first adaptive plans around the chosen plan (two
+            models and ``verify_samples`` only) and choose one when it beats the fixed plan
+            (:mod:`tstitch.tune.adaptive_plans`).
 
     Returns ``{"plan": Plan, "chosen": ..., "frontier": ...}``: the chosen :class:`~tstitch.plan.Plan` (saved
     as ``plan.json`` in the core's plan format, read it with :func:`tstitch.load_plan`), its figures (predicted
@@ -170,12 +175,23 @@ def tune(
                   if tolerance is None or (r["estimated_fid_ratio"] <= tolerance)]
         compare = min(single, key=lambda r: r["predicted_cost"], default=None) if tolerance else None
         plans = [tuple(chosen["sequence"])] + ([tuple(compare["sequence"])] if compare else [])
-        verification = verify_plans(workload, plans, seed=verify_seed, num_samples=verify_samples,
+        candidates, adaptive_report = prepare(workload, chosen["sequence"], noise, labels,
+                                              verify_samples=verify_samples, batch_size=batch_size,
+                                              guidance_scale=guidance_scale) if adaptive else ([], None)
+        verification = verify_plans(workload, plans + candidates, seed=verify_seed, num_samples=verify_samples,
                                     reference_steps=num_steps, batch_size=batch_size,
                                     guidance_scale=guidance_scale, costs=costs, progress=progress)
         for row in verification["rows"]:
             if tolerance is not None and "fid_ratio" in row:
                 row["meets_tolerance"] = meets(row, tolerance)
+        if candidates:
+            fixed = next(r for r in verification["rows"] if r["sequence"] == list(chosen["sequence"]))
+            adaptive_report["candidates"] = [r for r in verification["rows"] if r["sequence"] is None]
+            winner = pick_adaptive(adaptive_report["candidates"], fixed, budget=budget, tolerance=tolerance)
+            adaptive_report["chosen"] = winner["plan"] if winner else None
+    elif adaptive:
+        adaptive_report = prepare(workload, chosen["sequence"], noise, labels, verify_samples=0, batch_size=batch_size,
+                                  guidance_scale=guidance_scale)[1]
 
     plan = as_plan(chosen["sequence"], workload.short)
     details = {
@@ -183,10 +199,19 @@ def tune(
         "models": list(workload.names), "target": {"budget": budget, "tolerance": tolerance},
         "predicted_cost": chosen["predicted_cost"], "predicted_speedup": 1 / chosen["predicted_cost"],
         "distance": chosen["distance"], "estimated_fid_ratio": chosen["estimated_fid_ratio"],
-        "verification": verification,
+        "verification": verification, "kind": "per-step",
     }
+    if adaptive_report and adaptive_report["chosen"]:
+        winner = next(r for r in adaptive_report["candidates"] if r["plan"] == adaptive_report["chosen"])
+        plan = next(p for p in candidates if str(p) == winner["plan"])
+        details |= {"plan": winner["plan"], "sequence": None, "kind": "adaptive", "adaptive": winner["adaptive"],
+                    "predicted_cost": winner["predicted_cost"], "predicted_speedup": 1 / winner["predicted_cost"],
+                    "distance": winner["distance"],
+                    "estimated_fid_ratio": (winner.get("fid_ratio") or {}).get("ratio"),
+                    "fixed_plan": chosen["plan"]}
     frontier = {
         "chosen": details,
+        "adaptive": adaptive_report,
         "models": list(workload.names), "num_steps": num_steps, "reference": f"{workload.names[-1]} alone",
         "cost_model": costs.as_dict(),
         "search": {"method": search, "rank_by": rank_by, "samples": search_samples, "seed": search_seed,

@@ -43,6 +43,15 @@ class CostModel:
         """Predicted time of the plan over the large model alone at ``reference_steps`` steps."""
         return self.plan_seconds(sequence) / (self.seconds_per_step[-1] * reference_steps)
 
+    def switched(self, start_model: int, switch_steps: Sequence[int], num_steps: int, reference_steps: int) -> float:
+        """Predicted relative time of an adaptive two-model run: each sample runs model ``start_model`` (0: the
+        smallest, 1: the large one) for its switch step's count of steps and the other model for the rest; the
+        mean over the samples, over the large model alone at ``reference_steps``."""
+        first, other = (self.seconds_per_step[0], self.seconds_per_step[-1])[::1 if start_model == 0 else -1]
+        mean_switch = sum(switch_steps) / len(switch_steps)
+        seconds = mean_switch * first + (num_steps - mean_switch) * other
+        return seconds / (self.seconds_per_step[-1] * reference_steps)
+
     def step_ratios(self) -> list[float]:
         """Each model's step time over the large model's."""
         return [s / self.seconds_per_step[-1] for s in self.seconds_per_step]

@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from ..plan import Plan as CorePlan
 from ..sampling import sample
 from ..stitcher import StitchedDenoiser
 from .cost import CostModel
@@ -38,24 +39,49 @@ logger = logging.getLogger(__name__)
 __all__ = ["sample_features", "time_plans", "summarize", "verify_plans", "meets"]
 
 Plan = tuple[int, ...]
+#: A plan to verify: a per-step sequence, or an adaptive :class:`tstitch.plan.Plan` (run at the reference's steps).
+AnyPlan = Plan | CorePlan
 
 
-def _unique(plans: Sequence[Sequence[int]], first: Plan | None = None) -> list[Plan]:
-    order = ([first] if first else []) + [tuple(p) for p in plans]
+def _unique(plans: Sequence[Sequence[int] | CorePlan], first: Plan | None = None) -> list[AnyPlan]:
+    order = ([first] if first else []) + [p if isinstance(p, CorePlan) else tuple(p) for p in plans]
     return list(dict.fromkeys(order))
 
 
+def _run_adaptive(workload: Workload, plan: CorePlan, noise: torch.Tensor, labels: torch.Tensor | None, *,
+                  num_steps: int, batch_size: int, guidance_scale: float) -> tuple[torch.Tensor, list[int]]:
+    """Final latents of an adaptive plan (the whole loop, in batches) and each sample's switch step."""
+    outputs, switches = [], []
+    for begin in range(0, len(noise), batch_size):
+        scheduler = type(workload.scheduler).from_config(workload.scheduler.config)
+        result = sample(StitchedDenoiser(workload.models, plan), None, scheduler, noise=noise[begin:begin + batch_size],
+                        class_labels=None if labels is None else labels[begin:begin + batch_size],
+                        num_inference_steps=num_steps, guidance_scale=guidance_scale)
+        outputs.append(result.latents)
+        switches += result.record.switch_steps
+    return torch.cat(outputs), switches
+
+
 @torch.no_grad()
-def sample_features(workload: Workload, plans: Sequence[Sequence[int]], *, seed: int, num_samples: int,
+def sample_features(workload: Workload, plans: Sequence[Sequence[int] | CorePlan], *, seed: int, num_samples: int,
                     batch_size: int = 500, guidance_scale: float = 1.0, progress: bool = True,
-                    on_plan: Callable[[Plan, torch.Tensor], None] | None = None) -> dict[Plan, torch.Tensor]:
-    """Features ``(num_samples, D)`` of each plan's samples from the noise and labels of ``seed``."""
+                    on_plan: Callable[[AnyPlan, torch.Tensor], None] | None = None, num_steps: int = 20,
+                    switches: dict[CorePlan, list[int]] | None = None) -> dict[AnyPlan, torch.Tensor]:
+    """Features ``(num_samples, D)`` of each plan's samples from the noise and labels of ``seed``. Adaptive
+    plans run the whole loop at ``num_steps`` steps; their per-sample switch steps go into ``switches``."""
     noise, labels = workload.start(seed, num_samples)
     sampler = PrefixSampler(workload.models, workload.scheduler, noise, labels, batch_size=batch_size,
                             guidance_scale=guidance_scale)
     found = {}
     for sequence in tqdm(_unique(plans), desc="held-out samples", disable=not progress):
-        found[sequence] = workload.features(sampler.run(sequence)).double().cpu()
+        if isinstance(sequence, CorePlan):
+            latents, switch_steps = _run_adaptive(workload, sequence, noise, labels, num_steps=num_steps,
+                                                  batch_size=batch_size, guidance_scale=guidance_scale)
+            if switches is not None:
+                switches[sequence] = switch_steps
+        else:
+            latents = sampler.run(sequence)
+        found[sequence] = workload.features(latents).double().cpu()
         if on_plan is not None:
             on_plan(sequence, found[sequence])
     return found
@@ -67,24 +93,27 @@ def _sync(device: torch.device) -> None:
 
 
 @torch.no_grad()
-def time_plans(workload: Workload, plans: Sequence[Sequence[int]], *, batch_size: int, repetitions: int = 3,
-               seed: int = 0, guidance_scale: float = 1.0, progress: bool = True) -> dict[Plan, float]:
-    """Median seconds of the whole sampling loop of each plan on one batch, interleaved over repetitions."""
+def time_plans(workload: Workload, plans: Sequence[Sequence[int] | CorePlan], *, batch_size: int,
+               repetitions: int = 3, seed: int = 0, guidance_scale: float = 1.0, progress: bool = True,
+               num_steps: int = 20) -> dict[AnyPlan, float]:
+    """Median seconds of the whole sampling loop of each plan on one batch, interleaved over repetitions
+    (adaptive plans at ``num_steps`` steps)."""
     if repetitions < 1:
         raise ValueError(f"repetitions must be >= 1, got {repetitions}")
     order = _unique(plans)
     noise, labels = workload.start(seed, batch_size)
-    times: dict[Plan, list[float]] = {p: [] for p in order}
+    times: dict[AnyPlan, list[float]] = {p: [] for p in order}
     bar = tqdm(total=repetitions * len(order), desc="timing plans", disable=not progress)
     for repetition in range(repetitions):
         shift = repetition % len(order)
         for sequence in order[shift:] + order[:shift]:
-            denoiser = StitchedDenoiser(workload.models, as_plan(sequence, workload.names))
+            adaptive = isinstance(sequence, CorePlan)
+            denoiser = StitchedDenoiser(workload.models, sequence if adaptive else as_plan(sequence, workload.names))
             scheduler = type(workload.scheduler).from_config(workload.scheduler.config)
             _sync(workload.device)
             start = time.perf_counter()
-            sample(denoiser, None, scheduler, noise=noise, class_labels=labels, num_inference_steps=len(sequence),
-                   guidance_scale=guidance_scale)
+            sample(denoiser, None, scheduler, noise=noise, class_labels=labels,
+                   num_inference_steps=num_steps if adaptive else len(sequence), guidance_scale=guidance_scale)
             _sync(workload.device)
             times[sequence].append(time.perf_counter() - start)
             bar.update()
@@ -92,26 +121,40 @@ def time_plans(workload: Workload, plans: Sequence[Sequence[int]], *, batch_size
     return {p: statistics.median(t) for p, t in times.items()}
 
 
-def summarize(workload: Workload, features: Mapping[Plan, torch.Tensor], seconds: Mapping[Plan, float] | None,
-              reference: Plan, *, costs: CostModel | None = None, resamples: int = 300,
-              confidence: float = 0.95, seed: int = 0) -> list[dict[str, Any]]:
+def summarize(workload: Workload, features: Mapping[AnyPlan, torch.Tensor],
+              seconds: Mapping[AnyPlan, float] | None, reference: Plan, *, costs: CostModel | None = None,
+              resamples: int = 300, confidence: float = 0.95, seed: int = 0,
+              switches: Mapping[CorePlan, list[int]] | None = None) -> list[dict[str, Any]]:
     """One row per plan: the paired FID ratio to ``reference`` with its interval (when the workload has real
-    statistics), the paired feature distance, the measured and the predicted cost relative to ``reference``."""
+    statistics), the paired feature distance, the measured and the predicted cost relative to ``reference``.
+    An adaptive plan's row has ``sequence`` None, its samples' ``switch_steps`` (from ``switches``) and a
+    predicted cost from their mean steps per model (:meth:`CostModel.switched`)."""
     reference_features = features[reference]
     scale = float((reference_features - reference_features.roll(1, dims=0)).norm(dim=1).mean()) or 1.0
     rows = []
     for sequence, plan_features in features.items():
+        adaptive = isinstance(sequence, CorePlan)
+        switch_steps = (switches or {}).get(sequence) if adaptive else None
         row: dict[str, Any] = {
-            "plan": label(sequence, workload.short), "sequence": list(sequence), "steps": len(sequence),
+            "plan": str(sequence) if adaptive else label(sequence, workload.short),
+            "sequence": None if adaptive else list(sequence), "steps": len(reference) if adaptive else len(sequence),
             "num_samples": len(plan_features),
             "distance": float((plan_features - reference_features).norm(dim=1).mean()) / scale,
         }
+        if adaptive:
+            row["adaptive"] = sequence.adaptive.to_dict()
+            row["switch_steps"] = switch_steps
+            if switch_steps:
+                row["mean_switch_step"] = sum(switch_steps) / len(switch_steps)
         if seconds is not None and sequence in seconds:
             row["seconds_per_batch"] = seconds[sequence]
             row["measured_cost"] = seconds[sequence] / seconds[reference]
             row["measured_speedup"] = 1.0 / row["measured_cost"]
-        if costs is not None:
+        if costs is not None and not adaptive:
             row["predicted_cost"] = costs.relative(sequence, len(reference))
+        elif costs is not None and switch_steps:
+            row["predicted_cost"] = costs.switched(sequence.adaptive.start_model, switch_steps, len(reference),
+                                                   len(reference))
         if workload.real_statistics is not None:
             row["fid_ratio"] = paired_fid_ratio(plan_features, reference_features, workload.real_statistics,
                                                 resamples=resamples, confidence=confidence, seed=seed).as_dict()
@@ -123,20 +166,24 @@ def summarize(workload: Workload, features: Mapping[Plan, torch.Tensor], seconds
     return rows
 
 
-def verify_plans(workload: Workload, plans: Sequence[Sequence[int]], *, seed: int, num_samples: int,
+def verify_plans(workload: Workload, plans: Sequence[Sequence[int] | CorePlan], *, seed: int, num_samples: int,
                  reference_steps: int = 20, batch_size: int = 500, guidance_scale: float = 1.0,
                  costs: CostModel | None = None, timing_repetitions: int = 3, resamples: int = 300,
                  progress: bool = True) -> dict[str, Any]:
-    """Held-out quality and measured time of ``plans`` and of the large model alone (``reference_steps``)."""
+    """Held-out quality and measured time of ``plans`` and of the large model alone (``reference_steps``).
+    ``plans`` may hold adaptive :class:`tstitch.plan.Plan` objects (two models), run at ``reference_steps``."""
     if num_samples < 2:
         raise ValueError(f"num_samples must be >= 2, got {num_samples}")
     reference = (len(workload.models) - 1,) * reference_steps
     order = _unique(plans, first=reference)
+    switches: dict[CorePlan, list[int]] = {}
     features = sample_features(workload, order, seed=seed, num_samples=num_samples, batch_size=batch_size,
-                               guidance_scale=guidance_scale, progress=progress)
+                               guidance_scale=guidance_scale, progress=progress, num_steps=reference_steps,
+                               switches=switches)
     seconds = time_plans(workload, order, batch_size=min(batch_size, num_samples), repetitions=timing_repetitions,
-                         seed=seed, guidance_scale=guidance_scale, progress=progress)
-    rows = summarize(workload, features, seconds, reference, costs=costs, resamples=resamples, seed=seed)
+                         seed=seed, guidance_scale=guidance_scale, progress=progress, num_steps=reference_steps)
+    rows = summarize(workload, features, seconds, reference, costs=costs, resamples=resamples, seed=seed,
+                     switches=switches)
     return {"seed": seed, "num_samples": num_samples, "batch_size": batch_size,
             "reference": label(reference, workload.short), "rows": rows}
 
