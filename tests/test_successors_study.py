@@ -148,3 +148,20 @@ def test_a_tiny_run_writes_results_and_the_figure(tmp_path: Path):
     assert "| region large-first | XL 0.4 > H 0.4 > S 0.2 @mask 0.3 | 2 / 3 / 3 |" in table
     assert written["machine"]["threads"] == 1 and len(written["machine"]["load_average_end"]) == 3
     assert results["targets"]["a"]["best_fraction"] in (0.0, 0.5, 1.0)
+
+
+def test_models_option_picks_the_pair_its_methods_and_its_file_names():
+    args = study.parse_args(["--models", "digits-unet-s", "digits-unet", "--fractions", "0.5"])
+    assert args.methods == ["t-stitch", "large-first", "adaptive"]  # region plans are DiT-only
+    methods = study.methods_of(args)
+    assert methods[0].label == "digits-unet alone" and "regions" not in {m.family for m in methods}
+    assert study.output_names(args.models) == ("results_unet.json", "frontier_unet.png")
+    assert study.output_names(study.parse_args([]).models) == ("results.json", "frontier.png")
+    assert study.output_names(["digits-s", "digits-b"]) == ("results_digits-s-digits-b.json",
+                                                            "frontier_digits-s-digits-b.png")
+    assert study.denoiser_kind(args.models) == "U-Net" and study.denoiser_kind(["digits-s", "digits-xl"]) == "DiT"
+    with pytest.raises(SystemExit):
+        study.parse_args(["--models", "digits-unet-s", "digits-unet", "--methods", "t-stitch", "regions"])
+    info = [{"switch_steps": [8, 8, 16], "switch_models": [0, 1]}]
+    summary = study.summarize_info(study.Method("adaptive small-first", "a"), info, 20, args.models)
+    assert summary["steps_per_model"] == {"digits-unet-s": pytest.approx(32 / 3), "digits-unet": pytest.approx(28 / 3)}

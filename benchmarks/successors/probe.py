@@ -3,6 +3,7 @@
 trajectories, on the probe seed (21; the study's held-out seed is 22).
 
     PYTHONPATH=src python3 benchmarks/successors/probe.py --samples 300
+    PYTHONPATH=src python3 benchmarks/successors/probe.py --samples 300 --models digits-unet-s digits-unet
 
 Prints, per step, the quantiles (10/50/90%) of ``||x0_k - x0_{k-1}|| / ||x0_{k-1}||`` per sample (the signal of
 ``tstitch.adaptive``, from the scheduler's ``pred_original_sample``), for each model alone.
@@ -35,13 +36,15 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=300)
     parser.add_argument("--seed", type=int, default=21)
     parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--models", nargs=2, default=["digits-s", "digits-xl"], metavar=("SMALL", "LARGE"),
+                        help="the pair (the U-Nets: digits-unet-s digits-unet)")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    workload = digits_workload(("digits-s", "digits-xl"))
+    workload = digits_workload(tuple(args.models))
     indices = list(range(args.samples))
     noise = sample_noise(args.seed, indices, workload.sample_shape)
     labels = sample_labels(indices, workload.num_classes)
-    for name, fraction in (("digits-s", 1.0), ("digits-xl", 0.0)):
+    for name, fraction in ((args.models[0], 1.0), (args.models[1], 0.0)):
         denoised: list[torch.Tensor] = []
 
         def keep(state: dict[str, Any], into: list[torch.Tensor] = denoised) -> None:

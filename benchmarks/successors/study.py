@@ -73,6 +73,8 @@ SUCCESSORS = FAMILIES[3:]
 #: "T-Stitch's best fraction", fixed before any successor was measured: the largest fraction whose FID-ratio
 #: interval ends at or below this (the demo's rule).
 BEST_FRACTION_LIMIT = 1.05
+DEFAULT_MODELS = ("digits-s", "digits-xl")
+UNET_MODELS = ("digits-unet-s", "digits-unet")
 TIME_FACTOR = 0.85  # target (a): at most this share of the best fraction's time
 DISTANCE_FACTOR = 0.8  # target (b): at most this share of T-Stitch's distance at equal time
 
@@ -191,7 +193,7 @@ def segments_sequence(segments: Sequence[tuple[int, float]], num_steps: int) -> 
 
 def methods_of(args: argparse.Namespace) -> list[Method]:
     families = {f for group in args.methods for f in METHOD_GROUPS[group]} | {"large alone"}
-    out = [Method("large alone", "digits-xl alone", {"fraction": 0.0})]
+    out = [Method("large alone", f"{args.models[1]} alone", {"fraction": 0.0})]
     if "t-stitch" in families:
         out += [Method("t-stitch", f"r={r:g}", {"fraction": r}) for r in args.fractions if r > 0]
     if "large-first" in families:
@@ -309,6 +311,24 @@ def run_chunk(runner: Runner, scheduler: Any, noise: torch.Tensor, labels: torch
     return out.latents, seconds, runner.info()
 
 
+def denoiser_kind(models: Sequence[str]) -> str:
+    """``"U-Net"`` for the embedded U-Net pair (``digits-unet-s``, ``digits-unet``), else ``"DiT"``."""
+    return "U-Net" if all("unet" in name for name in models) else "DiT"
+
+
+def output_names(models: Sequence[str]) -> tuple[str, str]:
+    """The results file and figure of a pair: ``results.json``/``frontier.png`` for the DiTs (the default),
+    ``results_unet.json``/``frontier_unet.png`` for the U-Nets, and the pair's names as the suffix for any other
+    pair, so that the studies sit side by side."""
+    if tuple(models) == DEFAULT_MODELS:
+        suffix = ""
+    elif tuple(models) == UNET_MODELS:
+        suffix = "_unet"
+    else:
+        suffix = "_" + "-".join(models)
+    return f"results{suffix}.json", f"frontier{suffix}.png"
+
+
 def machine() -> dict[str, Any]:
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else \
@@ -317,17 +337,18 @@ def machine() -> dict[str, Any]:
             "python": platform.python_version()}
 
 
-def summarize_info(method: Method, infos: list[dict[str, Any]], num_steps: int) -> dict[str, Any]:
+def summarize_info(method: Method, infos: list[dict[str, Any]], num_steps: int,
+                   models: Sequence[str] = ("digits-s", "digits-xl")) -> dict[str, Any]:
     """Steps per model (mean per sample), and the adaptive switch steps or the regions' mask fractions."""
     if method.family.startswith("adaptive"):
         switches = [s for info in infos for s in info["switch_steps"]]
         start, end = infos[0]["switch_models"]
-        names = ["digits-s", "digits-xl"]
+        names = list(models)
         mean_switch = statistics.fmean(switches)
         steps = {names[start]: mean_switch, names[end]: num_steps - mean_switch}
         return {"steps_per_model": steps, "switch_step_counts": dict(sorted(Counter(switches).items())),
                 "switch_step_median": statistics.median(switches), "switch_step_mean": mean_switch}
-    names = ["digits-s", "digits-xl"] if len(infos[0]["steps"]) == 2 else ["digits-s", "hybrid", "digits-xl"]
+    names = list(models) if len(infos[0]["steps"]) == 2 else [models[0], "hybrid", models[1]]
     out: dict[str, Any] = {"steps_per_model": dict(zip(names, infos[0]["steps"], strict=True))}
     if "hybrid_calls" in infos[0]:
         calls = infos[0]["hybrid_calls"]
@@ -340,7 +361,7 @@ def sample_chunks(args: argparse.Namespace, chunks: Sequence[int]) -> dict[str, 
     """Run ``chunks`` (indices into the chunk bounds) of every method, interleaved: chunk k of every method
     before the next chunk of any, in :func:`chunk_order`. One process, one thread."""
     torch.set_num_threads(1)
-    workload = digits_workload(("digits-s", "digits-xl"))
+    workload = digits_workload(tuple(args.models))
     small, large = workload.models
     methods = methods_of(args)
     bounds = chunk_bounds(args.samples, args.chunks)
@@ -368,7 +389,7 @@ def study(args: argparse.Namespace) -> dict[str, Any]:
     torch.set_num_threads(1)
     load_start = os.getloadavg()
     begin = time.perf_counter()
-    workload = digits_workload(("digits-s", "digits-xl"))
+    workload = digits_workload(tuple(args.models))
     classifier = load_classifier()
     methods = methods_of(args)
     labels = sample_labels(list(range(args.samples)), workload.num_classes)
@@ -416,17 +437,18 @@ def study(args: argparse.Namespace) -> dict[str, Any]:
             "seconds_per_image": {clock: spread([s[clock] / (hi - lo) for s, (lo, hi)
                                                  in zip(seconds[i], bounds, strict=True)]).median
                                   for clock in ("cpu", "wall")},
-            **summarize_info(method, infos[i], args.steps),
+            **summarize_info(method, infos[i], args.steps, args.models),
         })
     results = {
-        "what": "T-Stitch and its successors on the digits DiTs (issue 22, item 4)",
-        "models": ["digits-s", "digits-xl"], "num_samples": args.samples, "chunks": args.chunks,
+        "what": f"T-Stitch and its successors on the digits {denoiser_kind(args.models)}s (issue 22, item 4)",
+        "models": list(args.models), "denoiser": denoiser_kind(args.models),
+        "num_samples": args.samples, "chunks": args.chunks,
         "steps": args.steps, "scheduler": "DDIM (the family's schedule)", "guidance_scale": args.guidance,
         "seed": args.seed, "noise": "per-sample generator: tstitch.experiments.evaluation_files.sample_noise",
         "labels": "i % 10", "jackknife_groups": args.groups, "clock": args.clock, "workers": args.workers,
         "distance": "uncalibrated LPIPS on the digits classifier's 4 ReLU outputs (unit-normalised over channels, "
                     "squared differences averaged over positions, summed over layers) to digits-xl's image from "
-                    "the same noise; interval: mean +- t sd / sqrt(n)",
+                    "the same noise; interval: mean +- t sd / sqrt(n)".replace("digits-xl", args.models[1]),
         "fid_large": fid_large,
         "machine": {**machine(), "load_average_start": load_start, "load_average_end": os.getloadavg()},
         "sampling_seconds": sampling_seconds, "total_seconds": time.perf_counter() - begin,
@@ -518,10 +540,11 @@ def plot(results: dict[str, Any], path: Path) -> None:
     plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(13, 5))
     rows = results["rows"]
+    small, large = results.get("models", ["digits-s", "digits-xl"])
     panels = ((lambda r: r["fid_ratio"]["ratio"], lambda r: (r["fid_ratio"]["low"], r["fid_ratio"]["high"]),
-               f"digits-FID / digits-xl's (95% paired jackknife), {results['num_samples']} samples"),
+               f"digits-FID / {large}'s (95% paired jackknife), {results['num_samples']} samples"),
               (lambda r: r["distance"]["mean"], lambda r: (r["distance"]["low"], r["distance"]["high"]),
-               "paired distance to digits-xl's image (digits-LPIPS, mean, 95%)"))
+               f"paired distance to {large}'s image (digits-LPIPS, mean, 95%)"))
     for ax, (value, interval, ylabel) in zip(axes, panels, strict=True):
         for family, (color, marker) in STYLES.items():
             mine = [r for r in rows if r["family"] == family]
@@ -541,14 +564,14 @@ def plot(results: dict[str, Any], path: Path) -> None:
         line = frontier(rows, value)
         ax.step([r["time"]["ratio"] for r in line], [value(r) for r in line], where="post", color="grey",
                 linestyle="--", alpha=0.8, label="frontier (all methods)")
-        ax.set_xlabel(f"{'CPU ' if results['clock'] == 'cpu' else ''}time / digits-xl alone "
+        ax.set_xlabel(f"{'CPU ' if results['clock'] == 'cpu' else ''}time / {large} alone "
                       f"(median of {results['chunks']} interleaved chunks, min-max)")
         ax.set_ylabel(ylabel, fontsize=8)
         ax.set_yscale("symlog" if ax is axes[1] else "log", **({"linthresh": 0.05} if ax is axes[1] else {}))
         ax.grid(alpha=0.2)
     axes[0].axhline(BEST_FRACTION_LIMIT, color="grey", linewidth=0.6)
     axes[0].legend(fontsize=7)
-    fig.suptitle(f"digits-s / digits-xl, DDIM {results['steps']} steps, guidance {results['guidance_scale']:g}: "
+    fig.suptitle(f"{small} / {large}, DDIM {results['steps']} steps, guidance {results['guidance_scale']:g}: "
                  "T-Stitch and its successors", fontsize=10)
     save_figure(fig, path)
 
@@ -557,9 +580,10 @@ def markdown_table(results: dict[str, Any]) -> str:
     """The table of docs/successors.md, from a results.json."""
     lines = ["| method | plan | steps S / H / XL | CPU time [min-max] | FID | FID ratio [95%] | distance [95%] | acc |",
              "|---|---|---|---|---|---|---|---|"]
+    small, large = results.get("models", ["digits-s", "digits-xl"])
     for r in results["rows"]:
         steps = r["steps_per_model"]
-        counts = " / ".join(f"{steps[k]:.3g}" if k in steps else "-" for k in ("digits-s", "hybrid", "digits-xl"))
+        counts = " / ".join(f"{steps[k]:.3g}" if k in steps else "-" for k in (small, "hybrid", large))
         f, d, t = r["fid_ratio"], r["distance"], r["time"]
         lines.append(f"| {r['family']} | {r['label']} | {counts} | {t['ratio']:.3f} [{t['min']:.3f}, {t['max']:.3f}] "
                      f"| {r['fid']:.2f} | {f['ratio']:.3f} [{f['low']:.3f}, {f['high']:.3f}] "
@@ -571,7 +595,11 @@ def markdown_table(results: dict[str, Any]) -> str:
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--methods", nargs="+", choices=list(METHOD_GROUPS), default=list(METHOD_GROUPS))
+    parser.add_argument("--models", nargs=2, default=list(DEFAULT_MODELS), metavar=("SMALL", "LARGE"),
+                        help="the pair, small then large (zoo names); the U-Nets: digits-unet-s digits-unet "
+                        "(region plans are DiT-only)")
+    parser.add_argument("--methods", nargs="+", choices=list(METHOD_GROUPS), default=None,
+                        help="default: every method (the DiTs), every method but regions (U-Nets)")
     parser.add_argument("--samples", type=int, default=3000)
     parser.add_argument("--chunks", type=int, default=6, help="interleaved chunks of the samples (timed each)")
     parser.add_argument("--clock", choices=("cpu", "wall"), default="cpu")
@@ -601,6 +629,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="a check: 8 steps, 2 chunks, 4 groups, few points")
     parser.add_argument("--out", default="outputs/successors")
     args = parser.parse_args(argv)
+    unet = denoiser_kind(args.models) == "U-Net"
+    if args.methods is None:
+        args.methods = [m for m in METHOD_GROUPS if not (unet and m == "regions")]
+    if unet and "regions" in args.methods:
+        parser.error("region plans need DiTs (HybridDenoiser computes a token subset); --methods without regions")
     if args.quick:
         args.steps, args.chunks, args.groups = 8, 2, 4
         args.fractions, args.large_first, args.masks = [0.5, 1.0], [0.5], [0.3]
@@ -616,8 +649,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         return results
     out = ensure_writable_dir(args.out)
     results = study(args)
-    write_json(out / "results.json", results)
-    plot(results, out / "frontier.png")
+    results_name, figure_name = output_names(args.models)
+    write_json(out / results_name, results)
+    plot(results, out / figure_name)
     for r in results["rows"]:
         print(f"{r['family']:>21} {r['label']:<28} time {r['time']['ratio']:.3f} [{r['time']['min']:.3f}, "
               f"{r['time']['max']:.3f}]  FID {r['fid']:7.3f}  ratio {r['fid_ratio']['ratio']:.3f} "
