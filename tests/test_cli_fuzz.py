@@ -22,7 +22,7 @@ from processes import deadline
 from tstitch import cli
 
 #: Types of the parser's checked path flags (``tstitch.commands.checks``), by name.
-PATH_TYPES = {"out_folder", "existing_folder", "existing_file", "existing_path", "plan_file"}
+PATH_TYPES = {"out_folder", "existing_folder", "existing_file", "existing_path", "plan_file", "plan_option"}
 #: Words of the metavar (``PATH_OR_ID``) or of the name (tune's ``--out``) of an unchecked flag that takes a path.
 PATH_WORDS = {"path", "dir", "file", "out", "weights", "vae", "model", "models", "frontier", "reference", "plan"}
 
