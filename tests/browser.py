@@ -15,7 +15,8 @@ import os
 import socket
 import sys
 import tempfile
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -149,29 +150,58 @@ def error_messages(browser: Any) -> list[str]:
     return [text for text in _texts(browser, "[data-testid='toast-text']") if text]  # empty while it slides in
 
 
-def close_errors(browser: Any) -> None:
-    """Close the error toasts, so that the next error is the only one shown."""
+def close_errors(browser: Any, timeout: float = 30.0) -> None:
+    """Close the error toasts and wait until they are gone, so that the next error is the only one shown."""
     from selenium.common.exceptions import WebDriverException
     from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
 
     for button in browser.find_elements(By.CSS_SELECTOR, "[data-testid='toast-close']"):
         with contextlib.suppress(WebDriverException):
             button.click()
+    WebDriverWait(browser, timeout, poll_frequency=0.2).until(lambda d: not error_messages(d))
+
+
+def press_until(browser: Any, elem_id: str, condition: Callable[[Any], Any], timeout: float = 90.0,
+                every: float = 3.0) -> Any:
+    """Click ``elem_id`` and wait for ``condition``; click again every ``every`` seconds while it does not hold.
+
+    Gradio drops a click on a button whose previous event has not completed yet (``trigger_mode="once"``), and
+    under load that completion can reach the page seconds after the last output: a click in that gap does
+    nothing. A click while this request's own event is pending is dropped the same way, so clicking again never
+    starts a second request."""
+    from selenium.common.exceptions import TimeoutException
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    end = time.monotonic() + timeout
+    while True:
+        browser.find_element(By.ID, elem_id).click()
+        wait = max(0.1, min(every, end - time.monotonic()))
+        try:
+            return WebDriverWait(browser, wait, poll_frequency=0.2).until(condition)
+        except TimeoutException:
+            if time.monotonic() >= end:
+                raise
 
 
 def generate(browser: Any, expected_tiles: int, timeout: float = 90.0) -> list[str]:
     """Press Generate and wait until the request is done (the progress line says so) with ``expected_tiles``
-    tiles; returns their captions."""
-    from selenium.webdriver.common.by import By
+    tiles whose captions are the final ones (the page may draw the progress line before the gallery's last
+    update); returns their captions."""
     from selenium.webdriver.support.ui import WebDriverWait
 
     before = status(browser)
-    browser.find_element(By.ID, "generate").click()
 
     def finished(d: Any) -> list[str] | bool:
         now, line = captions(d), status(d)
-        return now if line.startswith("done:") and line != before and len(now) == expected_tiles else False
+        final = len(now) == expected_tiles and not any("(first repetition)" in text for text in now)
+        return now if line.startswith("done:") and line != before and final else False
 
+    def started(d: Any) -> bool:
+        return status(d) != before
+
+    press_until(browser, "generate", started, timeout=timeout)
     return WebDriverWait(browser, timeout, poll_frequency=0.2).until(finished)
 
 

@@ -139,7 +139,6 @@ def test_closed_model_box_and_an_error_after_a_success_keeps_the_results(page, c
     gallery, the table and the frontier as they were; the server logs one line for it, no traceback."""
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
-    from selenium.webdriver.support.ui import WebDriverWait
 
     driver = page.driver
     box = driver.find_element(By.CSS_SELECTOR, "#model input")
@@ -159,8 +158,7 @@ def test_closed_model_box_and_an_error_after_a_success_keeps_the_results(page, c
                                   ("labels", "99", "class labels must be in [0, 9] for these models, got [99]")):
         browser.close_errors(driver)
         browser.set_number(driver, field, value)
-        driver.find_element(By.ID, "generate").click()
-        shown = WebDriverWait(driver, 30, poll_frequency=0.2).until(lambda d: browser.error_messages(d))
+        shown = browser.press_until(driver, "generate", browser.error_messages, timeout=30)
         assert any(message in text for text in shown), shown
         assert browser.captions(driver) == good  # the previous results stay
         assert page.by_id("frontier").find_element(By.TAG_NAME, "img").get_attribute("src") == frontier
@@ -182,8 +180,7 @@ def test_cancel_then_generate_and_an_uploaded_plan(page, tmp_path):
     browser.set_fractions(driver, ["0.3", "0.5"])
     browser.set_number(driver, "steps", "150")
     browser.set_number(driver, "images", "8")
-    driver.find_element(By.ID, "generate").click()
-    WebDriverWait(driver, 60, poll_frequency=0.1).until(lambda d: "step " in browser.status(d))
+    browser.press_until(driver, "generate", lambda d: "step " in browser.status(d), timeout=60)
     time.sleep(1.0)
     driver.find_element(By.ID, "cancel").click()
     browser.set_number(driver, "steps", "5")
