@@ -129,3 +129,15 @@ def test_no_import_circle():
 @pytest.mark.parametrize("core", ["tstitch.stitcher", "tstitch.plan", "tstitch.stepcount"])
 def test_the_core_imports_nothing_above_it(core):
     assert {t for t in graph()[core] if layer_of(t) is not None and layer_of(t) > 1} == set()
+
+
+def test_the_readme_architecture_names_every_package_and_top_level_module():
+    """The README's tree stays true: each subpackage and each module directly under ``tstitch/`` is named."""
+    readme = (SOURCE.parent / "README.md").read_text(encoding="utf-8")
+    tree = readme[readme.index("## Architecture"):]
+    tree = tree[:tree.index("```", tree.index("```") + 3)]
+    package = SOURCE / "tstitch"
+    names = [f"{p.name}/" for p in package.iterdir() if (p / "__init__.py").is_file()]
+    names += [p.name for p in package.glob("*.py") if p.name != "__init__.py"]
+    missing = sorted(name for name in names if f" {name}" not in tree)
+    assert missing == []
