@@ -132,12 +132,13 @@ def test_the_core_imports_nothing_above_it(core):
 
 
 def test_the_readme_architecture_names_every_package_and_top_level_module():
-    """The README's tree stays true: each subpackage and each module directly under ``tstitch/`` is named."""
+    """The README's tree stays true: each subpackage and each module directly under ``tstitch/`` has its line."""
     readme = (SOURCE.parent / "README.md").read_text(encoding="utf-8")
     tree = readme[readme.index("## Architecture"):]
     tree = tree[:tree.index("```", tree.index("```") + 3)]
     package = SOURCE / "tstitch"
     names = [f"{p.name}/" for p in package.iterdir() if (p / "__init__.py").is_file()]
     names += [p.name for p in package.glob("*.py") if p.name != "__init__.py"]
-    missing = sorted(name for name in names if f" {name}" not in tree)
+    listed = {line.split()[0] for line in tree.splitlines() if line.startswith("  ") and line[2] != " "}
+    missing = sorted(set(names) - listed)
     assert missing == []
