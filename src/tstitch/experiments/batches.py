@@ -33,6 +33,7 @@ def sample_batches(
     generators: Sequence[torch.Generator] | None = None,
     cache: Any = None,
     switch_steps: list[int] | None = None,
+    records: list[Any] | None = None,
 ) -> tuple[torch.Tensor, float, list[int]]:
     """Stitched sampling of all of ``noise`` in batches of ``batch_size``, timed (CUDA synchronised).
 
@@ -40,6 +41,7 @@ def sample_batches(
     its own generator only, not on the batch it is in). ``cache``: per-model caches, as
     :func:`tstitch.caching.enable_cache` takes them (applied for each batch, taken off after it).
     ``switch_steps``: an adaptive plan's switch step of every sample is appended to this list, in order.
+    ``records``: each batch's :class:`~tstitch.stepcount.StitchRecord` is appended to this list, in order.
 
     Returns the latents, the wall-clock seconds of the sampling (model calls and scheduler steps), and
     the model index of each step.
@@ -66,4 +68,6 @@ def sample_batches(
         per_step = result.record.model_per_step()
         if switch_steps is not None and result.record.switch_steps is not None:
             switch_steps += result.record.switch_steps
+        if records is not None:
+            records.append(result.record)
     return torch.cat(outputs), watch.seconds, per_step
