@@ -55,6 +55,8 @@ class BenchCase:
     text_tokens: int = 77
     #: A per-step plan of the pair (``num_steps`` steps, any order) timed beside the fractions, as
     #: ``plain@plan`` and ``stitched@plan``; the prefix plan with as many small-model steps is measured too.
+    #: An adaptive plan is timed as ``adaptive`` beside ``together@k``: every sample switching at step ``k``,
+    #: the rounded mean of its switch steps in the warm-up run.
     plan: Plan | None = None
 
     def validate(self) -> None:
@@ -70,8 +72,17 @@ class BenchCase:
         if self.plan is not None and (self.plan.num_models != 2 or self.plan.num_steps not in (None, self.num_steps)):
             raise ValueError(f"case {self.name}: the plan {self.plan} must be a plan of the pair (2 models) for "
                              f"{self.num_steps} steps, got {self.plan.num_models} models, {self.plan.num_steps} steps")
-        if getattr(self.make_scheduler(), "order", 1) != 1:
+        scheduler = self.make_scheduler()
+        if getattr(scheduler, "order", 1) != 1:
             raise ValueError(f"case {self.name}: the harness needs a first-order scheduler (one call per step)")
+        if self.adaptive and getattr(scheduler, "alphas_cumprod", None) is None:
+            raise ValueError(f"case {self.name}: the adaptive plan {self.plan} reads its signal from the scheduler's "
+                             f"alphas_cumprod, which {type(scheduler).__name__} has not (a flow-matching scheduler?)")
+
+    @property
+    def adaptive(self) -> bool:
+        """Whether :attr:`plan` is adaptive (each sample switches at its own step)."""
+        return self.plan is not None and self.plan.adaptive is not None
 
     @property
     def all_fractions(self) -> tuple[float, ...]:
@@ -81,7 +92,7 @@ class BenchCase:
     @property
     def prefix_fraction(self) -> float | None:
         """The fraction whose prefix plan gives the small model as many steps as :attr:`plan` (or ``None``)."""
-        if self.plan is None:
+        if self.plan is None or self.adaptive:
             return None
         small_steps = self.plan.steps_per_model(self.num_steps)[0]
         for fraction in (round(small_steps / self.num_steps, 6), round((small_steps + 0.5) / self.num_steps, 6)):

@@ -14,7 +14,11 @@ scheduler, a step count, a batch) the harness times complete sampling runs of se
 - ``pipeline`` and ``pipeline-stitched@0``: the user's unstitched diffusers pipeline and the same pipeline
   stitched at fraction 0 (for text-conditional cases ``plain@r`` already runs through the pipeline, so
   ``plain@0`` *is* the unstitched pipeline);
-- ``offload@r`` (on CUDA, when asked): stitched sampling with the idle model offloaded to the CPU.
+- ``offload@r`` (on CUDA, when asked): stitched sampling with the idle model offloaded to the CPU;
+- with an adaptive plan, ``adaptive`` (stitched sampling with it, each sample switching model at its own
+  step) and ``together@k`` (the fixed plan of the same models with every sample switching at step ``k``, the
+  rounded mean of the switch steps of a full adaptive run in the warm-up): the same model work for the batch,
+  so ``adaptive / together@k`` is the cost of switching per sample (target at most 1.03).
 
 After an untimed warm-up pass, every repetition runs every configuration once, in an order that reverses
 from one repetition to the next, so that a machine that speeds up or slows down hits all configurations
@@ -29,7 +33,8 @@ min and max), so it holds on a busy machine:
   model's weights plus little else.
 
 The harness also checks that every stitched run used the models of the plan, step by step, and that its
-output equals the plain loop's.
+output equals the plain loop's; an adaptive run, that each sample ran on one model before its switch step and
+on the other from it on, and that the models called at each step are those its samples' switch steps say.
 """
 
 from __future__ import annotations
@@ -46,12 +51,13 @@ from typing import Any
 
 import torch
 
+from ..adaptive import switch_bounds
 from ..models.fastpaths import FastPaths, compiled_graph_count
 from ..sampling.timing import warm_up
 from ..utils import ensure_writable_dir, write_json
 from .cases import BenchCase, build_case
 from .memory import dispatch_overhead, machine_info, measure_memory, weight_bytes
-from .report import TARGETS, cache_rows, case_rows, paired, plan_row, plot_times, stats, summary_of
+from .report import TARGETS, adaptive_row, cache_rows, case_rows, paired, plan_row, plot_times, stats, summary_of
 from .runners import ConfigRun, Runner, make_runner
 
 logger = logging.getLogger(__name__)
@@ -94,6 +100,25 @@ def _check_plan(runner: Runner, config: str, run: ConfigRun, steps: int) -> None
         raise RuntimeError(f"{runner.case.name} {config}: models per step {run.per_step}, the plan says {expected}")
 
 
+def _check_adaptive(runner: Runner, run: ConfigRun, steps: int) -> None:
+    """An adaptive run: each sample on the rule's first model before its switch step and on the other from it
+    on, within the rule's bounds, and at each step the models called are those of its samples' switch steps."""
+    rule, record = runner.case.plan.adaptive, run.record
+    switches = None if record is None else record.switch_steps
+    if switches is None or len(switches) != runner.case.num_images:
+        raise RuntimeError(f"{runner.case.name} adaptive: switch steps {switches} recorded for "
+                           f"{runner.case.num_images} samples")
+    start, end = rule.start_model, rule.end_model
+    low, high = switch_bounds(rule, steps)
+    per_sample = [[start] * switch + [end] * (steps - switch) for switch in switches]
+    called = [sorted({model for step, model in record.calls if step == k}) for k in range(steps)]
+    expected = [sorted({start if k < switch else end for switch in switches}) for k in range(steps)]
+    if (record.switch_models != (start, end) or record.model_per_step_per_sample() != per_sample
+            or called != expected or not all(low <= switch <= high for switch in switches)):
+        raise RuntimeError(f"{runner.case.name} adaptive: switch steps {switches} (the rule allows {low}..{high}), "
+                           f"models called per step {called}, the switch steps say {expected}")
+
+
 def run_case(case: BenchCase, settings: BenchSettings,
              checkpoint: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """Time one case (warm-up, interleaved repetitions, memory); returns its results dictionary.
@@ -114,23 +139,30 @@ def _run_case(case: BenchCase, settings: BenchSettings,
         logger.info(f"{case.name}: offloading needs a CUDA device; skipped on {device.type}")
     runner = make_runner(case, settings.seed, offload)
     runner.cache = settings.cache or {}
-    groups = runner.groups()
-    configs = [config for group in groups for config in group]
 
-    # Warm-up: one configuration of each kind; with compilation twice, the difference being compile time.
+    # Warm-up: one configuration of each kind; with compilation twice, the difference being compile time. An
+    # adaptive plan also runs once in full: its switch steps give together@k.
     def one_of_each() -> None:
         for config in runner.warmup_configs():
             runner.run(config, settings.warmup_steps)
+        if case.adaptive:
+            _check_adaptive(runner, runner.measure_switches(), case.num_steps)
 
     passes = warm_up(one_of_each, device, passes=2 if settings.fast.compile else 1)
     graphs_before = compiled_graph_count() if settings.fast.compile else None
+    groups = runner.groups()
+    configs = [config for group in groups for config in group]
 
     seconds: dict[str, list[float]] = {config: [] for config in configs}
     offload_seconds: list[float] = []
     first_latents: dict[str, torch.Tensor] = {}
+    adaptive_switches: list[list[int]] = []  # each timed adaptive run's switch steps
 
     def results_so_far() -> dict[str, Any]:
         result = _case_result(case, runner, seconds, first_latents)
+        if case.adaptive:
+            result["adaptive"] = adaptive_row(case, seconds, runner.switch_steps, runner.together_step,
+                                              adaptive_switches)
         result["warmup_seconds"] = passes
         if graphs_before is not None:
             result["compile"] = {"compile_seconds": passes[0] - passes[1],
@@ -153,6 +185,9 @@ def _run_case(case: BenchCase, settings: BenchSettings,
     for rep, config in interleaved(groups, case.repetitions):
         run = runner.run(config)
         _check_plan(runner, config, run, case.num_steps)
+        if config == "adaptive":
+            _check_adaptive(runner, run, case.num_steps)
+            adaptive_switches.append(list(run.record.switch_steps))
         seconds[config].append(run.seconds)
         if run.offload_seconds is not None:
             offload_seconds.append(run.offload_seconds)
@@ -200,7 +235,7 @@ def _case_result(case: BenchCase, runner: Runner, seconds: dict[str, list[float]
         "runs": {config: {"seconds": list(values), **stats(values)} for config, values in seconds.items()},
         "rows": case_rows(case, seconds, diffs),
     }
-    if case.plan is not None:
+    if case.plan is not None and not case.adaptive:
         diff = None
         if "stitched@plan" in first_latents and "plain@plan" in first_latents:
             diff = float((first_latents["stitched@plan"].float() - first_latents["plain@plan"].float()).abs().max())

@@ -14,11 +14,13 @@ from ..plan import Plan
 from ..utils import pyplot, save_figure
 from .cases import BenchCase
 
-__all__ = ["TARGETS", "stats", "paired", "case_rows", "plan_row", "summary_of", "format_report", "plot_times",
-           "cache_rows", "cache_label"]
+__all__ = ["TARGETS", "ADAPTIVE_TARGET", "stats", "paired", "case_rows", "plan_row", "adaptive_row", "summary_of",
+           "format_report", "plot_times", "cache_rows", "cache_label"]
 
 #: The issue's targets: each a ratio measured within one run of the harness.
 TARGETS = {"overhead_max": 1.01, "linearity_min": 0.98, "linearity_max": 1.02, "no_tax_max": 1.01}
+#: An adaptive plan against every sample switching at one step, ``adaptive / together@k``: at most this.
+ADAPTIVE_TARGET = 1.03
 
 
 # -- statistics ----------------------------------------------------------------------------------------------------
@@ -85,6 +87,35 @@ def plan_row(case: BenchCase, seconds: dict[str, list[float]], diff: float | Non
     }
 
 
+def adaptive_row(case: BenchCase, seconds: dict[str, list[float]], switch_steps: Sequence[int], k: int,
+                 timed_switch_steps: Sequence[Sequence[int]]) -> dict[str, Any]:
+    """The case's adaptive plan against ``together@k``, the fixed plan switching every sample at step ``k`` (the
+    rounded mean of the switch steps of the warm-up's full run): the cost of switching per sample, and the
+    speed-up over the large model alone."""
+    rule = case.plan.adaptive
+    together = f"together@{k}"
+    adaptive, fixed = seconds["adaptive"], seconds[together]
+    sequence = [rule.start_model] * k + [rule.end_model] * (case.num_steps - k)
+    ratio = paired(adaptive, fixed)
+    return {
+        "plan": str(case.plan),
+        "direction": rule.direction,
+        "switch_steps": list(switch_steps),
+        "mean_switch_step": statistics.fmean(switch_steps),
+        "k": k,
+        "together": together,
+        "together_plan": str(Plan.from_sequence(sequence, 2, ["S", "L"])),
+        "seconds_per_image": statistics.median(adaptive) / case.num_images,
+        "together_seconds_per_image": statistics.median(fixed) / case.num_images,
+        "ratio_vs_together": ratio,
+        "target": ADAPTIVE_TARGET,
+        "met": ratio["median"] <= ADAPTIVE_TARGET,
+        "speedup": paired(seconds["plain@0"], adaptive),
+        "together_speedup": paired(seconds["plain@0"], fixed),
+        "timed_runs_with_other_switch_steps": sum(list(s) != list(switch_steps) for s in timed_switch_steps),
+    }
+
+
 def summary_of(cases: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """The worst value of each target over all cases and fractions: of the per-repetition medians (``value``,
     judged against the target) and of the fastest-run ratios (``fastest``)."""
@@ -121,6 +152,11 @@ def _ratio(stats: dict[str, float]) -> str:
     return f"{stats['median']:.3f} [{stats['min']:.3f}-{stats['max']:.3f}]"
 
 
+def _steps(steps: Sequence[int]) -> str:
+    """Switch steps in short, in step order, each with its count of samples: ``2 (9), 8 (7)``."""
+    return ", ".join(f"{step} ({list(steps).count(step)})" for step in sorted(set(steps)))
+
+
 def format_report(results: dict[str, Any]) -> str:
     """The tables the CLI prints: per case, time per image and the ratios at each fraction."""
     lines = [f"machine: {results['machine']['label']}; fast paths: {results['fast_paths_label']}"]
@@ -148,6 +184,12 @@ def format_report(results: dict[str, Any]) -> str:
                          f"r={plan['prefix_fraction']:g}: {_ratio(plan['prefix_overhead'])}), speed-up "
                          f"{_ratio(plan['speedup'])}, max |difference| vs plain loop "
                          f"{plan['max_abs_diff_vs_plain']:.3g}")
+        if "adaptive" in case:
+            row = case["adaptive"]
+            lines.append(f"  plan {row['plan']}: {1000 * row['seconds_per_image']:.2f} ms/img, switch step "
+                         f"(samples) {_steps(row['switch_steps'])}, k={row['k']} ({row['together_plan']}); adaptive / "
+                         f"{row['together']} {_ratio(row['ratio_vs_together'])} (target {row['target']}: "
+                         f"{'met' if row['met'] else 'MISSED'}), speed-up {_ratio(row['speedup'])}")
         no_tax = case["no_tax"]
         lines.append(f"  no tax: stitched at r=0 / {no_tax['baseline']}: {_ratio(no_tax['ratio'])}")
         diffs = [row["max_abs_diff_vs_plain"] for row in case["rows"] if row["max_abs_diff_vs_plain"] is not None]

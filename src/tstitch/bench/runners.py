@@ -4,6 +4,9 @@ offloading. Every run goes through the one sampling loop or a diffusers pipeline
 
 from __future__ import annotations
 
+import copy
+import math
+import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -16,7 +19,7 @@ from ..experiments.batches import sample_batches
 from ..models.fastpaths import disable_offload, enable_offload
 from ..plan import Plan
 from ..sampling import Guidance, denoise, num_classes_of, sample, timed
-from ..stitcher import StitchedDenoiser, get_record, stitch
+from ..stitcher import StitchedDenoiser, StitchRecord, get_record, stitch
 from .cases import BenchCase
 
 __all__ = ["plain_sample", "Planned", "ConfigRun", "Runner", "ClassRunner", "TextRunner", "make_runner",
@@ -76,6 +79,7 @@ class ConfigRun:
     latents: torch.Tensor | None = None
     per_step: list[int] | None = None
     offload_seconds: float | None = None
+    record: StitchRecord | None = None  # an adaptive plan's run: each sample's switch step, the calls
 
 
 def fraction_of(config: str) -> float:
@@ -108,6 +112,9 @@ class Runner:
         self.models = [case.small, case.large]
         self.offload_fraction = offload_fraction
         self.cache: dict[int, Any] = {}  # caches of the cached@r runs (tstitch.caching.enable_cache)
+        #: an adaptive plan: each sample's switch step in the warm-up's full run, and k (:meth:`measure_switches`)
+        self.switch_steps: list[int] | None = None
+        self.together_step: int | None = None
 
     def plan(self, fraction: float | Plan, num_steps: int) -> list[int]:
         """The model of every step at a fraction of the small model, or of the case's per-step plan."""
@@ -116,17 +123,37 @@ class Runner:
         return Plan.from_small_fractions(fraction).assignment(num_steps)
 
     def schedule(self, config: str) -> float | Plan | None:
-        """The fraction of a configuration such as ``stitched@0.4``, the case's plan for ``stitched@plan``."""
+        """The fraction of a configuration such as ``stitched@0.4``, the case's plan for ``stitched@plan``, the
+        fixed plan switching every sample at step ``k`` for ``together@k``."""
         if "@" not in config:
             return None
+        if config.startswith("together@"):
+            return self.together_plan(int(config.split("@")[1]))
         return self.case.plan if config.endswith("@plan") else fraction_of(config)
+
+    def together_plan(self, k: int) -> Plan:
+        """The fixed plan of the adaptive plan's models in which every sample switches at step ``k``."""
+        rule = self.case.plan.adaptive
+        steps = self.case.num_steps
+        return Plan.from_sequence([rule.start_model] * k + [rule.end_model] * (steps - k), 2)
+
+    def measure_switches(self) -> ConfigRun:
+        """One full untimed ``adaptive`` run: its switch steps, and ``k``, their mean rounded half up."""
+        run = self.run("adaptive")
+        self.switch_steps = list(run.record.switch_steps)
+        self.together_step = math.floor(statistics.fmean(self.switch_steps) + 0.5)
+        return run
 
     def groups(self) -> list[list[str]]:
         """The configurations, in groups whose members are compared with each other and so run back to
         back: ``plain@r`` with ``stitched@r`` (and ``offload@r``), the pipeline pair."""
         groups = [[f"plain@{r:g}", f"stitched@{r:g}", *([f"cached@{r:g}"] if self.cache else [])]
                   for r in self.case.all_fractions]
-        if self.case.plan is not None:
+        if self.case.adaptive:
+            if self.together_step is None:
+                raise RuntimeError("the adaptive plan's switch steps are measured first (measure_switches)")
+            groups.append([f"together@{self.together_step}", "adaptive"])
+        elif self.case.plan is not None:
             groups.append(["plain@plan", "stitched@plan"])
         if self.pipeline_configs():
             groups.append(self.pipeline_configs())
@@ -149,6 +176,9 @@ class Runner:
 
     def pipeline_configs(self) -> list[str]:
         return []
+
+    def _run_together(self, plan: Plan, steps: int) -> ConfigRun:
+        return self._run_stitched(plan, steps)
 
     def run(self, config: str, num_steps: int | None = None) -> ConfigRun:
         steps = num_steps or self.case.num_steps
@@ -202,6 +232,14 @@ class ClassRunner(Runner):
     def _run_cached(self, fraction: float, steps: int) -> ConfigRun:
         return self._run_stitched(fraction, steps, self.cache)
 
+    def _run_adaptive(self, _: None, steps: int) -> ConfigRun:
+        records: list[StitchRecord] = []
+        latents, seconds, per_step = sample_batches(
+            self.models, self.case.plan, self.case.make_scheduler, self.noise, self.labels, num_steps=steps,
+            guidance_scale=self.case.guidance_scale, batch_size=self.case.num_images, records=records,
+        )
+        return ConfigRun(seconds, latents, per_step, record=records[0])
+
     def _run_offload(self, fraction: float, steps: int) -> ConfigRun:
         denoiser = StitchedDenoiser(self.models, Plan.from_small_fractions(fraction))
         switch = enable_offload(denoiser, self.device)
@@ -244,8 +282,8 @@ class TextRunner(Runner):
         self.size = config.sample_size
         self.pipes: dict[str, Any] = {}
 
-    def _pipe(self, key: str, small_fraction: float | None = None) -> Any:
-        """The pipeline named ``key`` (made once; stitched at ``small_fraction`` when given)."""
+    def _pipe(self, key: str, small_fraction: float | Plan | None = None) -> Any:
+        """The pipeline named ``key`` (made once; stitched at ``small_fraction``, or a plan, when given)."""
         from diffusers import StableDiffusionPipeline
 
         if key not in self.pipes:
@@ -280,6 +318,12 @@ class TextRunner(Runner):
         pipe = self._pipe(f"stitched@{fraction}", fraction)
         seconds, latents = self._call(pipe, steps)
         return ConfigRun(seconds, latents, get_record(pipe).model_per_step())
+
+    def _run_adaptive(self, _: None, steps: int) -> ConfigRun:
+        pipe = self._pipe("adaptive", self.case.plan)
+        seconds, latents = self._call(pipe, steps)
+        record = get_record(pipe)
+        return ConfigRun(seconds, latents, record.model_per_step(), record=copy.deepcopy(record))
 
     def _run_cached(self, fraction: float, steps: int) -> ConfigRun:
         pipe = self._pipe(f"stitched@{fraction}", fraction)

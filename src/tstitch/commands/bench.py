@@ -47,7 +47,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="also time this plan of the pair (a plan file, the folder of `tstitch tune --out`, or a "
                         "per-step text over S and L, the small and large model: 'S8 > L12'; any order of the two "
                         "models), its overhead beside the prefix plan's with as many small steps; a per-step plan "
-                        "sets --steps; adaptive plans are refused (no fixed plain loop to compare with)")
+                        "sets --steps; or an adaptive plan, 'adaptive(small-first, x0-change>0.5, 0.2..0.8)': timed "
+                        "against the fixed plan in which every sample switches at the mean of its switch steps")
     parser.add_argument("--seed", type=SEED, default=0, help="seed of the noise, labels and weights (default: 0)")
     parser.add_argument("--cache", action="append", metavar="[MODEL=]SPEC",
                         help="also time every fraction with feature caching (cached@r beside stitched@r), repeatable: "
@@ -99,9 +100,6 @@ def run(args: argparse.Namespace) -> int:
         defaults = dict(SUITES["cpu"])
         cases = [(name, dict(defaults.get(name, {}))) for name in args.cases]
     fractions = tuple(args.fractions) if args.fractions else None
-    if getattr(args.plan, "adaptive", None) is not None:
-        raise ValueError(f"--plan {args.plan}: bench times a plan against a plain loop of the same models per step; "
-                         "an adaptive plan has none: time it with `tstitch evaluate` (seconds per image)")
     if isinstance(args.plan, str):  # a per-step plan's text over S and L
         from ..plan import Plan
 
