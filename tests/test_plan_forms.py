@@ -58,6 +58,7 @@ def test_bench_times_a_per_step_text_and_an_adaptive_plan_against_one_switch_ste
     for key in ("ratio_vs_together", "speedup"):
         assert 0 < row[key]["min"] <= row[key]["median"] <= row[key]["max"]
     assert row["target"] == 1.03 and row["met"] == (row["ratio_vs_together"]["median"] <= 1.03)
+    assert row["work_ratio"] > 0  # what the single-model runs predict for the two runs' model work
     assert f"plan {SPLIT}:" in capsys.readouterr().out
 
 
