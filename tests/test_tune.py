@@ -325,3 +325,31 @@ def test_cli_tune_digits_and_refusal(tmp_path, capsys):
     assert chosen["models"] == ["digits-s", "digits-xl"] and chosen["plan"] == str(plan)
     assert main(["tune", "--out", str(out)]) == 2
     assert "already holds plan.json, frontier.json, frontier.png" in capsys.readouterr().err
+
+
+def test_cli_tune_refuses_bad_numbers_by_flag_before_loading_a_model(tmp_path, capsys, monkeypatch):
+    from tstitch.tune import workload
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("a model was loaded before the arguments were checked")
+
+    monkeypatch.setattr(workload, "digits_workload", no_loading)
+    monkeypatch.setattr(workload, "preset_workload", no_loading)
+    cases = {
+        ("--budget", "1.5"): "--budget must be in [0.01, 1], got 1.5",
+        ("--min-cost", "0.9", "--max-cost", "0.3"): "need 0 <= --min-cost < --max-cost, got 0.9 and 0.3",
+        ("--guidance", "nan"): "--guidance must be a finite number >= 0 (guidance is on above 1), got nan",
+        ("--search", "greedy", "--max-segments", "0"): "--max-segments must be >= 1, got 0",
+        ("--search", "greedy", "--min-cost", "1.2"): "--min-cost must be in (0, 1), got 1.2",
+        ("--steps", "0"): "--steps must be >= 1, got 0",
+        ("--search-samples", "1"): "--search-samples must be >= 2, got 1",
+        ("--batch-size", "0"): "--batch-size must be >= 1, got 0",
+        ("--verify-samples", "1"): "--verify-samples must be 0 or >= 2, got 1",
+        ("--verify-samples", "4", "--seed", "3", "--verify-seed", "3"):
+            "--verify-seed must differ from --seed (held-out), both are 3",
+        ("--tolerance", "0.9"): "--tolerance must be in [1, 100], got 0.9",
+    }
+    for flags, message in cases.items():
+        assert main(["tune", "--out", str(tmp_path / "tuned"), *flags]) == 2, flags
+        assert capsys.readouterr().err.strip().splitlines()[-1] == f"tstitch tune: error: {message}"
+    assert not (tmp_path / "tuned").exists()

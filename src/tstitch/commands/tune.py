@@ -4,7 +4,14 @@
 from __future__ import annotations
 
 import argparse
+import re
 import time
+
+#: ``tune()``'s argument names -> this command's flags, for the library's error messages.
+FLAGS = {"budget": "--budget", "tolerance": "--tolerance", "num_steps": "--steps", "search_samples": "--search-samples",
+         "search_seed": "--seed", "verify_samples": "--verify-samples", "verify_seed": "--verify-seed",
+         "batch_size": "--batch-size", "guidance_scale": "--guidance", "max_segments": "--max-segments",
+         "min_cost": "--min-cost", "max_cost": "--max-cost"}
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -60,7 +67,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..tune import tune
+    from ..tune import check_arguments, tune
     from ..tune.api import _check_fresh
     from ..tune.workload import digits_workload, preset_workload
 
@@ -68,6 +75,15 @@ def run(args: argparse.Namespace) -> int:
         _check_fresh(args.out)  # before loading anything
     except FileExistsError as error:  # the library says out_dir: the command's flag is --out
         raise FileExistsError(f"argument --out: {str(error).removeprefix('out_dir ')}") from None
+    try:  # every check that needs no model, before loading any (the library names its arguments, not the flags)
+        check_arguments(num_steps=args.steps, budget=args.budget, tolerance=args.tolerance,
+                        search_samples=args.search_samples, search_seed=args.seed,
+                        verify_samples=args.verify_samples, verify_seed=args.verify_seed,
+                        batch_size=args.batch_size, guidance_scale=args.guidance, max_segments=args.max_segments,
+                        min_cost=args.min_cost, max_cost=args.max_cost, search=args.search)
+    except ValueError as error:
+        raise ValueError(re.sub(r"\b[a-z_]+\b", lambda word: FLAGS.get(word.group(), word.group()),
+                                str(error))) from None
     if args.preset:
         workload = preset_workload(args.preset, device=args.device, checkpoint_dir=args.checkpoint_dir)
     else:

@@ -9,7 +9,7 @@
 * :mod:`.verify`: held-out verification with intervals and measured speed-ups.
 """
 
-from .api import tune
+from .api import check_arguments, tune
 from .cost import CostModel, measure_step_costs
 from .plans import as_plan, label, short_names
 from .quality import PairedSignal
@@ -19,7 +19,7 @@ from .verify import verify_plans
 from .workload import Workload, digits_workload
 
 __all__ = [
-    "tune", "CostModel", "measure_step_costs", "as_plan", "label", "short_names", "PairedSignal",
+    "tune", "check_arguments", "CostModel", "measure_step_costs", "as_plan", "label", "short_names", "PairedSignal",
     "SearchResult", "greedy_search", "RatioEstimate", "interval_from_sets", "jackknife_fid_ratio", "paired_fid_ratio",
     "spearman",
     "verify_plans", "Workload", "digits_workload",

@@ -11,13 +11,21 @@ from pathlib import Path
 from typing import Any
 
 from ..planfile import save_plan
+from ..sampling.checks import check_guidance_scale
 from ..utils import ensure_writable_dir, pyplot, save_figure, write_json
 from .adaptive_plans import pick_adaptive, prepare
 from .cost import CostModel, measure_step_costs
 from .engine import PrefixSampler
 from .plans import as_plan
 from .quality import PairedSignal
-from .search import SearchResult, fit_ratio_curve, greedy_search, segment_search
+from .search import (
+    SearchResult,
+    check_greedy_bounds,
+    check_segment_bounds,
+    fit_ratio_curve,
+    greedy_search,
+    segment_search,
+)
 from .verify import meets, verify_plans
 from .workload import Workload, digits_workload
 
@@ -52,6 +60,37 @@ def choose(result: SearchResult, *, budget: float | None, tolerance: float | Non
         fitting = [r for r in result.frontier() if r["estimated_fid_ratio"] <= tolerance]
         return min(fitting, key=lambda r: r["predicted_cost"], default=None)
     return result.best_within(budget)
+
+
+def check_arguments(*, num_steps: int, budget: float | None, tolerance: float | None, search_samples: int,
+                    search_seed: int, verify_samples: int, verify_seed: int, batch_size: int,
+                    guidance_scale: float, max_segments: int, min_cost: float, max_cost: float,
+                    search: str) -> None:
+    """Every check of :func:`tune`'s arguments that needs no workload, in one place: ``tune`` runs it first, and
+    ``tstitch tune`` runs it before it loads any model. Raises ``ValueError`` naming the argument."""
+    if budget is not None and tolerance is not None:
+        raise ValueError(f"give budget or tolerance, not both (got budget={budget}, tolerance={tolerance})")
+    if budget is not None:
+        _check("budget", budget, 0.01, 1.0)
+    if tolerance is not None:
+        _check("tolerance", tolerance, 1.0, 100.0)
+    if num_steps < 1:
+        raise ValueError(f"num_steps must be >= 1, got {num_steps}")
+    if search_samples < 2:
+        raise ValueError(f"search_samples must be >= 2, got {search_samples}")
+    if verify_samples < 0 or verify_samples == 1:
+        raise ValueError(f"verify_samples must be 0 or >= 2, got {verify_samples}")
+    if search not in ("segments", "greedy"):
+        raise ValueError(f"search must be 'segments' or 'greedy', got {search!r}")
+    if search_seed == verify_seed and verify_samples:
+        raise ValueError(f"verify_seed must differ from search_seed (held-out), both are {search_seed}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    check_guidance_scale(guidance_scale)
+    if search == "greedy":
+        check_greedy_bounds(max_segments, min_cost)
+    else:
+        check_segment_bounds(min_cost, max_cost)
 
 
 def tune(
@@ -109,22 +148,10 @@ def tune(
     as ``plan.json`` in the core's plan format, read it with :func:`tstitch.load_plan`), its figures (predicted
     cost, estimated FID ratio, verification; also ``frontier.json["chosen"]``) and ``frontier.json``.
     """
-    if budget is not None and tolerance is not None:
-        raise ValueError(f"give budget or tolerance, not both (got budget={budget}, tolerance={tolerance})")
-    if budget is not None:
-        _check("budget", budget, 0.01, 1.0)
-    if tolerance is not None:
-        _check("tolerance", tolerance, 1.0, 100.0)
-    if num_steps < 1:
-        raise ValueError(f"num_steps must be >= 1, got {num_steps}")
-    if search_samples < 2:
-        raise ValueError(f"search_samples must be >= 2, got {search_samples}")
-    if verify_samples < 0 or verify_samples == 1:
-        raise ValueError(f"verify_samples must be 0 or >= 2, got {verify_samples}")
-    if search not in ("segments", "greedy"):
-        raise ValueError(f"search must be 'segments' or 'greedy', got {search!r}")
-    if search_seed == verify_seed and verify_samples:
-        raise ValueError(f"verify_seed must differ from search_seed (held-out), both are {search_seed}")
+    check_arguments(num_steps=num_steps, budget=budget, tolerance=tolerance, search_samples=search_samples,
+                    search_seed=search_seed, verify_samples=verify_samples, verify_seed=verify_seed,
+                    batch_size=batch_size, guidance_scale=guidance_scale, max_segments=max_segments,
+                    min_cost=min_cost, max_cost=max_cost, search=search)
     out = _check_fresh(out_dir)
     ensure_writable_dir(out)
     workload = workload or digits_workload()

@@ -105,6 +105,20 @@ def _check_search(signal: PairedSignal, rank_by: str, num_steps: int) -> None:
         raise ValueError(f"num_steps must be >= 1, got {num_steps}")
 
 
+def check_greedy_bounds(max_segments: int, min_cost: float) -> None:
+    """The greedy search's own bounds: at least one run per model, a cost floor in (0, 1)."""
+    if max_segments < 1:
+        raise ValueError(f"max_segments must be >= 1, got {max_segments}")
+    if not 0 < min_cost < 1:
+        raise ValueError(f"min_cost must be in (0, 1), got {min_cost}")
+
+
+def check_segment_bounds(min_cost: float, max_cost: float) -> None:
+    """The segment search's cost window."""
+    if not 0 <= min_cost < max_cost:
+        raise ValueError(f"need 0 <= min_cost < max_cost, got {min_cost} and {max_cost}")
+
+
 def greedy_search(signal: PairedSignal, costs: CostModel, names: Sequence[str], *, num_steps: int = 20,
                   reference_steps: int = 20, max_segments: int = 4, min_cost: float = 0.35,
                   baseline: bool = True, max_model_steps: int | None = None, rank_by: str = "distance",
@@ -125,10 +139,7 @@ def greedy_search(signal: PairedSignal, costs: CostModel, names: Sequence[str], 
             ``"small_fid_ratio"`` (the paired FID ratio on the search's samples; needs real statistics).
     """
     _check_search(signal, rank_by, num_steps)
-    if max_segments < 1:
-        raise ValueError(f"max_segments must be >= 1, got {max_segments}")
-    if not 0 < min_cost < 1:
-        raise ValueError(f"min_cost must be in (0, 1), got {min_cost}")
+    check_greedy_bounds(max_segments, min_cost)
     begin = time.perf_counter()
     result = SearchResult(list(names), reference_steps, rank_by=rank_by)
     large = len(costs.seconds_per_step) - 1
@@ -221,8 +232,7 @@ def segment_search(signal: PairedSignal, costs: CostModel, names: Sequence[str],
     ``[min_cost, max_cost]``, then the single fractions (see the module docstring). ``rank_by`` as in
     :func:`greedy_search`; the result's frontier and budgets follow it."""
     _check_search(signal, rank_by, num_steps)
-    if not 0 <= min_cost < max_cost:
-        raise ValueError(f"need 0 <= min_cost < max_cost, got {min_cost} and {max_cost}")
+    check_segment_bounds(min_cost, max_cost)
     begin = time.perf_counter()
     large = len(costs.seconds_per_step) - 1
     order = list(order) if order is not None else default_order(large + 1, num_steps)
