@@ -230,3 +230,23 @@ def test_digits_quality_guard_scores_each_variant_and_the_seed_spread():
     assert "| bf16 (bfloat16 (float32 latents)) | 0 |" in format_quality(quality)
     with pytest.raises(ValueError, match=r"num_samples must be in \[2, 1797\]"):
         digits_quality(variants, num_samples=1)
+
+
+def test_the_plot_puts_a_cases_plan_and_adaptive_plan_at_their_share_of_small_steps():
+    from tstitch.bench.report import _plot_plans
+    from tstitch.utils import pyplot
+
+    plt = pyplot()
+    fig, ax = plt.subplots()
+    case = {"num_steps": 10,
+            "plan": {"plan": "S2 L3 S1 L4", "small_steps": 3, "seconds_per_image": 0.004},
+            "adaptive": {"direction": "large-first", "mean_switch_step": 6.5, "k": 6, "together": "together@6",
+                         "seconds_per_image": 0.006, "together_seconds_per_image": 0.005}}
+    _plot_plans(ax, case)
+    points = [collection.get_offsets().tolist() for collection in ax.collections]
+    # Large-first: the small model runs after the switch, 10 - 6.5 steps on average, 10 - 6 for together@6.
+    assert points == [[[0.3, 4.0]], [[0.35, 6.0]], [[0.4, 5.0]]]
+    assert [c.get_label() for c in ax.collections] == [
+        "plan S2 L3 S1 L4", "adaptive (large-first, mean of each sample's steps)",
+        "together@6: every sample at step 6"]
+    plt.close(fig)

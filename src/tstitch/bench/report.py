@@ -238,7 +238,8 @@ def format_report(results: dict[str, Any]) -> str:
 
 def plot_times(results: dict[str, Any], path: str | Path) -> Path:
     """Time per image against the fraction of the small model, one panel per case: measured points (median,
-    min-max bars), the plain loop, and the ideal line ``(1 - r) * T_large + r * T_small``."""
+    min-max bars), the plain loop, and the ideal line ``(1 - r) * T_large + r * T_small``; a case's ``--plan``
+    at its share of small-model steps (an adaptive plan at its mean, beside ``together@k``)."""
     plt = pyplot()
     cases = results["cases"]
     columns = min(len(cases), 2)
@@ -260,6 +261,7 @@ def plot_times(results: dict[str, Any], path: str | Path) -> Path:
                    label="plain loop", zorder=2)
         ax.errorbar(x, y, yerr=[low, high], fmt="o", color="tab:blue", capsize=3, label="stitched (median, min-max)",
                     zorder=3)
+        _plot_plans(ax, case)
         ax.set_title(f"{case['name']}: {case['small']['name']} -> {case['large']['name']}\n"
                      f"{case['num_steps']} steps, {case['num_images']} images", fontsize=9)
         ax.set_xlabel("fraction of steps on the small model")
@@ -270,6 +272,24 @@ def plot_times(results: dict[str, Any], path: str | Path) -> Path:
                  f" ({results['fast_paths_label']})", fontsize=9)
     fig.tight_layout(rect=(0, 0, 1, 0.97))
     return save_figure(fig, path)
+
+
+def _plot_plans(ax: Any, case: dict[str, Any]) -> None:
+    """The case's ``--plan`` point on a panel of :func:`plot_times` (medians; the spread is in the report)."""
+    steps = case["num_steps"]
+    if "plan" in case:
+        row = case["plan"]
+        ax.scatter([row["small_steps"] / steps], [1000 * row["seconds_per_image"]], marker="D", color="tab:purple",
+                   label=f"plan {row['plan']}", zorder=4)
+    if "adaptive" in case:
+        row = case["adaptive"]
+        small_first = row["direction"] == "small-first"
+        small = row["mean_switch_step"] if small_first else steps - row["mean_switch_step"]
+        together = row["k"] if small_first else steps - row["k"]
+        ax.scatter([small / steps], [1000 * row["seconds_per_image"]], marker="*", s=90, color="tab:red",
+                   label=f"adaptive ({row['direction']}, mean of each sample's steps)", zorder=4)
+        ax.scatter([together / steps], [1000 * row["together_seconds_per_image"]], marker="s", facecolors="none",
+                   edgecolors="tab:red", label=f"{row['together']}: every sample at step {row['k']}", zorder=4)
 
 
 # -- the cached runs: time per image and the ratio to the same stitch without caches --------------------------
