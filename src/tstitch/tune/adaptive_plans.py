@@ -34,7 +34,7 @@ from .workload import Workload
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["small_model_signal", "adaptive_candidates", "pick_adaptive", "QUANTILES"]
+__all__ = ["small_model_signal", "adaptive_candidates", "pick_adaptive", "wins", "best", "QUANTILES"]
 
 #: Quantiles of the small model's signal used as thresholds.
 QUANTILES = (0.25, 0.5, 0.75)
@@ -105,12 +105,19 @@ def wins(row: Mapping[str, Any], fixed: Mapping[str, Any], *, budget: float | No
 
 def pick_adaptive(candidates: Sequence[dict[str, Any]], fixed: Mapping[str, Any], *, budget: float | None,
                   tolerance: float | None) -> dict[str, Any] | None:
-    """Mark each candidate row's ``wins`` and return the winner the tuner's rule picks (or None)."""
+    """Mark each candidate row's ``wins`` and return the winner the tuner's rule picks (or None). The region
+    candidates (:mod:`tstitch.tune.region_plans`) are chosen by this function too."""
     winners = []
     for row in candidates:
         row["wins"] = wins(row, fixed, budget=budget, tolerance=tolerance)
         if row["wins"]:
             winners.append(row)
+    return best(winners, tolerance=tolerance)
+
+
+def best(winners: Sequence[dict[str, Any]], *, tolerance: float | None) -> dict[str, Any] | None:
+    """The tuner's rule among rows that beat the fixed plan: the cheapest predicted cost (then measured) under a
+    tolerance, the best quality (then the cheapest) under a budget; None when there is none."""
     if tolerance is not None:
         return min(winners, key=lambda r: (r["predicted_cost"], r["measured_cost"]), default=None)
     return min(winners, key=lambda r: (_quality(r), r["predicted_cost"]), default=None)

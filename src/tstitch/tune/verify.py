@@ -12,6 +12,11 @@ Quality and time are measured separately:
   the median per plan.
 * :func:`summarize`: the paired FID ratio to the large model alone with its bootstrap interval, the measured
   and predicted cost.
+
+Plans given as sequences of model indices share prefixes (:class:`~tstitch.tune.engine.PrefixSampler`); plans
+given as :class:`tstitch.plan.Plan` objects (adaptive plans, and per-step plans over a model with state between
+steps such as the hybrid model :class:`~tstitch.regions.HybridDenoiser`, whose key/value cache belongs to one
+batch's run) run the whole loop batch by batch, each run starting with every hybrid model's cache emptied.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..plan import Plan as CorePlan
+from ..regions.hybrid import HybridDenoiser
 from ..sampling import sample
 from ..stitcher import StitchedDenoiser
 from .cost import CostModel
@@ -39,7 +45,8 @@ logger = logging.getLogger(__name__)
 __all__ = ["sample_features", "time_plans", "summarize", "verify_plans", "meets"]
 
 Plan = tuple[int, ...]
-#: A plan to verify: a per-step sequence, or an adaptive :class:`tstitch.plan.Plan` (run at the reference's steps).
+#: A plan to verify: a per-step sequence, or a :class:`tstitch.plan.Plan` run as a whole loop (an adaptive plan,
+#: at the reference's steps, or a per-step plan, at its own).
 AnyPlan = Plan | CorePlan
 
 
@@ -48,18 +55,36 @@ def _unique(plans: Sequence[Sequence[int] | CorePlan], first: Plan | None = None
     return list(dict.fromkeys(order))
 
 
-def _run_adaptive(workload: Workload, plan: CorePlan, noise: torch.Tensor, labels: torch.Tensor | None, *,
-                  num_steps: int, batch_size: int, guidance_scale: float) -> tuple[torch.Tensor, list[int]]:
-    """Final latents of an adaptive plan (the whole loop, in batches) and each sample's switch step."""
+def _is_adaptive(plan: AnyPlan) -> bool:
+    return isinstance(plan, CorePlan) and plan.adaptive is not None
+
+
+def _steps(plan: AnyPlan, num_steps: int) -> int:
+    """The step count a plan runs at: an adaptive plan's ``num_steps``, a per-step plan's own."""
+    return num_steps if _is_adaptive(plan) else (plan.num_steps if isinstance(plan, CorePlan) else len(plan))
+
+
+def _fresh(models: Sequence[torch.nn.Module]) -> None:
+    """Empty every hybrid model's cache and record: a run starts without another batch's keys and values."""
+    for model in models:
+        if isinstance(model, HybridDenoiser):
+            model.reset()
+
+
+def _run_whole(workload: Workload, plan: CorePlan, noise: torch.Tensor, labels: torch.Tensor | None, *,
+               num_steps: int, batch_size: int, guidance_scale: float) -> tuple[torch.Tensor, list[int] | None]:
+    """Final latents of a plan run as the whole loop, batch by batch, and each sample's switch step (adaptive
+    plans; else None)."""
     outputs, switches = [], []
     for begin in range(0, len(noise), batch_size):
+        _fresh(workload.models)
         scheduler = type(workload.scheduler).from_config(workload.scheduler.config)
         result = sample(StitchedDenoiser(workload.models, plan), None, scheduler, noise=noise[begin:begin + batch_size],
                         class_labels=None if labels is None else labels[begin:begin + batch_size],
-                        num_inference_steps=num_steps, guidance_scale=guidance_scale)
+                        num_inference_steps=_steps(plan, num_steps), guidance_scale=guidance_scale)
         outputs.append(result.latents)
-        switches += result.record.switch_steps
-    return torch.cat(outputs), switches
+        switches += result.record.switch_steps or []
+    return torch.cat(outputs), switches if _is_adaptive(plan) else None
 
 
 @torch.no_grad()
@@ -67,17 +92,18 @@ def sample_features(workload: Workload, plans: Sequence[Sequence[int] | CorePlan
                     batch_size: int = 500, guidance_scale: float = 1.0, progress: bool = True,
                     on_plan: Callable[[AnyPlan, torch.Tensor], None] | None = None, num_steps: int = 20,
                     switches: dict[CorePlan, list[int]] | None = None) -> dict[AnyPlan, torch.Tensor]:
-    """Features ``(num_samples, D)`` of each plan's samples from the noise and labels of ``seed``. Adaptive
-    plans run the whole loop at ``num_steps`` steps; their per-sample switch steps go into ``switches``."""
+    """Features ``(num_samples, D)`` of each plan's samples from the noise and labels of ``seed``. Plans given
+    as :class:`tstitch.plan.Plan` objects run the whole loop (adaptive plans at ``num_steps`` steps; their
+    per-sample switch steps go into ``switches``)."""
     noise, labels = workload.start(seed, num_samples)
     sampler = PrefixSampler(workload.models, workload.scheduler, noise, labels, batch_size=batch_size,
                             guidance_scale=guidance_scale)
     found = {}
     for sequence in tqdm(_unique(plans), desc="held-out samples", disable=not progress):
         if isinstance(sequence, CorePlan):
-            latents, switch_steps = _run_adaptive(workload, sequence, noise, labels, num_steps=num_steps,
-                                                  batch_size=batch_size, guidance_scale=guidance_scale)
-            if switches is not None:
+            latents, switch_steps = _run_whole(workload, sequence, noise, labels, num_steps=num_steps,
+                                               batch_size=batch_size, guidance_scale=guidance_scale)
+            if switches is not None and switch_steps is not None:
                 switches[sequence] = switch_steps
         else:
             latents = sampler.run(sequence)
@@ -97,7 +123,7 @@ def time_plans(workload: Workload, plans: Sequence[Sequence[int] | CorePlan], *,
                repetitions: int = 3, seed: int = 0, guidance_scale: float = 1.0, progress: bool = True,
                num_steps: int = 20) -> dict[AnyPlan, float]:
     """Median seconds of the whole sampling loop of each plan on one batch, interleaved over repetitions
-    (adaptive plans at ``num_steps`` steps)."""
+    (adaptive plans at ``num_steps`` steps; every hybrid model's cache emptied before each run)."""
     if repetitions < 1:
         raise ValueError(f"repetitions must be >= 1, got {repetitions}")
     order = _unique(plans)
@@ -107,13 +133,14 @@ def time_plans(workload: Workload, plans: Sequence[Sequence[int] | CorePlan], *,
     for repetition in range(repetitions):
         shift = repetition % len(order)
         for sequence in order[shift:] + order[:shift]:
-            adaptive = isinstance(sequence, CorePlan)
-            denoiser = StitchedDenoiser(workload.models, sequence if adaptive else as_plan(sequence, workload.names))
+            whole = isinstance(sequence, CorePlan)
+            denoiser = StitchedDenoiser(workload.models, sequence if whole else as_plan(sequence, workload.names))
             scheduler = type(workload.scheduler).from_config(workload.scheduler.config)
+            _fresh(workload.models)
             _sync(workload.device)
             start = time.perf_counter()
             sample(denoiser, None, scheduler, noise=noise, class_labels=labels,
-                   num_inference_steps=num_steps if adaptive else len(sequence), guidance_scale=guidance_scale)
+                   num_inference_steps=_steps(sequence, num_steps), guidance_scale=guidance_scale)
             _sync(workload.device)
             times[sequence].append(time.perf_counter() - start)
             bar.update()
@@ -128,16 +155,19 @@ def summarize(workload: Workload, features: Mapping[AnyPlan, torch.Tensor],
     """One row per plan: the paired FID ratio to ``reference`` with its interval (when the workload has real
     statistics), the paired feature distance, the measured and the predicted cost relative to ``reference``.
     An adaptive plan's row has ``sequence`` None, its samples' ``switch_steps`` (from ``switches``) and a
-    predicted cost from their mean steps per model (:meth:`CostModel.switched`)."""
+    predicted cost from their mean steps per model (:meth:`CostModel.switched`). A per-step
+    :class:`tstitch.plan.Plan`'s row is labelled with its text form; it gets a predicted cost only when
+    ``costs`` has one figure per model of the plan."""
     reference_features = features[reference]
     scale = float((reference_features - reference_features.roll(1, dims=0)).norm(dim=1).mean()) or 1.0
     rows = []
     for sequence, plan_features in features.items():
-        adaptive = isinstance(sequence, CorePlan)
+        adaptive = _is_adaptive(sequence)
+        steps = sequence if not isinstance(sequence, CorePlan) else sequence.sequence
         switch_steps = (switches or {}).get(sequence) if adaptive else None
         row: dict[str, Any] = {
-            "plan": str(sequence) if adaptive else label(sequence, workload.short),
-            "sequence": None if adaptive else list(sequence), "steps": len(reference) if adaptive else len(sequence),
+            "plan": str(sequence) if isinstance(sequence, CorePlan) else label(sequence, workload.short),
+            "sequence": None if adaptive else list(steps), "steps": len(reference) if adaptive else len(steps),
             "num_samples": len(plan_features),
             "distance": float((plan_features - reference_features).norm(dim=1).mean()) / scale,
         }
@@ -150,8 +180,8 @@ def summarize(workload: Workload, features: Mapping[AnyPlan, torch.Tensor],
             row["seconds_per_batch"] = seconds[sequence]
             row["measured_cost"] = seconds[sequence] / seconds[reference]
             row["measured_speedup"] = 1.0 / row["measured_cost"]
-        if costs is not None and not adaptive:
-            row["predicted_cost"] = costs.relative(sequence, len(reference))
+        if costs is not None and not adaptive and max(steps) < len(costs.seconds_per_step):
+            row["predicted_cost"] = costs.relative(steps, len(reference))
         elif costs is not None and switch_steps:
             row["predicted_cost"] = costs.switched(sequence.adaptive.start_model, switch_steps, len(reference),
                                                    len(reference))
@@ -171,9 +201,15 @@ def verify_plans(workload: Workload, plans: Sequence[Sequence[int] | CorePlan], 
                  costs: CostModel | None = None, timing_repetitions: int = 3, resamples: int = 300,
                  progress: bool = True) -> dict[str, Any]:
     """Held-out quality and measured time of ``plans`` and of the large model alone (``reference_steps``).
-    ``plans`` may hold adaptive :class:`tstitch.plan.Plan` objects (two models), run at ``reference_steps``."""
+    ``plans`` may hold :class:`tstitch.plan.Plan` objects, run as whole loops: adaptive plans (two models, at
+    ``reference_steps``) and per-step plans; a plan that runs a hybrid model must be one of these."""
     if num_samples < 2:
         raise ValueError(f"num_samples must be >= 2, got {num_samples}")
+    hybrid = {i for i, model in enumerate(workload.models) if isinstance(model, HybridDenoiser)}
+    for plan in plans:
+        if not isinstance(plan, CorePlan) and hybrid & set(plan):
+            raise ValueError(f"plan {list(plan)} runs a hybrid model, whose cache belongs to one batch's run: give "
+                             "it as a tstitch.plan.Plan (run as a whole loop), not a sequence (prefix-shared)")
     reference = (len(workload.models) - 1,) * reference_steps
     order = _unique(plans, first=reference)
     switches: dict[CorePlan, list[int]] = {}
