@@ -10,14 +10,17 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ..plan import Plan
 from ..planfile import save_plan
 from ..sampling.checks import check_guidance_scale
 from ..utils import ensure_writable_dir, pyplot, save_figure, write_json
-from .adaptive_plans import pick_adaptive, prepare
+from . import region_plans
+from .adaptive_plans import best, pick_adaptive, prepare
 from .cost import CostModel, measure_step_costs
 from .engine import PrefixSampler
 from .plans import as_plan
 from .quality import PairedSignal
+from .region_plans import verify_regions
 from .search import (
     SearchResult,
     check_greedy_bounds,
@@ -116,6 +119,7 @@ def tune(
     rank_by: str | None = None,
     costs: CostModel | None = None,
     adaptive: bool = True,
+    regions: bool = True,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Find the fastest plan for the target on this machine; see ``docs/tune.md``.
@@ -143,6 +147,10 @@ def tune(
         adaptive: after the search, also verify a few small-first adaptive plans around the chosen plan (two
             models and ``verify_samples`` only) and choose one when it beats the fixed plan
             (:mod:`tstitch.tune.adaptive_plans`).
+        regions: after the search, also verify a few small-first region plans around the chosen plan
+            (``S k > H h > XL``, ``H`` the hybrid model at a few mask fractions; a small and a large DiT and
+            ``verify_samples`` only) and choose one when it beats the fixed plan (:mod:`tstitch.tune.region_plans`).
+            When both an adaptive and a region candidate win, the tuner's rule picks between the two winners.
 
     Returns ``{"plan": Plan, "chosen": ..., "frontier": ...}``: the chosen :class:`~tstitch.plan.Plan` (saved
     as ``plan.json`` in the core's plan format, read it with :func:`tstitch.load_plan`), its figures (predicted
@@ -196,7 +204,10 @@ def tune(
     search_seconds = time.perf_counter() - started
     search_cpu_seconds = time.process_time() - started_cpu
 
-    verification = None
+    verification = adaptive_report = None
+    adaptive_winner = region_winner = None
+    region_list, regions_report = (region_plans.prepare(workload, chosen["sequence"], verify_samples=verify_samples)
+                                   if regions else ([], None))
     if verify_samples:
         single = [r for r in result.baseline_rows()
                   if tolerance is None or (r["estimated_fid_ratio"] <= tolerance)]
@@ -214,8 +225,15 @@ def tune(
         if candidates:
             fixed = next(r for r in verification["rows"] if r["sequence"] == list(chosen["sequence"]))
             adaptive_report["candidates"] = [r for r in verification["rows"] if r["sequence"] is None]
-            winner = pick_adaptive(adaptive_report["candidates"], fixed, budget=budget, tolerance=tolerance)
-            adaptive_report["chosen"] = winner["plan"] if winner else None
+            adaptive_winner = pick_adaptive(adaptive_report["candidates"], fixed, budget=budget, tolerance=tolerance)
+            adaptive_report["chosen"] = adaptive_winner["plan"] if adaptive_winner else None
+        if region_list:
+            region_verification = verify_regions(workload, chosen["sequence"], region_list, seed=verify_seed,
+                                                 num_samples=verify_samples, reference_steps=num_steps,
+                                                 batch_size=batch_size, guidance_scale=guidance_scale, costs=costs,
+                                                 progress=progress)
+            region_winner = region_plans.choose(regions_report, region_verification, budget=budget,
+                                                tolerance=tolerance)
     elif adaptive:
         adaptive_report = prepare(workload, chosen["sequence"], noise, labels, verify_samples=0, batch_size=batch_size,
                                   guidance_scale=guidance_scale)[1]
@@ -228,17 +246,28 @@ def tune(
         "distance": chosen["distance"], "estimated_fid_ratio": chosen["estimated_fid_ratio"],
         "verification": verification, "kind": "per-step",
     }
-    if adaptive_report and adaptive_report["chosen"]:
-        winner = next(r for r in adaptive_report["candidates"] if r["plan"] == adaptive_report["chosen"])
+    winner = best([w for w in (adaptive_winner, region_winner) if w is not None], tolerance=tolerance)
+    if winner is not None and winner is adaptive_winner:
         plan = next(p for p in candidates if str(p) == winner["plan"])
         details |= {"plan": winner["plan"], "sequence": None, "kind": "adaptive", "adaptive": winner["adaptive"],
                     "predicted_cost": winner["predicted_cost"], "predicted_speedup": 1 / winner["predicted_cost"],
                     "distance": winner["distance"],
                     "estimated_fid_ratio": (winner.get("fid_ratio") or {}).get("ratio"),
                     "fixed_plan": chosen["plan"]}
+    elif winner is not None:
+        mask = winner["mask_fraction"]
+        plan = Plan.from_sequence(winner["sequence"], 3, region_plans.region_names(workload.short))
+        details |= {"plan": winner["plan"], "sequence": winner["sequence"], "kind": "region", "mask_fraction": mask,
+                    "hybrid_steps": winner["hybrid_steps"], "models": [workload.names[0], "hybrid", workload.names[-1]],
+                    "predicted_cost": winner["predicted_cost"], "predicted_speedup": 1 / winner["predicted_cost"],
+                    "distance": winner["distance"],
+                    "estimated_fid_ratio": (winner.get("fid_ratio") or {}).get("ratio"),
+                    "fixed_plan": chosen["plan"],
+                    "run": f"tstitch sample --plan {out} --region {mask:g} --mode diffusers --steps {num_steps}"}
     frontier = {
         "chosen": details,
         "adaptive": adaptive_report,
+        "regions": regions_report,
         "models": list(workload.names), "num_steps": num_steps, "reference": f"{workload.names[-1]} alone",
         "cost_model": costs.as_dict(),
         "search": {"method": search, "rank_by": rank_by, "samples": search_samples, "seed": search_seed,
