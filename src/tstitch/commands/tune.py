@@ -59,6 +59,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--no-adaptive", action="store_true",
                         help="do not verify small-first adaptive plans around the chosen plan (two models, with "
                              "--verify-samples; one is chosen only when it beats the fixed plan)")
+    parser.add_argument("--no-regions", action="store_true",
+                        help="do not verify small-first region plans (S > H > XL, H the hybrid model at a few mask "
+                             "fractions) around the chosen plan (a small and a large DiT, with --verify-samples; one "
+                             "is chosen only when it beats the fixed plan; run it with tstitch sample --region)")
     parser.add_argument("--device", default="cpu", help="torch device (default: %(default)s)")
     parser.add_argument("--weights", help="folder of the embedded family's weights (default: the shipped ones)")
     parser.add_argument("--checkpoint-dir", help="folder of downloaded checkpoints, for --preset")
@@ -95,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
         search_samples=args.search_samples, search_seed=args.seed, verify_samples=args.verify_samples,
         verify_seed=args.verify_seed, batch_size=args.batch_size, guidance_scale=args.guidance,
         max_segments=args.max_segments, min_cost=args.min_cost, max_cost=args.max_cost, search=args.search,
-        rank_by=args.rank_by, adaptive=not args.no_adaptive,
+        rank_by=args.rank_by, adaptive=not args.no_adaptive, regions=not args.no_regions,
         progress=not args.no_progress,
     )
     print(format_summary(result))
@@ -131,4 +135,20 @@ def format_summary(result: dict) -> str:
     adaptive = result["frontier"].get("adaptive")
     if adaptive and adaptive.get("skipped"):
         lines.append(f"adaptive plans: skipped ({adaptive['skipped']})")
+    regions = result["frontier"].get("regions")
+    if regions and regions.get("skipped"):
+        lines.append(f"region plans: skipped ({regions['skipped']})")
+    elif regions and regions.get("fixed"):
+        fixed = regions["fixed"]
+        lines.append(f"region plans, verified beside {fixed['plan']} (measured cost {fixed['measured_cost']:.3f} "
+                     "in this timing):")
+        for row in regions["candidates"]:
+            interval = row.get("fid_ratio")
+            quality = f"FID ratio {interval['ratio']:.3f} [{interval['low']:.3f}, {interval['high']:.3f}]" \
+                if interval else f"distance {row['distance']:.4f}"
+            verdict = ", beats the fixed plan" if row.get("wins") else ", does not beat the fixed plan"
+            lines.append(f"  {row['plan']} at mask {row['mask_fraction']:g}: {quality}, measured cost "
+                         f"{row['measured_cost']:.3f} (predicted {row['predicted_cost']:.3f}){verdict}")
+    if plan.get("kind") == "region":
+        lines.append(f"the chosen plan runs the hybrid model: {plan['run']}")
     return "\n".join(lines)
