@@ -5,8 +5,11 @@ After the search has chosen its fixed per-step plan, :func:`adaptive_candidates`
 :class:`~tstitch.adaptive.AdaptiveRule` plans around it: the switch bounds are the fixed plan's small-model
 share (its leading run of the small model) plus and minus ``width`` of the steps, and the thresholds are
 quantiles of the small model's own ``x0-change`` signal (:func:`small_model_signal`, on the *search's* noise)
-at the step before the fixed plan's switch, so that about a quarter, half and three quarters of the samples
-would see the signal above the threshold there.
+at the step that decides the lower bound (the signal of step ``low - 1`` decides step ``low``), so that about
+three quarters, half and a quarter of the samples switch at the lower bound; the others run on the small model
+until their signal rises above the threshold, at the latest to the upper bound. (Calibrated at the fixed
+plan's own switch instead, the thresholds sat below the signal at the lower bound, which falls with the step
+on the digits models: every sample switched at the lower bound, and the three candidates were one plan.)
 
 They are verified with the fixed plans, in the same :func:`~tstitch.tune.verify.verify_plans` call (same
 held-out noise and labels, timings interleaved with the reference). An adaptive row's predicted cost comes
@@ -67,14 +70,14 @@ def _leading_small_steps(sequence: Sequence[int]) -> int:
 def adaptive_candidates(sequence: Sequence[int], signal: torch.Tensor, *, width: float = 0.2,
                         quantiles: Sequence[float] = QUANTILES) -> list[AdaptiveRule]:
     """Small-first rules around the fixed plan ``sequence`` (see the module's docstring); thresholds from
-    ``signal`` (:func:`small_model_signal`) at the step before the fixed plan's switch."""
+    ``signal`` (:func:`small_model_signal`) at the step that decides the lower bound."""
     num_steps = len(sequence)
     if num_steps < 3:
         return []
     switch = min(_leading_small_steps(sequence), num_steps - 1)
     spread = max(1, round(width * num_steps))
     low, high = max(0, switch - spread), min(num_steps - 1, switch + spread)
-    at = min(max(switch - 1, 1), num_steps - 1)  # step 0 has no signal
+    at = min(max(low - 1, 1), num_steps - 1)  # step low - 1's signal decides step low; step 0 has none
     values = signal[:, at]
     values = values[torch.isfinite(values)]
     if not len(values):
