@@ -36,7 +36,11 @@ def test_candidates_put_hybrid_steps_after_the_fixed_plans_small_steps():
                                   "mask_fraction": 0.1, "small_steps": 8, "hybrid_steps": 4, "large_steps": 8}
     assert [c.sequence for c in region_candidates((0, 0, 0, 1, 1, 1))] == [(0, 0, 0, 1, 1, 2)] * 3  # h at least 2
     assert region_candidates((0,) * 4 + (1,) * 2) == []  # no large step would be left after two hybrid steps
-    assert region_candidates((0, 0, 1, 1, 0, 0)) == []  # not small steps then large steps
+    assert region_candidates((0, 0, 1, 1, 0, 0)) == []  # no large step after the hybrid ones
+    # A tail after the large steps (the segment search's S > XL > S) is kept: S8 > XL11 > S1 -> S8 > H4 > XL7 > S1
+    tailed = region_candidates((0,) * 8 + (1,) * 11 + (0,), mask_fractions=(0.3,))
+    assert [str(c.plan()) for c in tailed] == ["S8 > H4 > XL7 > S1"] and tailed[0].large_steps == 7
+    assert region_candidates((0, 0, 1, 0, 1, 1)) == []  # the step after the small ones must be large for h steps
     assert region_candidates((1,) * 6) == []  # no small step
     assert region_candidates((0,) * 4 + (1,) * 6, mask_fractions=(0.3, 0.3)) == [RegionCandidate(4, 2, 10, 0.3)]
 
@@ -46,6 +50,9 @@ def test_predicted_cost_counts_the_first_hybrid_step_as_a_large_step():
     candidate = RegionCandidate(2, 2, 6, 0.1)
     assert predicted_cost(COSTS, candidate, 6) == pytest.approx((0.2 + 1.0 + 0.2 + 2.0) / 6)
     assert predicted_cost(COSTS, RegionCandidate(2, 3, 6, 0.5), 6) == pytest.approx((0.2 + 1.0 + 2 * 0.6 + 1.0) / 6)
+    # a tail's small step counts as one: S2 > H2 > XL2 > S1
+    assert predicted_cost(COSTS, RegionCandidate(2, 2, 7, 0.1, (1, 1, 0)), 7) == pytest.approx(
+        (0.2 + 1.0 + 0.2 + 2.0 + 0.1) / 7)
 
 
 def test_skip_reasons():
@@ -57,9 +64,9 @@ def test_skip_reasons():
                      sample_shape=(4, 8, 8), num_classes=NUM_CLASSES)
     assert skip_reason(unets, (0, 0, 1, 1, 1, 1), 6).startswith("region plans need a DiT pair: HybridDenoiser needs")
     assert "give verify_samples" in skip_reason(pair, (0, 0, 1, 1, 1, 1), 0)
-    assert "the chosen plan is not one" in skip_reason(pair, (0, 1, 1, 0), 6)
-    too_short = ("no region candidate fits: the chosen plan has 3 small steps of 5, and a candidate needs 2 hybrid "
-                 "steps and a large step after them")
+    assert "starts with small steps, then large ones; the chosen plan does not" in skip_reason(pair, (1, 1, 0), 6)
+    too_short = ("no region candidate fits: the chosen plan has 3 small steps of 5, and a candidate needs 2 large "
+                 "steps after them to make hybrid and a large step after those")
     assert skip_reason(pair, (0, 0, 0, 1, 1), 6) == too_short
 
 

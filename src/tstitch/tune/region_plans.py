@@ -1,13 +1,16 @@
 # Copyright 2026 The tstitch authors. Licensed under the Apache License, Version 2.0.
 """Region candidates for the tuner (a small and a large DiT): hybrid steps after the chosen plan's small steps.
 
-After the search has chosen its fixed per-step plan, and when that plan is ``k`` steps of the small model then
-the large model for the rest (``S k > XL n-k``), :func:`region_candidates` builds one candidate per mask
-fraction (:data:`MASK_FRACTIONS`): ``S k > H h > XL n-k-h``, where ``H`` is the hybrid model
+After the search has chosen its fixed per-step plan, and when that plan starts with ``k`` steps of the small
+model and then the large model (``S k > XL n-k``, or with a tail such as the segment search's ``S8 > XL11 > S1``),
+:func:`region_candidates` builds one candidate per mask fraction (:data:`MASK_FRACTIONS`): the first ``h`` large
+steps become hybrid steps, ``S k > H h > XL n-k-h`` (the tail kept: ``S8 > H4 > XL7 > S1``), where ``H`` is the
+hybrid model
 (:class:`~tstitch.regions.HybridDenoiser`: the small DiT on every token, the large DiT on ``mask_fraction`` of
 them with the other tokens' keys and values from its cache of the large model's last full step) and
-``h = max(2, round(HYBRID_SHARE * n))``. This is the small-first hybrid order. A candidate needs at least one
-large step after the hybrid ones (``k + h <= n - 1``); a plan of another shape, or one too short, gets none.
+``h = max(2, round(HYBRID_SHARE * n))``. This is the small-first hybrid order. A candidate needs ``h`` large
+steps after the leading small ones and at least one large step after the hybrid ones; a plan of another shape
+(no leading small step), or one too short, gets none.
 
 **Verification** (:func:`verify_regions`): the held-out noise and labels of the same seed as the fixed plans'
 verification, in a *separate* :func:`~tstitch.tune.verify.verify_plans` call, whose models are the small DiT,
@@ -68,21 +71,25 @@ pick_region = pick_adaptive  # the same rule as the adaptive candidates'
 
 @dataclass(frozen=True)
 class RegionCandidate:
-    """``S small_steps > H hybrid_steps > XL (num_steps - small_steps - hybrid_steps)`` at ``mask_fraction``."""
+    """``S small_steps > H hybrid_steps``, then the fixed plan's ``tail`` (its model indices, 0 small and 1 large;
+    default: the large model for the rest), at ``mask_fraction``."""
 
     small_steps: int
     hybrid_steps: int
     num_steps: int
     mask_fraction: float
-
-    @property
-    def large_steps(self) -> int:
-        return self.num_steps - self.small_steps - self.hybrid_steps
+    tail: tuple[int, ...] | None = None
 
     @property
     def sequence(self) -> tuple[int, ...]:
         """Model indices over ``(small, hybrid, large)``."""
-        return (0,) * self.small_steps + (1,) * self.hybrid_steps + (2,) * self.large_steps
+        rest = self.num_steps - self.small_steps - self.hybrid_steps
+        tail = (1,) * rest if self.tail is None else self.tail
+        return (0,) * self.small_steps + (1,) * self.hybrid_steps + tuple(2 if model else 0 for model in tail)
+
+    @property
+    def large_steps(self) -> int:
+        return self.sequence.count(2)
 
     def plan(self, names: Sequence[str] = ("S", "H", "XL")) -> Plan:
         """The per-step :class:`~tstitch.plan.Plan` over the three models named ``names``."""
@@ -93,22 +100,27 @@ class RegionCandidate:
                 "small_steps": self.small_steps, "hybrid_steps": self.hybrid_steps, "large_steps": self.large_steps}
 
 
-def _small_then_large(sequence: Sequence[int]) -> int | None:
-    """``k >= 1`` when ``sequence`` is ``k`` steps of model 0 then model 1 for the rest, else None."""
+def _leading_small(sequence: Sequence[int]) -> int | None:
+    """``k >= 1`` when ``sequence`` starts with ``k`` steps of model 0 and then model 1, else None."""
     k = next((i for i, model in enumerate(sequence) if model != 0), len(sequence))
-    return k if k and all(model == 1 for model in sequence[k:]) else None
+    return k if k and k < len(sequence) else None
 
 
 def region_candidates(sequence: Sequence[int], *, mask_fractions: Sequence[float] = MASK_FRACTIONS,
                       share: float = HYBRID_SHARE) -> list[RegionCandidate]:
     """One small-first hybrid candidate per mask fraction around the fixed two-model plan ``sequence`` (see the
-    module's docstring); none for a plan that is not small steps then large steps, or too short."""
+    module's docstring); none for a plan without leading small steps, or too short."""
     num_steps = len(sequence)
-    small = _small_then_large(sequence)
+    small = _leading_small(sequence)
     hybrid = max(2, round(share * num_steps))
-    if small is None or small + hybrid > num_steps - 1:
+    if small is None:
         return []
-    return [RegionCandidate(small, hybrid, num_steps, float(mask)) for mask in dict.fromkeys(mask_fractions)]
+    replaced, tail = tuple(sequence[small:small + hybrid]), tuple(sequence[small + hybrid:])
+    if len(replaced) < hybrid or any(model != 1 for model in replaced) or 1 not in tail:
+        return []
+    tail_or_default = None if all(model == 1 for model in tail) else tail
+    return [RegionCandidate(small, hybrid, num_steps, float(mask), tail_or_default)
+            for mask in dict.fromkeys(mask_fractions)]
 
 
 def skip_reason(workload: Workload, sequence: Sequence[int], verify_samples: int) -> str | None:
@@ -122,21 +134,21 @@ def skip_reason(workload: Workload, sequence: Sequence[int], verify_samples: int
         return f"region plans need a DiT pair: {error}"
     if not verify_samples:
         return "region candidates are chosen on held-out verification: give verify_samples"
-    if _small_then_large(sequence) is None:
-        return "region candidates follow a plan of small steps then large steps; the chosen plan is not one"
+    if _leading_small(sequence) is None:
+        return "region candidates follow a plan that starts with small steps, then large ones; the chosen plan does not"
     if not region_candidates(sequence):
         hybrid = max(2, round(HYBRID_SHARE * len(sequence)))
-        return (f"no region candidate fits: the chosen plan has {_small_then_large(sequence)} small steps of "
-                f"{len(sequence)}, and a candidate needs {hybrid} hybrid steps and a large step after them")
+        return (f"no region candidate fits: the chosen plan has {_leading_small(sequence)} small steps of "
+                f"{len(sequence)}, and a candidate needs {hybrid} large steps after them to make hybrid and a "
+                "large step after those")
     return None
 
 
 def predicted_cost(costs: CostModel, candidate: RegionCandidate, reference_steps: int) -> float:
     """The candidate's predicted time over the large model alone at ``reference_steps`` (:data:`COST_MODEL`)."""
     small, large = costs.seconds_per_step[0], costs.seconds_per_step[-1]
-    seconds = (candidate.small_steps * small + large + (candidate.hybrid_steps - 1) * (small + candidate.mask_fraction
-                                                                                           * large)
-               + candidate.large_steps * large)
+    hybrid = large + (candidate.hybrid_steps - 1) * (small + candidate.mask_fraction * large)
+    seconds = candidate.sequence.count(0) * small + hybrid + candidate.large_steps * large
     return seconds / (large * reference_steps)
 
 
