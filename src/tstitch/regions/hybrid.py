@@ -129,6 +129,14 @@ def _timesteps(timestep: Any, batch: int) -> torch.Tensor | None:
     return values.expand(batch).clone() if values.numel() == 1 else values
 
 
+def _shown(t: torch.Tensor | None) -> str:
+    """A call's timesteps for a log line: one number when the batch shares it (the usual case), else the range."""
+    if t is None or not t.numel():
+        return "?"
+    low, high = float(t.min()), float(t.max())
+    return f"{low:g}" if low == high else f"{low:g}..{high:g} ({t.numel()} samples)"
+
+
 class HybridDenoiser(nn.Module):
     """A denoiser with the large model's call signature that runs the large model on a token subset.
 
@@ -327,7 +335,7 @@ class HybridDenoiser(nn.Module):
             mode = "full" if k == n else "fallback"
             if mode == "fallback":
                 logger.info("hybrid step at timestep %s: no full large-model step cached for this batch; the large "
-                            "model ran on every token", None if t is None else t.tolist())
+                            "model ran on every token", _shown(t))
             every = torch.arange(n, device=x.device).expand(batch, n)
             self._own_call = True
             try:
