@@ -93,20 +93,27 @@ def test_pick_adaptive_needs_the_target_and_a_win_on_quality_and_both_costs():
     assert pick_adaptive(candidates, fixed, budget=0.5, tolerance=None) is None  # none within the budget
 
 
-def run_tune(tmp_path, monkeypatch, numbers=None, **kwargs):
-    """tune on the tiny pair with held-out verification; ``numbers`` overwrites each adaptive row's verified
-    interval and costs with recorded numbers (the choice logic under test, not the tiny models' quality)."""
-    real_verify = verify_plans
+def record_numbers(monkeypatch, name, candidates, numbers):
+    """Wrap ``tune_api.<name>`` (a verification) so that the rows ``candidates(out)`` picks get the recorded
+    ``numbers`` (interval's upper end, predicted and measured cost) in place of the tiny models' figures."""
+    real_verify = getattr(tune_api, name)
 
     def verify(*args, **options):
         out = real_verify(*args, **options)
-        for index, candidate in enumerate(r for r in out["rows"] if r["sequence"] is None):
+        for index, candidate in enumerate(candidates(out)):
             if numbers is not None:
                 high, predicted, measured = numbers[index]
                 candidate.update(row(candidate["plan"], high, predicted, measured))
         return out
 
-    monkeypatch.setattr(tune_api, "verify_plans", verify)
+    monkeypatch.setattr(tune_api, name, verify)
+
+
+def run_tune(tmp_path, monkeypatch, numbers=None, **kwargs):
+    """tune on the tiny pair with held-out verification; ``numbers`` overwrites each adaptive row's verified
+    interval and costs with recorded numbers (the choice logic under test, not the tiny models' quality)."""
+    record_numbers(monkeypatch, "verify_plans", lambda out: [r for r in out["rows"] if r["sequence"] is None],
+                   numbers)
     options = {"workload": pair_workload(), "num_steps": 6, "budget": 0.8, "search_samples": 6, "batch_size": 6,
                "min_cost": 0.3, "verify_samples": 6, "verify_seed": 9, "timing_repetitions": 1, "costs": COSTS,
                "progress": False} | kwargs

@@ -9,10 +9,9 @@ import json
 import pytest
 import torch
 from test_tune import NUM_CLASSES, ddim
-from test_tune_adaptive import COSTS, pair_workload, row
+from test_tune_adaptive import COSTS, pair_workload, record_numbers, row
 from tiny_models import one_thread, tiny_unet  # noqa: F401
 
-import tstitch.tune.api as tune_api
 from tstitch import Plan, cli, load_plan
 from tstitch.tune import Workload, tune
 from tstitch.tune.adaptive_plans import best
@@ -119,17 +118,7 @@ def run_tune(tmp_path, monkeypatch, numbers=None, **kwargs):
     """tune on the tiny pair, searching S k > XL plans only (min_cost and the budget leave S2 > XL4), with held-out
     verification; ``numbers`` overwrites each region row's interval and costs with recorded numbers (the choice
     logic under test, not the tiny models' quality)."""
-    real_verify = tune_api.verify_regions
-
-    def verify(*args, **options):
-        out = real_verify(*args, **options)
-        for index, candidate in enumerate(out["rows"][2:]):
-            if numbers is not None:
-                high, predicted, measured = numbers[index]
-                candidate.update(row(candidate["plan"], high, predicted, measured))
-        return out
-
-    monkeypatch.setattr(tune_api, "verify_regions", verify)
+    record_numbers(monkeypatch, "verify_regions", lambda out: out["rows"][2:], numbers)  # after reference, fixed
     options = {"workload": pair_workload(), "num_steps": 6, "budget": 0.75, "search_samples": 6, "batch_size": 6,
                "min_cost": 0.6, "order": [(0, 6), (1, -1)], "verify_samples": 6, "verify_seed": 9,
                "timing_repetitions": 1, "costs": COSTS, "adaptive": False, "progress": False} | kwargs
