@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import gc
 import os
-import platform
 import statistics
 import sys
 import time
@@ -30,6 +29,7 @@ import torch
 
 import tstitch
 from tstitch import Plan
+from tstitch.bench.memory import machine_info
 from tstitch.sampling import scheduler_factory
 from tstitch.switching import Switching
 from tstitch.utils import write_json
@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
         "cpu_ratios": cpu_ratios, "median_cpu_ratio": statistics.median(cpu_ratios),
         "machinery_seconds": inside, "machinery_run_seconds": total, "machinery_share": inside / total,
         "target": 1.03, "target_met": statistics.median(ratios) <= 1.03, "same_latents": True,
-        "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+        "machine": {"cpu": machine_info()["cpu"], "cores": os.cpu_count(),
                     "torch": torch.__version__, "threads": torch.get_num_threads(), "python": sys.version.split()[0],
                     "load_average_before": list(load_before), "load_average_after": list(os.getloadavg())},
     }
