@@ -343,16 +343,16 @@ def test_cli_sample_with_caches_per_model(tmp_path, capsys):
 
 
 @pytest.mark.parametrize(("command", "argv", "message"), [
-    ("sample", ("--cache", "bogus:1"), "cache spec 'bogus:1' is not one of: first-block:THRESHOLD"),
+    ("sample", ("--cache", "bogus:1"), "argument --cache: 'bogus:1' is not one of: first-block:THRESHOLD"),
     ("sample", ("--cache", "magcache"), "cache method 'magcache' is refused with stitching"),
     ("sample", ("--cache", "digits-m=deepcache:2"), "--cache 'digits-m=deepcache:2': no model 'digits-m' among "
                                                     "digits-s, digits-xl"),
     ("sample", ("--cache", "deepcache:2"), "cache 'deepcache:2' for model digits-xl .* needs a U-Net"),
     ("sample", ("--cache", "first-block:0.1", "--mode", "official"), "--mode official\\) runs without caches"),
-    ("bench", ("--cache", "small=first-block:x"), "cache spec 'first-block:x': the threshold must be a number"),
+    ("bench", ("--cache", "small=first-block:x"), "argument --cache: 'first-block:x': the threshold must be a number"),
     ("bench", ("--cache", "medium=first-block:0.1"), "no model 'medium' among small, large"),
     ("evaluate", ("--models", "digits-s", "digits-xl", "--cache", "deepcache:0"),
-     "deepcache interval must be a whole number >= 1, got 0"),
+     "argument --cache: 'deepcache:0': deepcache interval must be a whole number >= 1, got 0"),
 ])
 def test_cli_refuses_bad_caches(tmp_path, capsys, command, argv, message):
     import re

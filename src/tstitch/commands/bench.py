@@ -7,7 +7,18 @@ import argparse
 import time
 
 from ..names import BENCH_CASES
-from .checks import SEED, Unique, add_overwrite, device, integer, one_of, out_folder, plan_option, real
+from .checks import (
+    SEED,
+    Unique,
+    add_overwrite,
+    cache_option,
+    device,
+    integer,
+    one_of,
+    out_folder,
+    plan_option,
+    real,
+)
 
 #: The files the benchmark writes into --out.
 OUTPUTS = ("bench.json", "bench.png")
@@ -50,7 +61,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "sets --steps; or an adaptive plan, 'adaptive(small-first, x0-change>0.5, 0.2..0.8)': timed "
                         "against the fixed plan in which every sample switches at the mean of its switch steps")
     parser.add_argument("--seed", type=SEED, default=0, help="seed of the noise, labels and weights (default: 0)")
-    parser.add_argument("--cache", action="append", metavar="[MODEL=]SPEC",
+    parser.add_argument("--cache", action="append", type=cache_option, metavar="[MODEL=]SPEC",
                         help="also time every fraction with feature caching (cached@r beside stitched@r), repeatable: "
                         "SPEC for the large model, small=SPEC or large=SPEC; first-block:THRESHOLD, "
                         "taylorseer:INTERVAL[:WARMUP[:ORDER]] (DiTs), deepcache:INTERVAL (U-Nets) (docs/caching.md)")

@@ -184,6 +184,18 @@ def plan_option(text: str) -> Any:
     return plan_file(text)
 
 
+def cache_option(text: str) -> str:
+    """``--cache [MODEL=]SPEC``: the spec checked while parsing (``argument --cache: 'bogus' is not one of ...``);
+    the model name is checked once the models are loaded."""
+    from ..caching import parse_cache_spec
+
+    try:
+        parse_cache_spec(text.split("=", 1)[-1])
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error).removeprefix("cache spec ")) from None
+    return text
+
+
 def unknown_name(what: str, value: str, known: Iterable[str]) -> str:
     """``unknown scheduler 'ddmi' (did you mean 'ddim'?); known: ...``."""
     known = list(known)

@@ -16,6 +16,7 @@ from ..names import EMBEDDED_MODELS, MAX_SCHEDULES, METRICS, SCHEDULER_NAMES, sc
 from .checks import (
     SEED,
     add_overwrite,
+    cache_option,
     device,
     existing_file,
     existing_folder,
@@ -82,7 +83,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     what.add_argument("--scheduler", type=one_of("scheduler", SCHEDULER_NAMES, scheduler_name),
                       help=f"diffusers scheduler name ({', '.join(SCHEDULER_NAMES)}; default: the "
                       "preset's)")
-    what.add_argument("--cache", action="append", metavar="[MODEL=]SPEC",
+    what.add_argument("--cache", action="append", type=cache_option, metavar="[MODEL=]SPEC",
                       help="feature caching, repeatable: SPEC for the large model, MODEL=SPEC for one model "
                       "(first-block:THRESHOLD, taylorseer:INTERVAL[:WARMUP[:ORDER]], deepcache:INTERVAL; "
                       "docs/caching.md); part of the settings")

@@ -10,7 +10,19 @@ from typing import Any
 
 from ..models.presets import MODES, PRESETS, describe_presets
 from ..names import EMBEDDED_MODELS, SCHEDULER_NAMES, scheduler_name
-from .checks import SEED, add_overwrite, device, existing_folder, integer, one_of, out_folder, plan_option, real, text
+from .checks import (
+    SEED,
+    add_overwrite,
+    cache_option,
+    device,
+    existing_folder,
+    integer,
+    one_of,
+    out_folder,
+    plan_option,
+    real,
+    text,
+)
 
 #: Models with fewer parameters than this run on one CPU thread unless --threads says otherwise.
 TINY = 10_000_000
@@ -106,7 +118,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     schedule.add_argument("--guidance", type=real(0, 100), metavar="SCALE",
                           help="classifier-free guidance scale in [0, 100] (default: DiT 1.5, digits 1.0, SD the "
                           "pipeline's)")
-    schedule.add_argument("--cache", action="append", metavar="[MODEL=]SPEC",
+    schedule.add_argument("--cache", action="append", type=cache_option, metavar="[MODEL=]SPEC",
                           help="feature caching, repeatable: SPEC for the large model, MODEL=SPEC (a name or index "
                           "of the models) for one model; SPEC is first-block:THRESHOLD or "
                           "taylorseer:INTERVAL[:WARMUP[:ORDER]] (DiTs), deepcache:INTERVAL (U-Nets), or none. Each "
@@ -176,11 +188,6 @@ def _check_args(args: argparse.Namespace) -> None:
                          "smallest first")
     if args.fractions and sum(args.fractions) > 1.0 + 1e-6:
         raise ValueError(f"--fractions sum to {sum(args.fractions):g}, more than 1")
-    if args.cache:
-        from ..caching import parse_cache_spec
-
-        for value in args.cache:  # the specs now; the model names once the models are loaded
-            parse_cache_spec(value.split("=", 1)[-1])
     if args.negative_prompt is not None and not args.prompt:
         raise ValueError("--negative-prompt applies with --prompt (text-to-image pipelines)")
     if args.size is not None and args.size % 8:
