@@ -41,16 +41,16 @@ def test_candidates_put_hybrid_steps_after_the_fixed_plans_small_steps():
     assert [str(c.plan()) for c in tailed] == ["S8 > H4 > XL7 > S1"] and tailed[0].large_steps == 7
     assert region_candidates((0, 0, 1, 0, 1, 1)) == []  # the step after the small ones must be large for h steps
     assert region_candidates((1,) * 6) == []  # no small step
-    assert region_candidates((0,) * 4 + (1,) * 6, mask_fractions=(0.3, 0.3)) == [RegionCandidate(4, 2, 10, 0.3)]
+    assert region_candidates((0,) * 4 + (1,) * 6, mask_fractions=(0.3, 0.3)) == [RegionCandidate(4, 2, 0.3, (1,) * 4)]
 
 
 def test_predicted_cost_counts_the_first_hybrid_step_as_a_large_step():
     # S2 (0.1 each), the first H a full large step (1.0), the second S + 0.1 XL, then XL2, over XL6
-    candidate = RegionCandidate(2, 2, 6, 0.1)
+    candidate = RegionCandidate(2, 2, 0.1, (1, 1))
     assert predicted_cost(COSTS, candidate, 6) == pytest.approx((0.2 + 1.0 + 0.2 + 2.0) / 6)
-    assert predicted_cost(COSTS, RegionCandidate(2, 3, 6, 0.5), 6) == pytest.approx((0.2 + 1.0 + 2 * 0.6 + 1.0) / 6)
+    assert predicted_cost(COSTS, RegionCandidate(2, 3, 0.5, (1,)), 6) == pytest.approx((0.2 + 1.0 + 2 * 0.6 + 1.0) / 6)
     # a tail's small step counts as one: S2 > H2 > XL2 > S1
-    assert predicted_cost(COSTS, RegionCandidate(2, 2, 7, 0.1, (1, 1, 0)), 7) == pytest.approx(
+    assert predicted_cost(COSTS, RegionCandidate(2, 2, 0.1, (1, 1, 0)), 7) == pytest.approx(
         (0.2 + 1.0 + 0.2 + 2.0 + 0.1) / 7)
 
 

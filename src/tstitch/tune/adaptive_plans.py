@@ -63,7 +63,8 @@ def small_model_signal(workload: Workload, noise: torch.Tensor, labels: torch.Te
     return torch.cat(rows)
 
 
-def _leading_small_steps(sequence: Sequence[int]) -> int:
+def leading_small_steps(sequence: Sequence[int]) -> int:
+    """How many steps ``sequence`` runs model 0 before any other model (all of them when it never switches)."""
     return next((i for i, model in enumerate(sequence) if model != 0), len(sequence))
 
 
@@ -74,7 +75,7 @@ def adaptive_candidates(sequence: Sequence[int], signal: torch.Tensor, *, width:
     num_steps = len(sequence)
     if num_steps < 3:
         return []
-    switch = min(_leading_small_steps(sequence), num_steps - 1)
+    switch = min(leading_small_steps(sequence), num_steps - 1)
     spread = max(1, round(width * num_steps))
     low, high = max(0, switch - spread), min(num_steps - 1, switch + spread)
     at = min(max(low - 1, 1), num_steps - 1)  # step low - 1's signal decides step low; step 0 has none

@@ -47,7 +47,7 @@ from ..compat import check_compatible
 from ..plan import Plan
 from ..regions.dit import check_dit
 from ..regions.hybrid import HybridDenoiser
-from .adaptive_plans import pick_adaptive
+from .adaptive_plans import leading_small_steps, pick_adaptive
 from .cost import CostModel
 from .plans import label
 from .verify import meets, verify_plans
@@ -71,21 +71,18 @@ pick_region = pick_adaptive  # the same rule as the adaptive candidates'
 
 @dataclass(frozen=True)
 class RegionCandidate:
-    """``S small_steps > H hybrid_steps``, then the fixed plan's ``tail`` (its model indices, 0 small and 1 large;
-    default: the large model for the rest), at ``mask_fraction``."""
+    """``S small_steps > H hybrid_steps``, then the fixed plan's ``tail`` (its model indices after the hybrid
+    steps, 0 small and 1 large), at ``mask_fraction``."""
 
     small_steps: int
     hybrid_steps: int
-    num_steps: int
     mask_fraction: float
-    tail: tuple[int, ...] | None = None
+    tail: tuple[int, ...]
 
     @property
     def sequence(self) -> tuple[int, ...]:
         """Model indices over ``(small, hybrid, large)``."""
-        rest = self.num_steps - self.small_steps - self.hybrid_steps
-        tail = (1,) * rest if self.tail is None else self.tail
-        return (0,) * self.small_steps + (1,) * self.hybrid_steps + tuple(2 if model else 0 for model in tail)
+        return (0,) * self.small_steps + (1,) * self.hybrid_steps + tuple(2 if model else 0 for model in self.tail)
 
     @property
     def large_steps(self) -> int:
@@ -102,25 +99,22 @@ class RegionCandidate:
 
 def _leading_small(sequence: Sequence[int]) -> int | None:
     """``k >= 1`` when ``sequence`` starts with ``k`` steps of model 0 and then model 1, else None."""
-    k = next((i for i, model in enumerate(sequence) if model != 0), len(sequence))
-    return k if k and k < len(sequence) else None
+    k = leading_small_steps(sequence)
+    return k if 0 < k < len(sequence) else None
 
 
 def region_candidates(sequence: Sequence[int], *, mask_fractions: Sequence[float] = MASK_FRACTIONS,
                       share: float = HYBRID_SHARE) -> list[RegionCandidate]:
     """One small-first hybrid candidate per mask fraction around the fixed two-model plan ``sequence`` (see the
     module's docstring); none for a plan without leading small steps, or too short."""
-    num_steps = len(sequence)
     small = _leading_small(sequence)
-    hybrid = max(2, round(share * num_steps))
+    hybrid = max(2, round(share * len(sequence)))
     if small is None:
         return []
     replaced, tail = tuple(sequence[small:small + hybrid]), tuple(sequence[small + hybrid:])
     if len(replaced) < hybrid or any(model != 1 for model in replaced) or 1 not in tail:
         return []
-    tail_or_default = None if all(model == 1 for model in tail) else tail
-    return [RegionCandidate(small, hybrid, num_steps, float(mask), tail_or_default)
-            for mask in dict.fromkeys(mask_fractions)]
+    return [RegionCandidate(small, hybrid, float(mask), tail) for mask in dict.fromkeys(mask_fractions)]
 
 
 def skip_reason(workload: Workload, sequence: Sequence[int], verify_samples: int) -> str | None:
