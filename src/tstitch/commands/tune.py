@@ -125,13 +125,7 @@ def format_summary(result: dict) -> str:
     lines.append(f"chosen: {plan['plan']} (predicted cost {plan['predicted_cost']:.3f}, "
                  f"{plan['predicted_speedup']:.2f}x faster)")
     for row in (plan["verification"] or {}).get("rows", []):
-        interval = row.get("fid_ratio")
-        quality = f"FID ratio {interval['ratio']:.3f} [{interval['low']:.3f}, {interval['high']:.3f}]" if interval \
-            else f"distance {row['distance']:.4f}"
-        switch = f", mean switch step {row['mean_switch_step']:.1f}" if "mean_switch_step" in row else ""
-        verdict = {True: ", beats the fixed plan", False: ", does not beat the fixed plan"}.get(row.get("wins"), "")
-        lines.append(f"verified {row['plan']}: {quality}, measured cost {row['measured_cost']:.3f} "
-                     f"(predicted {row['predicted_cost']:.3f}){switch}{verdict}")
+        lines.append(f"verified {row['plan']}: {_verified(row)}")
     adaptive = result["frontier"].get("adaptive")
     if adaptive and adaptive.get("skipped"):
         lines.append(f"adaptive plans: skipped ({adaptive['skipped']})")
@@ -143,12 +137,18 @@ def format_summary(result: dict) -> str:
         lines.append(f"region plans, verified beside {fixed['plan']} (measured cost {fixed['measured_cost']:.3f} "
                      "in this timing):")
         for row in regions["candidates"]:
-            interval = row.get("fid_ratio")
-            quality = f"FID ratio {interval['ratio']:.3f} [{interval['low']:.3f}, {interval['high']:.3f}]" \
-                if interval else f"distance {row['distance']:.4f}"
-            verdict = ", beats the fixed plan" if row.get("wins") else ", does not beat the fixed plan"
-            lines.append(f"  {row['plan']} at mask {row['mask_fraction']:g}: {quality}, measured cost "
-                         f"{row['measured_cost']:.3f} (predicted {row['predicted_cost']:.3f}){verdict}")
+            lines.append(f"  {row['plan']} at mask {row['mask_fraction']:g}: {_verified(row)}")
     if plan.get("kind") == "region":
         lines.append(f"the chosen plan runs the hybrid model: {plan['run']}")
     return "\n".join(lines)
+
+
+def _verified(row: dict) -> str:
+    """A verification row as text: its quality, measured and predicted cost, mean switch step and verdict."""
+    interval = row.get("fid_ratio")
+    quality = f"FID ratio {interval['ratio']:.3f} [{interval['low']:.3f}, {interval['high']:.3f}]" if interval \
+        else f"distance {row['distance']:.4f}"
+    switch = f", mean switch step {row['mean_switch_step']:.1f}" if "mean_switch_step" in row else ""
+    verdict = {True: ", beats the fixed plan", False: ", does not beat the fixed plan"}.get(row.get("wins"), "")
+    return (f"{quality}, measured cost {row['measured_cost']:.3f} (predicted {row['predicted_cost']:.3f})"
+            f"{switch}{verdict}")

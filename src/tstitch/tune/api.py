@@ -247,22 +247,18 @@ def tune(
         "verification": verification, "kind": "per-step",
     }
     winner = best([w for w in (adaptive_winner, region_winner) if w is not None], tolerance=tolerance)
+    if winner is not None:  # what an adaptive or a region winner shares, then its own fields
+        details |= {"plan": winner["plan"], "predicted_cost": winner["predicted_cost"],
+                    "predicted_speedup": 1 / winner["predicted_cost"], "distance": winner["distance"],
+                    "estimated_fid_ratio": (winner.get("fid_ratio") or {}).get("ratio"), "fixed_plan": chosen["plan"]}
     if winner is not None and winner is adaptive_winner:
         plan = next(p for p in candidates if str(p) == winner["plan"])
-        details |= {"plan": winner["plan"], "sequence": None, "kind": "adaptive", "adaptive": winner["adaptive"],
-                    "predicted_cost": winner["predicted_cost"], "predicted_speedup": 1 / winner["predicted_cost"],
-                    "distance": winner["distance"],
-                    "estimated_fid_ratio": (winner.get("fid_ratio") or {}).get("ratio"),
-                    "fixed_plan": chosen["plan"]}
+        details |= {"sequence": None, "kind": "adaptive", "adaptive": winner["adaptive"]}
     elif winner is not None:
         mask = winner["mask_fraction"]
         plan = Plan.from_sequence(winner["sequence"], 3, region_plans.region_names(workload.short))
-        details |= {"plan": winner["plan"], "sequence": winner["sequence"], "kind": "region", "mask_fraction": mask,
+        details |= {"sequence": winner["sequence"], "kind": "region", "mask_fraction": mask,
                     "hybrid_steps": winner["hybrid_steps"], "models": [workload.names[0], "hybrid", workload.names[-1]],
-                    "predicted_cost": winner["predicted_cost"], "predicted_speedup": 1 / winner["predicted_cost"],
-                    "distance": winner["distance"],
-                    "estimated_fid_ratio": (winner.get("fid_ratio") or {}).get("ratio"),
-                    "fixed_plan": chosen["plan"],
                     "run": f"tstitch sample --plan {out} --region {mask:g} --mode diffusers --steps {num_steps}"}
     frontier = {
         "chosen": details,
